@@ -1,0 +1,143 @@
+"""The prepared cohort: every case as tensors plus a table, saved as one safetensors file.
+
+Layout of ``cohort.safetensors``:
+  tensors  ``images`` float32 [N, 1, S, S] (normalised, see ``thyroaug.data.preprocess``),
+           ``masks`` uint8 [N, 1, S, S] (0/1; all zero when a case has no mask),
+           ``labels`` int64 [N] (index into ``thyroaug.CLASSES``).
+  metadata ``table``: JSON records, one per case, in tensor order, with at least
+           case_id, patient_id, center, label, split (train / val / external), has_mask, prompt,
+           source_image; ``content_hash``: hash of the inputs + preparation settings;
+           ``settings``: JSON of the preparation settings.
+
+Loading 3000 cases of 128x128 takes a few tens of milliseconds (memory-mapped read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyroaug import CLASSES
+from thyroaug.errors import ThyroaugError
+
+SPLITS: tuple[str, ...] = ("train", "val", "external")
+COHORT_FILE = "cohort.safetensors"
+
+
+@dataclass
+class PreparedCohort:
+    """Images, masks, labels and a per-case table, aligned by row."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    labels: torch.Tensor
+    table: pd.DataFrame
+    content_hash: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.table)
+        for name in ("images", "masks", "labels"):
+            if getattr(self, name).shape[0] != n:
+                raise ThyroaugError(
+                    f"PreparedCohort: {name} has {getattr(self, name).shape[0]} rows, table has {n}"
+                )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def size(self) -> int:
+        """Image side length in pixels."""
+        return int(self.images.shape[-1])
+
+    def indices(self, split: str) -> np.ndarray:
+        """Row indices of one split (train / val / external)."""
+        return np.flatnonzero(self.table["split"].to_numpy() == split)
+
+    def subset(self, split_or_index: str | np.ndarray) -> PreparedCohort:
+        """A new cohort with the rows of a split name or an index array."""
+        idx = self.indices(split_or_index) if isinstance(split_or_index, str) else split_or_index
+        t = torch.as_tensor(np.asarray(idx, dtype=np.int64))
+        return PreparedCohort(
+            images=self.images[t],
+            masks=self.masks[t],
+            labels=self.labels[t],
+            table=self.table.iloc[np.asarray(idx)].reset_index(drop=True),
+            content_hash=self.content_hash,
+            settings=dict(self.settings),
+        )
+
+    def counts(self) -> pd.DataFrame:
+        """Case counts per center x class (columns in CLASSES order, plus total)."""
+        tab = pd.crosstab(self.table["center"], self.table["label"])
+        tab = tab.reindex(columns=list(CLASSES), fill_value=0)
+        tab["total"] = tab.sum(axis=1)
+        return tab
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temp file in the same folder, then rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.is_dir() or path.suffix != ".safetensors":
+            path = path / COHORT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "table": self.table.to_json(orient="records"),
+            "content_hash": self.content_hash,
+            "settings": json.dumps(self.settings, sort_keys=True, default=str),
+            "classes": json.dumps(list(CLASSES)),
+        }
+        tensors = {
+            "images": self.images.contiguous(),
+            "masks": self.masks.contiguous(),
+            "labels": self.labels.contiguous(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedCohort:
+        """Read a cohort written by ``save`` (a file, or a folder holding ``COHORT_FILE``)."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / COHORT_FILE
+        if not path.exists():
+            raise ThyroaugError(
+                f"no prepared cohort at {path}; run `thyroaug prepare` (or `mlflow run . -e "
+                "prepare_data`) first"
+            )
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in ("images", "masks", "labels")}
+        classes = json.loads(meta.get("classes", "[]"))
+        if classes and tuple(classes) != CLASSES:
+            raise ThyroaugError(f"{path}: class order {classes} differs from {list(CLASSES)}")
+        records = json.loads(meta["table"])
+        table = pd.DataFrame.from_records(records)
+        return cls(
+            images=tensors["images"],
+            masks=tensors["masks"],
+            labels=tensors["labels"],
+            table=table,
+            content_hash=meta.get("content_hash", ""),
+            settings=json.loads(meta.get("settings", "{}")),
+        )

@@ -1,0 +1,119 @@
+"""Choose and configure the MLflow tracking store.
+
+Profiles (``mlruns_config/<name>.toml``), chosen by ``THYROAUG_TRACKING`` (default ``local``):
+  ``local``  SQLite file ``mlflow.db`` + artifacts in ``mlartifacts/`` under ``THYROAUG_HOME``
+             (default: the current directory, i.e. the repository when run from it). No server.
+  ``server`` an ``mlflow server`` (PostgreSQL backend, S3 artifacts proxied by the server) at
+             ``THYROAUG_TRACKING_URI`` (default in the profile file); credentials only from
+             ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, never from params.
+An explicit ``MLFLOW_TRACKING_URI`` always wins: `mlflow run` passes the client's store to the
+entry point this way, and the run it created must be continued in that same store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from thyroaug.errors import TrackingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "thyroaug"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "mlruns_config"
+
+
+def project_home() -> Path:
+    """Folder that holds the local store and outputs: ``$THYROAUG_HOME`` or the cwd."""
+    return Path(os.environ.get("THYROAUG_HOME") or os.getcwd()).resolve()
+
+
+def _profile_file(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name}.toml"
+    if not path.exists():
+        choices = sorted(p.stem for p in CONFIG_DIR.glob("*.toml")) if CONFIG_DIR.exists() else []
+        raise TrackingError(
+            f"tracking profile {name!r} not found (looked for {path}); known: {choices}"
+        )
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def resolve_uris(profile: str | None = None) -> tuple[str, str | None]:
+    """(tracking URI, default artifact location or None) for a profile."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], None
+    name = profile or os.environ.get("THYROAUG_TRACKING", "local")
+    cfg = _profile_file(name)
+    home = project_home()
+    if cfg.get("kind", name) == "local":
+        db = home / cfg.get("database", "mlflow.db")
+        artifacts = home / cfg.get("artifacts", "mlartifacts")
+        return f"sqlite:///{db}", artifacts.as_uri()
+    uri = os.environ.get("THYROAUG_TRACKING_URI") or cfg.get("tracking_uri")
+    if not uri:
+        raise TrackingError(f"profile {name!r} needs THYROAUG_TRACKING_URI or tracking_uri")
+    return uri, None
+
+
+def configure_tracking(profile: str | None = None, experiment: str | None = None) -> str:
+    """Point MLflow at the profile's store, make sure the experiment exists, return the URI.
+
+    Also sets bounded HTTP retries so that a server going away mid-run fails with a clear error
+    after backing off instead of hanging.
+    """
+    import mlflow
+
+    uri, artifact_location = resolve_uris(profile)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    mlflow.set_tracking_uri(uri)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return uri  # `mlflow run` already created the run (and chose its experiment)
+    try:
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            mlflow.create_experiment(name, artifact_location=artifact_location)
+        mlflow.set_experiment(name)
+    except Exception as exc:  # MLflow raises many types for an unreachable store
+        raise TrackingError(f"tracking store {uri} is not usable: {exc}") from exc
+    log.info("MLflow tracking at %s (experiment %s)", uri, name)
+    return uri
+
+
+@contextmanager
+def start_run(
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+    **kwargs: Any,
+) -> Iterator[Any]:
+    """``mlflow.start_run`` that continues the run `mlflow run` made (MLFLOW_RUN_ID) if any.
+
+    A parent study run is picked up through ``MLFLOW_PARENT_RUN_ID`` (set by ``thyroaug study``)
+    so that entry points launched as child processes become its nested runs.
+    """
+    import mlflow
+
+    all_tags = dict(tags or {})
+    parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
+    if parent and not nested and mlflow.active_run() is None:
+        all_tags.setdefault("mlflow.parentRunId", parent)
+    run_id = os.environ.get("MLFLOW_RUN_ID") if mlflow.active_run() is None else None
+    with mlflow.start_run(
+        run_id=run_id,
+        run_name=None if run_id else run_name,
+        nested=nested,
+        tags=all_tags,
+        **kwargs,
+    ) as run:
+        yield run
