@@ -33,8 +33,15 @@ def project_home() -> Path:
     return Path(os.environ.get("THYROAUG_HOME") or os.getcwd()).resolve()
 
 
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    "local": {"kind": "local", "database": "mlflow.db", "artifacts": "mlartifacts"},
+}
+
+
 def _profile_file(name: str) -> dict[str, Any]:
     path = Path(name)
+    if not path.suffix and not (CONFIG_DIR / f"{name}.toml").exists() and name in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name]  # installed without the repository's mlruns_config/
     if not path.suffix:
         path = CONFIG_DIR / f"{name}.toml"
     if not path.exists():
