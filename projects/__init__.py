@@ -1,0 +1,1 @@
+"""Thin MLflow Project entry points: each turns MLproject parameters into a `thyroaug` command."""
