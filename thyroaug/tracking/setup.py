@@ -12,6 +12,7 @@ entry point this way, and the run it created must be continued in that same stor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tomllib
@@ -25,6 +26,7 @@ from thyroaug.errors import TrackingError
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "thyroaug"
+RUN_TAGS_ENV = "THYROAUG_RUN_TAGS"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "mlruns_config"
 
 
@@ -107,11 +109,15 @@ def start_run(
     """``mlflow.start_run`` that continues the run `mlflow run` made (MLFLOW_RUN_ID) if any.
 
     A parent study run is picked up through ``MLFLOW_PARENT_RUN_ID`` (set by ``thyroaug study``)
-    so that entry points launched as child processes become its nested runs.
+    so that steps become its nested runs, and extra tags (the study's step config hash) through
+    ``THYROAUG_RUN_TAGS`` (a JSON object).
     """
     import mlflow
 
     all_tags = dict(tags or {})
+    extra = os.environ.get(RUN_TAGS_ENV)
+    if extra:
+        all_tags.update(json.loads(extra))
     parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
     if parent and not nested and mlflow.active_run() is None:
         all_tags.setdefault("mlflow.parentRunId", parent)
