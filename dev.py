@@ -32,7 +32,7 @@ def _stamp() -> str:
 
 def setup() -> None:
     """Create .venv and install the project (editable, with dev extras) unless up to date."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run under any python3
         sys.exit(f"thyroaug needs Python >= 3.11, this is {sys.version.split()[0]}")
     if STAMP.exists() and STAMP.read_text() == _stamp() and (BIN / "thyroaug").exists():
         return
@@ -57,7 +57,8 @@ def main(argv: list[str]) -> int:
     if job == "setup":
         return 0
     if job == "demo":
-        return subprocess.run([str(BIN / "thyroaug"), "demo", *rest], cwd=ROOT, env=env).returncode
+        cmd = [str(BIN / "thyroaug"), "study", "--profile", "quick", *rest]
+        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
     rc = subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     if rc == 5:
         print("[dev] pytest collected no tests: that is a failure", file=sys.stderr)

@@ -19,7 +19,6 @@ from thyroaug.errors import ThyroaugError
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("thyroaug.data.phantom.cli", "simulate a phantom cohort (files + manifest)"),
     "prepare": ("thyroaug.data.cli", "validate a manifest and build the prepared cohort cache"),
-    "demo": ("thyroaug.demo", "the README's main job: phantom -> prepare -> summary (quick)"),
     "train-classifier": ("thyroaug.classifier.cli", "train + evaluate the ResNet18 for a scenario"),
     "train-fm": ("thyroaug.generators.fm_cli", "train the flow-matching generator"),
     "train-sd": ("thyroaug.generators.sd_cli", "train the Stable Diffusion generator"),
