@@ -1,0 +1,496 @@
+"""Manifest + files on disk -> the prepared cohort cache (``cohort.safetensors``).
+
+``prepare_cohort`` validates the manifest(s), assigns splits, hashes the inputs, and then either
+loads the existing cache (same hash) or reads, resamples and normalises every case and saves the
+cohort atomically. Nothing is written unless every case succeeds; all failing cases are reported
+in one error.
+
+The content hash is the first 32 hex digits (128 bits) of a SHA-256 over the preparation settings,
+every manifest row (canonical columns, paths as written in the manifest) and the bytes of every
+referenced image and mask. 32 digits fit MLflow's dataset digest column (36 characters), so the
+same string serves as cache key, run tag and dataset digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from thyroaug import CLASS_NAMES, CLASSES
+from thyroaug.config import to_dict
+from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
+from thyroaug.data.io import read_image, read_mask
+from thyroaug.data.manifest import (
+    CANONICAL_COLUMNS,
+    combine_manifests,
+    load_manifest,
+    validate_manifest,
+)
+from thyroaug.data.preprocess import PreprocessSettings, preprocess_case
+from thyroaug.data.splits import SPLITS, assign_splits, parse_centers
+from thyroaug.errors import ImageReadError, PromptError, ThyroaugError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bumped whenever preparation changes in a way that changes the output (invalidates caches)."""
+
+ManifestInput = str | Path | pd.DataFrame | Sequence[str | Path | pd.DataFrame]
+
+
+@dataclass
+class PrepareConfig:
+    """Preparation settings; defaults are the paper's (128 px, B-spline, centers A-F / G-I, 9:1).
+
+    Attributes:
+        size: side of the square output images.
+        normalisation: ``max`` (robust max -> [0, 1]) or ``counts`` (count-preserving).
+        percentile: robust-maximum percentile for ``max``.
+        non_square: ``pad`` (zero-pad, centred) or ``error``.
+        train_centers: training centers (split into train / val).
+        external_centers: external test centers.
+        val_fraction: fraction of each class of the training centers held out for validation.
+        seed: seed of the train / val split.
+        workers: worker processes for reading (0 or 1 = in this process).
+    """
+
+    size: int = 128
+    normalisation: str = "max"
+    percentile: float = 99.9
+    non_square: str = "pad"
+    train_centers: str = "ABCDEF"
+    external_centers: str = "GHI"
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 0
+
+    PROFILES: ClassVar[dict[str, dict[str, Any]]] = {"quick": {"size": 64}, "smoke": {"size": 32}}
+
+    def preprocess(self) -> PreprocessSettings:
+        """The per-case preprocessing part of the settings (validated)."""
+        return PreprocessSettings(
+            size=int(self.size),
+            normalisation=self.normalisation,
+            percentile=float(self.percentile),
+            non_square=self.non_square,
+        )
+
+
+@dataclass
+class PrepareOutcome:
+    """Result of ``prepare``: the cohort, where it is, and whether the cache was reused."""
+
+    cohort: PreparedCohort
+    path: Path
+    reused: bool
+
+
+def cohort_path(out: str | Path) -> Path:
+    """The cohort file for ``out`` (a folder, or a path ending in ``.safetensors``)."""
+    out = Path(out)
+    return out if out.suffix == ".safetensors" else out / COHORT_FILE
+
+
+def cached_hash(out: str | Path) -> str | None:
+    """Content hash of the cohort already at ``out`` (None if none or unreadable)."""
+    path = cohort_path(out)
+    if not path.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("content_hash")
+    except Exception as exc:  # a damaged cache is rebuilt, not fatal
+        log.warning("cannot read the existing cohort at %s (%s); rebuilding", path, exc)
+        return None
+
+
+def load_inputs(
+    manifest: ManifestInput,
+    root: str | Path | None = None,
+    class_map: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Load and validate one or more manifests (paths or tables) into one canonical table."""
+    items = [manifest] if isinstance(manifest, (str, Path, pd.DataFrame)) else list(manifest)
+    if not items:
+        raise ThyroaugError("no manifest given; pass a manifest file or a registry")
+    tables = []
+    for item in items:
+        if isinstance(item, pd.DataFrame):
+            tables.append(validate_manifest(item, root=root, class_map=class_map))
+        else:
+            tables.append(load_manifest(item, root=root, class_map=class_map))
+    names = [Path(i).name if isinstance(i, str | Path) else "<table>" for i in items]
+    return combine_manifests(tables, source=" + ".join(names))
+
+
+def _file_digest(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").digest()
+
+
+def content_hash(table: pd.DataFrame, settings: dict[str, Any]) -> str:
+    """Hash of the settings, the canonical manifest rows and the bytes of every referenced file."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    columns = [c for c in CANONICAL_COLUMNS if c in table.columns]
+    for row in table[[*columns, "image_path", "mask_path"]].itertuples(index=False):
+        values = ["" if pd.isna(v) else str(v) for v in row[: len(columns)]]
+        digest.update(json.dumps(values).encode() + b"\n")
+        for path in row[len(columns) :]:
+            digest.update(_file_digest(path) if path else b"-")
+    return digest.hexdigest()[:32]
+
+
+def _prompt_builder(table: pd.DataFrame) -> tuple[Any, dict[str, Any] | None]:
+    """``report_to_prompt`` and a record of its version, if any case needs a prompt built."""
+    need = (table["prompt"] == "") & (table["report"] != "")
+    if not need.any():
+        return None, None
+    try:
+        import thyroaug.prompts as prompts
+    except ImportError as exc:
+        raise PromptError(
+            f"{int(need.sum())} case(s) have a report but no prompt, and thyroaug.prompts "
+            f"cannot be imported ({exc}); add prompts to the manifest"
+        ) from exc
+    source = Path(prompts.__file__).read_bytes()
+    record = {
+        "function": "thyroaug.prompts.report_to_prompt",
+        "source_sha256": hashlib.sha256(source).hexdigest()[:16],
+    }
+    return prompts.report_to_prompt, record
+
+
+def _process_case(task: tuple[str, str, str, dict[str, Any]]) -> tuple[Any, ...]:
+    """Read + preprocess one case; return (image, mask, info, errors) (picklable for a pool)."""
+    case_id, image_path, mask_path, settings = task
+    errors: list[str] = []
+    image = mask = None
+    try:
+        image = read_image(image_path, case_id)
+    except ImageReadError as exc:
+        errors.append(str(exc))
+    if mask_path:
+        try:
+            mask = read_mask(mask_path, case_id)
+        except ImageReadError as exc:
+            errors.append(str(exc))
+    if errors:
+        return None, None, None, errors
+    try:
+        out, out_mask, info = preprocess_case(image, mask, PreprocessSettings(**settings), case_id)
+    except ImageReadError as exc:
+        return None, None, None, [str(exc)]
+    return out, out_mask, info, []
+
+
+def _settings(cfg: PrepareConfig, class_map: dict[str, str] | None) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    settings: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        **cfg.preprocess().to_dict(),
+        "train_centers": list(parse_centers(cfg.train_centers)),
+        "external_centers": list(parse_centers(cfg.external_centers)),
+        "val_fraction": float(cfg.val_fraction),
+        "seed": int(cfg.seed),
+        "simpleitk": sitk.Version.VersionString(),
+    }
+    if class_map:
+        settings["class_map"] = dict(class_map)
+    return settings
+
+
+def prepare(
+    manifest: ManifestInput,
+    out: str | Path,
+    config: PrepareConfig | None = None,
+    *,
+    root: str | Path | None = None,
+    class_map: dict[str, str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareOutcome:
+    """Build (or reuse) the prepared cohort; see ``prepare_cohort`` for the arguments."""
+    cfg = config or PrepareConfig()
+    started = time.perf_counter()
+    settings = _settings(cfg, class_map)  # validates the settings before any file is read
+    table = load_inputs(manifest, root=root, class_map=class_map)
+    builder, builder_record = _prompt_builder(table)
+    if builder_record:
+        settings["prompt_builder"] = builder_record
+    chash = content_hash(table, settings)  # rows as given: assigned splits follow the settings
+    table = assign_splits(
+        table, cfg.train_centers, cfg.external_centers, cfg.val_fraction, cfg.seed
+    )
+    path = cohort_path(out)
+    if not force and cached_hash(path) == chash:
+        cohort = PreparedCohort.load(path)
+        log.info("cohort at %s is up to date (hash %s): loaded, not rebuilt", path, chash)
+        return PrepareOutcome(cohort=cohort, path=path, reused=True)
+
+    pre = cfg.preprocess()
+    pre_dict = {k: getattr(pre, k) for k in ("size", "normalisation", "percentile", "non_square")}
+    tasks = [
+        (cid, img, msk, pre_dict)
+        for cid, img, msk in zip(table["case_id"], table["image_path"], table["mask_path"])
+    ]
+    results = _run_tasks(tasks, int(cfg.workers), progress)
+    errors = [msg for res in results for msg in res[3]]
+    prompts = list(table["prompt"])
+    prompt_errors: list[str] = []
+    if builder is not None:
+        for i, report in enumerate(table["report"]):
+            if not prompts[i] and report:
+                try:
+                    prompts[i] = builder(report)
+                except ThyroaugError as exc:
+                    prompt_errors.append(f"case {table['case_id'].iloc[i]}: prompt: {exc}")
+    if errors or prompt_errors:
+        problems = [*errors, *prompt_errors]
+        error_type = ImageReadError if errors else PromptError
+        raise error_type(
+            f"{len(problems)} problem(s) in {len(tasks)} case(s); nothing was written:\n"
+            + "\n".join(f"  - {e}" for e in problems)
+        )
+    size = pre.size
+    images = np.stack([r[0] for r in results])[:, None]
+    masks = np.stack(
+        [r[1] if r[1] is not None else np.zeros((size, size), np.uint8) for r in results]
+    )[:, None]
+    labels = torch.tensor([CLASSES.index(lab) for lab in table["label"]], dtype=torch.int64)
+    cohort_table = pd.DataFrame(
+        {
+            "case_id": table["case_id"],
+            "patient_id": table["patient_id"],
+            "center": table["center"],
+            "label": table["label"],
+            "split": table["split"],
+            "has_mask": table["mask_path"] != "",
+            "prompt": prompts,
+            "report": table["report"],
+            "age": table["age"],
+            "sex": table["sex"],
+            "manufacturer": table["manufacturer"],
+            "model": table["model"],
+            "source_image": table["image"],
+            "source_mask": table["mask"],
+            "orig_rows": [r[2]["orig_rows"] for r in results],
+            "orig_cols": [r[2]["orig_cols"] for r in results],
+            "padded": [r[2]["padded"] for r in results],
+        }
+    )
+    cohort = PreparedCohort(
+        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
+        masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
+        labels=labels,
+        table=cohort_table,
+        content_hash=chash,
+        settings=settings,
+    )
+    saved = cohort.save(path)
+    log.info(
+        "prepared %d cases (%s) -> %s in %.1f s (hash %s)",
+        len(cohort),
+        ", ".join(f"{s} {len(cohort.indices(s))}" for s in SPLITS),
+        saved,
+        time.perf_counter() - started,
+        chash,
+    )
+    return PrepareOutcome(cohort=cohort, path=saved, reused=False)
+
+
+def _run_tasks(tasks: list[tuple[Any, ...]], workers: int, progress: bool) -> list[tuple]:
+    bar = dict(total=len(tasks), desc="prepare", unit="case", disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            chunk = max(1, len(tasks) // (workers * 8))
+            return list(tqdm(pool.map(_process_case, tasks, chunksize=chunk), **bar))
+    return [_process_case(t) for t in tqdm(tasks, **bar)]
+
+
+def prepare_cohort(
+    manifest: ManifestInput,
+    out: str | Path,
+    size: int = 128,
+    normalisation: str = "max",
+    *,
+    percentile: float = 99.9,
+    non_square: str = "pad",
+    train_centers: str = "ABCDEF",
+    external_centers: str = "GHI",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    workers: int = 0,
+    root: str | Path | None = None,
+    class_map: dict[str, str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> PreparedCohort:
+    """Validate, read, resample, normalise, split and cache a cohort; reuse an up-to-date cache.
+
+    Args:
+        manifest: a manifest file, a validated table (e.g. from ``load_registry``), or a list.
+        out: output folder (the cohort goes to ``out/cohort.safetensors``) or a ``.safetensors``
+            path.
+        size: output image side (paper: 128).
+        normalisation: ``max`` or ``counts`` (see ``thyroaug.data.preprocess``).
+        percentile: robust-maximum percentile for ``max``.
+        non_square: ``pad`` or ``error``.
+        train_centers: training centers, e.g. ``"ABCDEF"`` or ``"A,B"``.
+        external_centers: external test centers.
+        val_fraction: val share of each class of the training centers.
+        seed: seed of the train / val split.
+        workers: reader processes (0 = this process).
+        root: folder relative paths in manifest files resolve against (default: each manifest's
+            folder; for tables: the current directory).
+        class_map: meaning of non-standard label values, e.g. ``{"0": "DG", ...}``.
+        force: rebuild even if the cache is up to date.
+        progress: show a progress bar.
+
+    Returns:
+        The prepared cohort (also saved at ``out``).
+
+    Raises:
+        ManifestError: invalid manifest (every problem listed).
+        SplitError: a patient in two splits, unknown centers, no training cases.
+        ImageReadError: any case unreadable or invalid (every failing case listed); nothing is
+            written.
+    """
+    cfg = PrepareConfig(
+        size=size,
+        normalisation=normalisation,
+        percentile=percentile,
+        non_square=non_square,
+        train_centers=train_centers,
+        external_centers=external_centers,
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers,
+    )
+    return prepare(
+        manifest, out, cfg, root=root, class_map=class_map, force=force, progress=progress
+    ).cohort
+
+
+def summary_table(cohort: PreparedCohort) -> pd.DataFrame:
+    """Cases per center x class, with each center's splits and a total row."""
+    table = cohort.table
+    counts = pd.crosstab(table["center"], table["label"]).reindex(columns=list(CLASSES))
+    counts = counts.fillna(0).astype(int)
+    splits = table.groupby("center")["split"].agg(
+        lambda s: "+".join(x for x in SPLITS if x in set(s))
+    )
+    counts.insert(0, "split", splits.reindex(counts.index))
+    counts["total"] = counts[list(CLASSES)].sum(axis=1)
+    total = counts[[*CLASSES, "total"]].sum().to_frame().T.assign(split="")
+    total.index = ["all"]
+    out = pd.concat([counts, total[counts.columns]])
+    out.index.name = "center"
+    return out.reset_index()
+
+
+def split_table(cohort: PreparedCohort) -> pd.DataFrame:
+    """Cases per split x class (with totals)."""
+    counts = pd.crosstab(cohort.table["split"], cohort.table["label"])
+    counts = counts.reindex(index=list(SPLITS), columns=list(CLASSES)).fillna(0).astype(int)
+    counts["total"] = counts.sum(axis=1)
+    counts.index.name = "split"
+    return counts.reset_index()
+
+
+def example_grid(cohort: PreparedCohort, per_class: int = 6, seed: int = 0) -> Any:
+    """A matplotlib Figure: one row per class, ``per_class`` random cases with mask outlines."""
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(seed)
+    fig = Figure(figsize=(1.6 * per_class, 1.7 * len(CLASSES)), dpi=100)
+    axes = fig.subplots(len(CLASSES), per_class, squeeze=False)
+    labels = cohort.labels.numpy()
+    vmax = 1.0 if cohort.settings.get("normalisation", "max") == "max" else None
+    for r, cls in enumerate(CLASSES):
+        rows = np.flatnonzero(labels == r)
+        pick = np.sort(rng.choice(rows, size=min(per_class, len(rows)), replace=False))
+        for c in range(per_class):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{cls}\n{CLASS_NAMES[cls]}", fontsize=8)
+            if c >= len(pick):
+                ax.set_frame_on(False)
+                continue
+            i = int(pick[c])
+            ax.imshow(cohort.images[i, 0].numpy(), cmap="gray", vmin=0, vmax=vmax)
+            mask = cohort.masks[i, 0].numpy()
+            if mask.any():
+                ax.contour(mask, levels=[0.5], colors="tab:red", linewidths=0.6)
+            row = cohort.table.iloc[i]
+            ax.set_title(f"{row['center']} / {row['split']}", fontsize=7)
+    fig.suptitle(f"prepared cohort ({cohort.size} px), hash {cohort.content_hash[:12]}")
+    fig.tight_layout()
+    return fig
+
+
+def log_cohort(
+    outcome: PrepareOutcome,
+    config: PrepareConfig,
+    sources: Sequence[str] = (),
+) -> None:
+    """Log a prepared cohort to the active MLflow run.
+
+    Params: the settings, the content hash, case counts per split; tags: the content hash and
+    whether the cache was reused; the cohort as an MLflow dataset input (context ``prepared``,
+    digest = content hash; report text left out); counts per center x class as a table and as
+    CSV; an example grid image. Patient ids and report text are never logged as params / tags.
+    """
+    import mlflow
+
+    cohort = outcome.cohort
+    params: dict[str, Any] = {k: v for k, v in to_dict(config).items() if k not in ("workers",)}
+    params.update(
+        content_hash=cohort.content_hash,
+        n_cases=len(cohort),
+        **{f"n_{split}": len(cohort.indices(split)) for split in SPLITS},
+    )
+    if sources:
+        params["sources"] = ",".join(Path(s).name for s in sources)[:500]
+    mlflow.log_params(params)
+    mlflow.set_tags(
+        {
+            "cohort.content_hash": cohort.content_hash,
+            "cohort.reused_cache": str(outcome.reused).lower(),
+        }
+    )
+    dataset_table = cohort.table.drop(columns=["report"], errors="ignore")
+    with warnings.catch_warnings():  # ambiguous local source / integer-column schema hints
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            dataset_table,
+            source=str(outcome.path.resolve()),
+            name=f"thyroaug-cohort-{cohort.size}px",
+            digest=cohort.content_hash,
+            targets="label",
+        )
+        mlflow.log_input(dataset, context="prepared")
+    summary = summary_table(cohort)
+    mlflow.log_table(summary, artifact_file="cohort/counts_center_class.json")
+    mlflow.log_text(summary.to_csv(index=False), "cohort/counts_center_class.csv")
+    mlflow.log_text(split_table(cohort).to_csv(index=False), "cohort/counts_split_class.csv")
+    mlflow.log_dict(cohort.settings, "cohort/settings.json")
+    mlflow.log_figure(example_grid(cohort), "cohort/examples.png")

@@ -1,0 +1,177 @@
+"""Train / val / external splits: by center first, then a stratified, patient-grouped 9:1 split.
+
+As in the paper (Sec. 3.2), centers A-F are for training and G-I are the external test set. The
+training centers' cases are split into train and val with ``val_fraction`` (0.1 -> 9:1), stratified
+by class and grouped by patient (all cases of a patient land in the same split), reproducible by
+``seed``.
+
+The val split is chosen greedily: patients are shuffled with the seed, larger patients (more
+cases) first, and a patient joins val when that keeps every class at or under its quota
+round(val_fraction x class count). With one case per patient every class lands exactly on its
+quota, i.e. within 0.5 of the ideal; patients with several cases can leave a class below quota,
+so the contract is "within +-1 of the ideal per class", checked and logged. (scikit-learn's
+``StratifiedGroupKFold`` only offers 1/k fractions and balances folds less tightly.)
+
+If a manifest gives splits in every row, they are kept and only validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from thyroaug import CLASSES
+from thyroaug.errors import ConfigError, SplitError
+
+log = logging.getLogger(__name__)
+
+SPLITS: tuple[str, ...] = ("train", "val", "external")
+
+
+def parse_centers(centers: str | Sequence[str]) -> tuple[str, ...]:
+    """``"ABCDEF"`` -> one center per letter; ``"A,B"`` or a list -> the listed names."""
+    if isinstance(centers, str):
+        text = centers.strip()
+        if "," in text or " " in text:
+            items = [c.strip() for c in text.replace(" ", ",").split(",")]
+        else:
+            items = list(text)
+        return tuple(c for c in items if c)
+    return tuple(str(c).strip() for c in centers if str(c).strip())
+
+
+def check_splits(table: pd.DataFrame) -> None:
+    """Raise SplitError if a split value is invalid or a patient's cases span several splits."""
+    bad = table[~table["split"].isin(SPLITS)]
+    problems = [
+        f"case {cid}: split {split!r} is not one of {', '.join(SPLITS)}"
+        for cid, split in zip(bad["case_id"], bad["split"])
+    ]
+    for pid, group in table.groupby("patient_id", sort=True):
+        if group["split"].nunique() > 1:
+            cases = ", ".join(f"{c} ({s})" for c, s in zip(group["case_id"], group["split"]))
+            problems.append(
+                f"patient {pid} is in more than one split: cases {cases}; "
+                "a patient's cases must share one split"
+            )
+    if problems:
+        raise SplitError("invalid splits:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def stratified_group_split(
+    labels: Sequence[str], groups: Sequence[str], fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Boolean mask of the rows chosen for the held-out part (see the module docstring).
+
+    Args:
+        labels: class of each row.
+        groups: patient of each row; a group is never divided.
+        fraction: target fraction of every class in the held-out part.
+        seed: shuffling seed.
+    """
+    labels_arr = np.asarray(labels, dtype=object)
+    groups_arr = np.asarray(groups, dtype=object)
+    chosen = np.zeros(len(labels_arr), dtype=bool)
+    if fraction <= 0 or len(labels_arr) == 0:
+        return chosen
+    classes = sorted(set(labels_arr.tolist()))
+    col = {c: j for j, c in enumerate(classes)}
+    unique_groups = sorted(set(groups_arr.tolist()))
+    gidx = {g: k for k, g in enumerate(unique_groups)}
+    counts = np.zeros((len(unique_groups), len(classes)), dtype=np.int64)
+    for lab, grp in zip(labels_arr, groups_arr):
+        counts[gidx[grp], col[lab]] += 1
+    quota = np.floor(fraction * counts.sum(axis=0) + 0.5).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique_groups))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    taken = np.zeros(len(classes), dtype=np.int64)
+    selected: set[str] = set()
+    for k in order:
+        if np.all(taken + counts[k] <= quota):
+            taken += counts[k]
+            selected.add(unique_groups[k])
+    chosen[:] = [g in selected for g in groups_arr]
+    return chosen
+
+
+def assign_splits(
+    table: pd.DataFrame,
+    train_centers: str | Sequence[str] = "ABCDEF",
+    external_centers: str | Sequence[str] = "GHI",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A copy of ``table`` with ``split`` set to train / val / external.
+
+    Args:
+        table: validated manifest (case_id, patient_id, center, label; optional split).
+        train_centers: centers used for training (split into train / val).
+        external_centers: centers held out as the external test set.
+        val_fraction: fraction of every class of the training centers that goes to val.
+        seed: seed of the train / val choice.
+
+    Raises:
+        SplitError: a center in neither list, a patient in two splits (train + external centers,
+            or given splits), or no training cases.
+        ConfigError: overlapping center lists or a bad ``val_fraction``.
+    """
+    out = table.copy()
+    given = out["split"].astype(str).str.len() > 0 if "split" in out.columns else None
+    if given is not None and given.all():
+        check_splits(out)
+        log.info("using the splits given in the manifest")
+        return out
+    if given is not None and given.any():
+        raise SplitError(
+            "the split column is filled for some cases only; fill it for all or for none"
+        )
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction}: expected a value in [0, 1)")
+    train_set, ext_set = set(parse_centers(train_centers)), set(parse_centers(external_centers))
+    if train_set & ext_set:
+        raise ConfigError(
+            f"centers {sorted(train_set & ext_set)} are both training and external centers"
+        )
+    unknown = sorted(set(out["center"]) - train_set - ext_set)
+    if unknown:
+        cases = {c: ", ".join(out.loc[out["center"] == c, "case_id"].head(5)) for c in unknown}
+        lines = "\n".join(f"  - center {c!r} (cases {cases[c]}, ...)" for c in unknown)
+        raise SplitError(
+            f"centers in neither the training ({''.join(sorted(train_set))}) nor the external "
+            f"({''.join(sorted(ext_set))}) list:\n{lines}\n"
+            "name them with --train-centers / --external-centers"
+        )
+    is_train_center = out["center"].isin(train_set).to_numpy()
+    out["split"] = np.where(is_train_center, "train", "external")
+    check_splits(out)  # a patient seen at a training and an external center
+    if not is_train_center.any():
+        raise SplitError(
+            f"no case comes from a training center ({''.join(sorted(train_set))}); "
+            "check the center column or --train-centers"
+        )
+    train_rows = np.flatnonzero(is_train_center)
+    sub = out.iloc[train_rows]
+    val = stratified_group_split(sub["label"], sub["patient_id"], val_fraction, seed)
+    out.iloc[train_rows[val], out.columns.get_loc("split")] = "val"
+    _log_stratification(sub["label"].to_numpy(), val, val_fraction)
+    check_splits(out)
+    return out
+
+
+def _log_stratification(labels: np.ndarray, val: np.ndarray, fraction: float) -> None:
+    for cls in CLASSES:
+        n = int(np.sum(labels == cls))
+        got = int(np.sum(val & (labels == cls)))
+        ideal = fraction * n
+        if abs(got - ideal) > 1:
+            log.warning(
+                "val has %d %s cases, ideal %.1f (patients with several cases limit the split)",
+                got,
+                cls,
+                ideal,
+            )
+    log.info("split: %d train, %d val (of the training centers)", int((~val).sum()), int(val.sum()))
