@@ -209,7 +209,7 @@ def run_study(
         # cohort's content hash (logged by prepare) is what downstream steps depend on.
         manifest_hash = _hash(Path(manifest).read_bytes().hex()) if manifest else ""
         prep_run, _ = st.step("prepare_data", prep_argv, [manifest_hash])
-        prep_hash = prep_run.data.tags.get("content_hash") or prep_run.info.run_id
+        prep_hash = prep_run.data.tags.get("cohort.content_hash") or prep_run.info.run_id
         echo(f"[study] cohort ready ({time.monotonic() - t0:.0f} s)")
 
         synthetic: dict[str, str] = {}
