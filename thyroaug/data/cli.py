@@ -78,17 +78,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def phantom_manifest(folder: str | Path, scale: float, seed: int, progress: bool = True) -> Path:
     """The manifest of a phantom cohort in ``folder``, simulated unless the same one is there.
 
-    An existing ``phantom.json`` with the same scale and seed means the files are reused.
+    An existing ``phantom.json`` with the same scale, seed and generator version means the files are
+    reused.
     """
+    from thyroaug.data.phantom import PHANTOM_VERSION, simulate_cohort
+
     folder = Path(folder)
     manifest, summary = folder / "manifest.csv", folder / "phantom.json"
     if manifest.is_file() and summary.is_file():
         info = json.loads(summary.read_text(encoding="utf-8"))
-        if float(info.get("scale", -1)) == float(scale) and int(info.get("seed", -1)) == seed:
+        same = (
+            float(info.get("scale", -1)) == float(scale)
+            and int(info.get("seed", -1)) == seed
+            and info.get("phantom_version") == PHANTOM_VERSION
+        )
+        if same:
             log.info("reusing the phantom cohort in %s (scale %g, seed %d)", folder, scale, seed)
             return manifest
-    from thyroaug.data.phantom import simulate_cohort
-
     simulate_cohort(folder, scale=scale, seed=seed, overwrite=True, progress=progress)
     return manifest
 
