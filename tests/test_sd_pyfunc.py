@@ -1,0 +1,218 @@
+"""`thyroaug train-sd` -> registered `thyroaug-sd` pyfunc -> predict / synthesize / serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import make_tiny_cohort
+
+from thyroaug import CLASSES
+from thyroaug.cli import main
+
+URI = "models:/thyroaug-sd@champion"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated():
+    """No local SD weights (scratch by default) and one torch thread: tiny nets run as fast
+    on one thread alone and far faster on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("THYROAUG_SD_BASE", raising=False)
+        mp.delenv("THYROAUG_WEIGHTS_DIR", raising=False)
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sd_home(tmp_path_factory: pytest.TempPathFactory):
+    """A private tracking home where `thyroaug train-sd --register --alias champion` ran once."""
+    import mlflow
+
+    home = tmp_path_factory.mktemp("sdhome")
+    cohort_dir = make_tiny_cohort().save(home / "cohort").parent
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("THYROAUG_HOME", str(home))
+        mp.setenv("THYROAUG_TRACKING", "local")
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
+            mp.delenv(var, raising=False)
+        mp.delenv("MLFLOW_PARENT_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+        rc = main(
+            [
+                "train-sd",
+                "--profile",
+                "smoke",
+                "--cohort",
+                str(cohort_dir),
+                "--output",
+                str(home / "sd"),
+                "--register",
+                "--alias",
+                "champion",
+                "--no-progress",
+            ]
+        )
+        assert rc == 0
+        yield home
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
+def test_train_sd_cli_logs_the_run_and_registers(sd_home: Path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("thyroaug-sd", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["step"] == "train_sd" and run.data.tags["source"] == "scratch"
+    assert run.data.params["learning_rate"] == "0.001"  # the smoke profile's value
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 25))
+    samples = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
+    assert {f"samples/final_{c}.png" for c in CLASSES} <= set(samples)
+    assert version.tags["method"] == "SD"
+    assert (sd_home / "sd" / "model" / "model_index.json").exists()
+
+
+def test_pyfunc_round_trip_and_synthesize(sd_home: Path):
+    import mlflow
+
+    from thyroaug.generators.base import open_generator, synthesize
+
+    model = mlflow.pyfunc.load_model(URI)
+    mask = np.zeros((32, 32))
+    mask[8:24, 8:24] = 1
+    rows = [
+        {"label": "DG", "mode": "SD2", "prompt": "thyroid scan, dg", "count": 2},
+        {"label": "TI", "mode": "SD1", "seed": 4},
+        {"label": "NG", "mode": "SD4", "mask": mask.tolist(), "prompt": "ng"},
+        {"label": "NL", "mode": "SD3", "image": np.full((32, 32), 0.4).tolist()},
+    ]
+    # mixed rows: every field on every row (None where not given), as MLflow's schema needs
+    fields = {"prompt": None, "image": None, "mask": None, "count": 1, "seed": 0}
+    request = pd.DataFrame([{**fields, **row} for row in rows])
+    out = model.predict(request, params={"steps": 2})
+    assert list(out["request"]) == [0, 0, 1, 2, 3]
+    assert list(out["mode"]) == ["SD2", "SD2", "SD1", "SD4", "SD3"]
+    assert all(np.asarray(im).shape == (32, 32) for im in out["image"])
+    assert out["source_id"].iloc[3] == "request" and out["source_id"].iloc[2][1:3] == "TI"
+    again = model.predict(request, params={"steps": 2})
+    assert np.array_equal(np.stack(out["image"]), np.stack(again["image"]))
+
+    handle = open_generator(URI)
+    assert handle.version == "1"
+    synth, grids = synthesize(handle, 1, seed=0, mode="SD1", progress=False, steps=2)
+    assert (
+        synth.method == "SD1" and len(synth.images) == len(CLASSES) and set(grids) == set(CLASSES)
+    )
+
+
+def _error(model, rows, params=None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as info:
+        model.predict(pd.DataFrame(rows), params=params)
+    return str(info.value)
+
+
+def test_requests_are_validated(sd_home: Path):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(URI)
+    assert "mode=" in _error(model, [{"label": "DG", "mode": "SD7"}])
+    assert "77-token limit" in _error(
+        model, [{"label": "DG", "mode": "SD2", "prompt": " ".join(["word"] * 100)}]
+    )
+    assert "empty prompt" in _error(model, [{"label": "DG", "mode": "SD3", "prompt": "x"}])
+    assert "at most 16" in _error(model, [{"label": "DG", "mode": "SD2", "count": 17}])
+    assert "[32, 32]" in _error(
+        model, [{"label": "DG", "mode": "SD1", "image": np.zeros((8, 8)).tolist()}]
+    )
+    assert "[0, 1]" in _error(
+        model, [{"label": "DG", "mode": "SD1", "image": np.full((32, 32), 3.0).tolist()}]
+    )
+    assert "SD4 only" in _error(
+        model, [{"label": "DG", "mode": "SD2", "mask": np.zeros((32, 32)).tolist()}]
+    )
+    assert "unknown label" in _error(model, [{"label": "XX", "mode": "SD2"}])
+    assert "strength" in _error(model, [{"label": "DG", "mode": "SD1"}], {"strength": 0.0})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _post(url: str, payload: dict) -> tuple[int, str]:
+    req = urllib.request.Request(
+        url, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_and_rejects(sd_home: Path):
+    import mlflow
+
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # the server execs `uvicorn` from PATH
+    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    mlflow_bin = str(Path(bin_dir) / "mlflow")
+    cmd = [mlflow_bin, "models", "serve", "-m", URI, "--env-manager", "local"]
+    cmd += ["-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+            time.sleep(1)
+        ok = {
+            "inputs": [{"label": "DG", "mode": "SD2", "prompt": "thyroid scan", "count": 2}],
+            "params": {"steps": 2},
+        }
+        status, body = _post(f"{base}/invocations", ok)
+        assert status == 200, body
+        rows = json.loads(body)["predictions"]
+        assert len(rows) == 2 and np.asarray(rows[0]["image"]).shape == (32, 32)
+        status, body = _post(f"{base}/invocations", {"inputs": [{"label": "DG", "mode": "SD5"}]})
+        assert status == 400 and "SD1, SD2, SD3, SD4" in body
+        many = {"inputs": [{"label": "DG", "mode": "SD2", "count": 500}]}
+        status, body = _post(f"{base}/invocations", many)
+        assert status == 400 and "at most 16" in body
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
