@@ -57,9 +57,9 @@ def parse_scenarios(text: str) -> list[str]:
 
 def methods_needed(scenarios: list[str]) -> list[str]:
     """Generator methods (FM, SD1..SD4) that the scenarios consume, in a stable order."""
-    from thyroaug.scenarios import parse
+    from thyroaug.scenarios import Scenario
 
-    parts = {p for s in scenarios for p in parse(s)}
+    parts = {p for s in scenarios for p in Scenario.parse(s).generator_methods}
     return [m for m in ("FM", *SD_MODES) if m in parts]
 
 
@@ -152,7 +152,7 @@ def run_study(
     import mlflow
     from mlflow import MlflowClient
 
-    from thyroaug.scenarios import parse
+    from thyroaug.scenarios import Scenario
 
     names = parse_scenarios(scenarios)
     scale = (
@@ -287,7 +287,7 @@ def run_study(
             echo(f"[study] SD trained and sampled ({time.monotonic() - t0:.0f} s)")
 
         for scenario in names:
-            needed = [m for m in parse(scenario) if m in synthetic]
+            needed = list(Scenario.parse(scenario).generator_methods)
             argv = [
                 "train-classifier",
                 "--scenario",
