@@ -1,0 +1,487 @@
+"""Scenario grammar and training-set assembly (paper sections 3.2 and 4).
+
+A scenario names what the classifier trains on, as parts joined by ``+``:
+  ``O``                   the original training cases (centers A–F, training split);
+  ``SD1`` … ``SD4``, ``FM`` a synthetic set from a generator (1000 images per class in the paper);
+  ``CA``                  conventionally augmented images made from the original training images
+                          (1000 per class in the paper; ``thyroaug.augment``, seeded).
+Parts may be written in any order (``CA+O+FM`` is ``O+FM+CA``); the canonical name puts ``O`` first,
+then the generator parts in the order SD1, SD2, SD3, SD4, FM, then ``CA``. Any non-empty combination
+without repeats is valid; the paper's 18 are ``PAPER_SCENARIOS``.
+
+Validation and external cases are never augmented and never mixed with synthetic images:
+``assert_not_augmented`` checks an evaluation set against the cohort, and ``check_no_leakage``
+refuses synthetic sets conditioned on validation/external cases.
+
+Synthetic sets (format: ``thyroaug.synthetic``) are passed as ``METHOD=REF`` where REF is a local
+folder, an MLflow artifact URI (``runs:/<run_id>/synthetic/FM``, ``mlflow-artifacts:/...``,
+``s3://...``) or a bare run id (then ``synthetic/<METHOD>`` of that run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyroaug import CLASSES
+from thyroaug.data.cohort import PreparedCohort
+from thyroaug.errors import ScenarioError
+from thyroaug.synthetic import SyntheticSet
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "O"
+CONVENTIONAL = "CA"
+GENERATOR_METHODS: tuple[str, ...] = ("SD1", "SD2", "SD3", "SD4", "FM")
+PARTS: tuple[str, ...] = (ORIGINAL, *GENERATOR_METHODS, CONVENTIONAL)
+"""All scenario parts in canonical order."""
+
+PAPER_SCENARIOS: tuple[str, ...] = (
+    "O",
+    "CA",
+    "SD1",
+    "SD2",
+    "SD3",
+    "SD4",
+    "FM",
+    "O+CA",
+    "O+SD1",
+    "O+SD2",
+    "O+SD3",
+    "O+SD4",
+    "O+FM",
+    "O+SD1+CA",
+    "O+SD2+CA",
+    "O+SD3+CA",
+    "O+SD4+CA",
+    "O+FM+CA",
+)
+"""The paper's 18 training strategies (section 3.2.3 / Table 2), in canonical form and order."""
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A parsed scenario: its parts in canonical order."""
+
+    parts: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str | Scenario) -> Scenario:
+        """Parse ``"CA+O+FM"``-style text (case and spaces ignored).
+
+        Raises:
+            ScenarioError: empty text, an unknown part (the message lists the valid ones) or a part
+                named twice.
+        """
+        if isinstance(text, Scenario):
+            return text
+        if not isinstance(text, str) or not text.strip():
+            raise ScenarioError(
+                f"empty scenario {text!r}; write parts joined by '+', e.g. O+FM+CA "
+                f"(parts: {', '.join(PARTS)})"
+            )
+        raw = [p.strip() for p in text.split("+")]
+        parts = [p.upper() for p in raw]
+        unknown = [r for r, p in zip(raw, parts) if p not in PARTS]
+        if unknown:
+            raise ScenarioError(
+                f"scenario {text!r}: unknown part(s) {', '.join(repr(u) for u in unknown)}; valid "
+                f"parts are {', '.join(PARTS)} joined by '+' (e.g. O+FM+CA)"
+            )
+        dups = sorted({p for p in parts if parts.count(p) > 1}, key=PARTS.index)
+        if dups:
+            raise ScenarioError(f"scenario {text!r}: part(s) {', '.join(dups)} named twice")
+        return cls(tuple(sorted(parts, key=PARTS.index)))
+
+    @property
+    def name(self) -> str:
+        """Canonical name, e.g. ``O+FM+CA``."""
+        return "+".join(self.parts)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def uses_original(self) -> bool:
+        """Whether the original training cases are part of the training set."""
+        return ORIGINAL in self.parts
+
+    @property
+    def synthetic_methods(self) -> tuple[str, ...]:
+        """Every synthetic part (generators then CA), canonical order."""
+        return tuple(p for p in self.parts if p != ORIGINAL)
+
+    @property
+    def generator_methods(self) -> tuple[str, ...]:
+        """The parts that need a generator's synthetic set (SD1..SD4, FM)."""
+        return tuple(p for p in self.parts if p in GENERATOR_METHODS)
+
+    @property
+    def uses_ca(self) -> bool:
+        """Whether conventionally augmented images are part of the training set."""
+        return CONVENTIONAL in self.parts
+
+
+def parse_scenario(text: str | Scenario) -> Scenario:
+    """``Scenario.parse``: the canonical ``Scenario`` for a scenario string."""
+    return Scenario.parse(text)
+
+
+def canonical(text: str | Scenario) -> str:
+    """Canonical name of a scenario string (``"CA+O+FM"`` -> ``"O+FM+CA"``)."""
+    return Scenario.parse(text).name
+
+
+def how_to_produce(method: str) -> str:
+    """One line telling a user how to make the synthetic set a scenario part needs."""
+    if method == "FM":
+        generator, extra = "models:/thyroaug-fm@champion", ""
+    else:
+        generator, extra = "models:/thyroaug-sd@champion", f" -P mode={method}"
+    return (
+        f"produce one with `mlflow run . -e synthesize -P generator={generator}{extra}` (or "
+        f"`thyroaug synthesize ...`), then pass it as "
+        f"--synthetic {method}=runs:/<run_id>/synthetic/{method} (or a local folder)"
+    )
+
+
+def require_synthetic(scenario: str | Scenario, given: Iterable[str]) -> None:
+    """Raise if a generator part of ``scenario`` has no synthetic set among ``given`` methods.
+
+    Raises:
+        ScenarioError: naming each missing method and how to produce its set.
+    """
+    sc = Scenario.parse(scenario)
+    have = {m.upper() for m in given}
+    missing = [m for m in sc.generator_methods if m not in have]
+    if missing:
+        raise ScenarioError(
+            f"scenario {sc} needs synthetic set(s) {', '.join(missing)} and none was given "
+            "(until the generators have run, only O and CA scenarios can train); "
+            + "; ".join(f"{m}: {how_to_produce(m)}" for m in missing)
+        )
+
+
+_ITEM_SPLIT = re.compile(r",\s*(?=(?:SD[1-4]|FM|CA)\s*=)", re.IGNORECASE)
+
+
+def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
+    """``["FM=runs:/abc/synthetic/FM", ...]`` -> ``{"FM": "runs:/abc/synthetic/FM"}``.
+
+    An item may also hold several comma-separated pairs (``"FM=...,SD1=..."``, the form an
+    MLproject string parameter carries); an empty item is ignored.
+
+    Raises:
+        ScenarioError: an item without ``=``, an unknown method, or a method given twice.
+    """
+    refs: dict[str, str] = {}
+    pairs = [p for item in items or [] for p in _ITEM_SPLIT.split(item) if p.strip()]
+    for item in pairs:
+        method, sep, ref = item.partition("=")
+        method = method.strip().upper()
+        if not sep or not ref.strip():
+            raise ScenarioError(
+                f"--synthetic {item!r}: expected METHOD=REF, e.g. FM=runs:/<id>/..."
+            )
+        if method not in (*GENERATOR_METHODS, CONVENTIONAL):
+            raise ScenarioError(
+                f"--synthetic {item!r}: unknown method {method!r}; valid: "
+                f"{', '.join((*GENERATOR_METHODS, CONVENTIONAL))}"
+            )
+        if method in refs:
+            raise ScenarioError(f"--synthetic: method {method} given twice")
+        refs[method] = ref.strip()
+    return refs
+
+
+@dataclass
+class LoadedSynthetic:
+    """A synthetic set plus where it came from (for logging exactly which set was used)."""
+
+    method: str
+    data: SyntheticSet
+    ref: str
+    local_path: str | None = None
+    sha256: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance dict (ref, path, hash, counts, the set's info) for params/artifacts."""
+        return {
+            "method": self.method,
+            "ref": self.ref,
+            "local_path": self.local_path,
+            "sha256": self.sha256,
+            "count": len(self.data.manifest),
+            "class_counts": self.data.class_counts(),
+            "info": self.data.info,
+        }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """Content hash of an in-memory set (images as float32 bytes + labels)."""
+    h = hashlib.sha256()
+    h.update(images.float().contiguous().numpy().tobytes())
+    h.update(labels.long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_synthetic(
+    method: str, ref: str, download_dir: str | Path | None = None
+) -> LoadedSynthetic:
+    """Load the synthetic set that ``ref`` points to and check it is a ``method`` set.
+
+    Args:
+        method: the scenario part it stands for (FM, SD1..SD4, CA).
+        ref: a local folder, an MLflow artifact URI, or a bare run id (-> ``synthetic/<method>``).
+        download_dir: where MLflow downloads go (default: a fresh temporary folder).
+
+    Raises:
+        ScenarioError: nothing found at ``ref``, a download failure, or a set of another method.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        local = path
+    else:
+        import mlflow
+
+        dst = str(download_dir or tempfile.mkdtemp(prefix=f"thyroaug-synthetic-{method}-"))
+        try:
+            if _RUN_ID.match(ref):
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=ref, artifact_path=f"synthetic/{method}", dst_path=dst
+                    )
+                )
+            elif _URI.match(ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst))
+            else:
+                raise ScenarioError(
+                    f"synthetic set {method}={ref!r}: no such folder, and not a run id or an "
+                    f"artifact URI; {how_to_produce(method)}"
+                )
+        except ScenarioError:
+            raise
+        except Exception as exc:  # MLflow raises many types for missing runs/artifacts
+            raise ScenarioError(
+                f"synthetic set {method}={ref!r} could not be downloaded: {exc}; check the "
+                f"run id / URI, or {how_to_produce(method)}"
+            ) from exc
+    data = SyntheticSet.load(local)
+    if data.method != method:
+        raise ScenarioError(
+            f"synthetic set {ref!r} holds method {data.method!r} images, but was given as {method}"
+        )
+    images_file = local / "images.safetensors"
+    sha = _sha256_file(images_file) if images_file.exists() else ""
+    log.info("synthetic %s: %d images from %s", method, len(data.manifest), ref)
+    return LoadedSynthetic(method, data, ref, str(local), sha)
+
+
+def check_compatible(loaded: LoadedSynthetic, cohort: PreparedCohort) -> None:
+    """A set's image size must match the cohort; a different cohort hash is only warned about.
+
+    Raises:
+        ScenarioError: image size mismatch.
+    """
+    data = loaded.data
+    if len(data.manifest) and tuple(data.images.shape[-3:]) != tuple(cohort.images.shape[-3:]):
+        raise ScenarioError(
+            f"synthetic set {loaded.method} ({loaded.ref}) has images "
+            f"{tuple(data.images.shape[-3:])}, the cohort {tuple(cohort.images.shape[-3:])}; "
+            "generate the set from a generator trained on this cohort"
+        )
+    set_hash = data.info.get("cohort_hash")
+    if set_hash and cohort.content_hash and set_hash != cohort.content_hash:
+        log.warning(
+            "synthetic set %s (%s) was made for cohort %s, but this cohort is %s",
+            loaded.method,
+            loaded.ref,
+            set_hash,
+            cohort.content_hash,
+        )
+
+
+def check_no_leakage(sets: Mapping[str, SyntheticSet], cohort: PreparedCohort) -> None:
+    """Refuse synthetic images conditioned on validation or external cases.
+
+    Raises:
+        ScenarioError: a set's ``source_id`` names a val/external case id.
+    """
+    held_out = set(cohort.table.loc[cohort.table["split"] != "train", "case_id"].astype(str))
+    for method, data in sets.items():
+        sources = set(data.manifest["source_id"].astype(str)) - {""}
+        leaked = sorted(sources & held_out)
+        if leaked:
+            raise ScenarioError(
+                f"synthetic set {method} has images conditioned on {len(leaked)} validation/"
+                f"external case(s) (e.g. {leaked[:3]}); generators may only see training cases"
+            )
+
+
+def assert_not_augmented(eval_set: PreparedCohort, cohort: PreparedCohort, split: str) -> None:
+    """Check an evaluation set is exactly the cohort's ``split`` rows (no synthetic, no CA).
+
+    Raises:
+        ScenarioError: other rows, other order, or pixels that differ from the cohort's.
+    """
+    if split not in ("val", "external"):
+        raise ScenarioError(f"evaluation split must be val or external, got {split!r}")
+    idx = cohort.indices(split)
+    ids = eval_set.table["case_id"].astype(str).tolist()
+    if ids != cohort.table["case_id"].astype(str).iloc[idx].tolist() or set(
+        eval_set.table["split"]
+    ) - {split}:
+        raise ScenarioError(f"{split} set does not hold exactly the cohort's {split} cases")
+    if not torch.equal(eval_set.images, cohort.images[torch.as_tensor(idx)]) or not torch.equal(
+        eval_set.labels, cohort.labels[torch.as_tensor(idx)]
+    ):
+        raise ScenarioError(
+            f"{split} images/labels differ from the cohort's: they must never be "
+            "augmented or replaced by synthetic images"
+        )
+
+
+@dataclass
+class TrainingSet:
+    """The assembled training images of a scenario, with the origin of every row."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    sources: np.ndarray
+    ids: np.ndarray
+    scenario: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def counts(self) -> pd.DataFrame:
+        """Images per source (rows: O, methods) x class (columns in CLASSES order, plus total)."""
+        df = pd.DataFrame({"source": self.sources, "label": [CLASSES[i] for i in self.labels]})
+        tab = pd.crosstab(df["source"], df["label"]).reindex(columns=list(CLASSES), fill_value=0)
+        order = [p for p in PARTS if p in tab.index]
+        tab = tab.loc[order]
+        tab["total"] = tab.sum(axis=1)
+        return tab
+
+
+def _take_per_class(
+    data: SyntheticSet, per_class: int | None, rng: np.random.Generator, method: str
+) -> np.ndarray:
+    """Row indices: ``per_class`` random images of each class (all of them if None or fewer)."""
+    labels = data.labels.numpy()
+    keep = []
+    for ci, name in enumerate(CLASSES):
+        rows = np.flatnonzero(labels == ci)
+        if per_class is not None and rows.size > per_class:
+            rows = np.sort(rng.choice(rows, size=per_class, replace=False))
+        elif per_class is not None and rows.size < per_class:
+            log.warning(
+                "synthetic set %s has %d %s images, fewer than the %d per class asked for; "
+                "using all of them",
+                method,
+                rows.size,
+                name,
+                per_class,
+            )
+        keep.append(rows)
+    return np.concatenate(keep)
+
+
+def assemble_training_set(
+    scenario: str | Scenario,
+    train: PreparedCohort,
+    synthetic: Mapping[str, SyntheticSet] | None = None,
+    *,
+    per_class: int | None = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingSet:
+    """The training images of ``scenario``: O (if named) + each synthetic set + CA.
+
+    Args:
+        scenario: scenario string or ``Scenario``.
+        train: the cohort's training split (only ``split == "train"`` rows are accepted).
+        synthetic: {method: set} for the generator parts (and optionally a ready CA set).
+        per_class: images per class taken from each synthetic set (a seeded random subset when a
+            set holds more; all when None). CA is generated with this many per class.
+        seed: seeds the subset choice and the CA set.
+        progress: progress bar while generating CA.
+
+    Raises:
+        ScenarioError: a generator part without a set (the message says how to produce one) or
+            rows outside the training split.
+    """
+    from thyroaug.augment import make_ca_set
+
+    sc = Scenario.parse(scenario)
+    synthetic = dict(synthetic or {})
+    bad = train.table.loc[train.table["split"] != "train", "case_id"].astype(str).tolist()
+    if bad:
+        raise ScenarioError(
+            f"training set of {sc}: {len(bad)} case(s) are not in the training split "
+            f"(e.g. {bad[:3]}); validation/external cases are never used for training"
+        )
+    require_synthetic(sc, synthetic)
+    images, labels, sources, ids = [], [], [], []
+    details: dict[str, Any] = {}
+    if sc.uses_original:
+        images.append(train.images.float())
+        labels.append(train.labels.long())
+        sources.append(np.full(len(train), ORIGINAL, dtype=object))
+        ids.append(train.table["case_id"].astype(str).to_numpy(dtype=object))
+        details[ORIGINAL] = {"count": len(train)}
+    for method in sc.synthetic_methods:
+        if method == CONVENTIONAL and method not in synthetic:
+            data = make_ca_set(train, per_class=per_class or 1000, seed=seed, progress=progress)
+            details[method] = {"generated": True, "seed": seed, "per_class": per_class}
+            rows = np.arange(len(data.manifest))
+        else:
+            data = synthetic[method]
+            if data.method != method:
+                raise ScenarioError(f"set given for {method} holds {data.method} images")
+            rng = np.random.default_rng([int(seed), PARTS.index(method)])
+            rows = _take_per_class(data, per_class, rng, method)
+            details[method] = {"generated": False, "available": len(data.manifest)}
+        if len(data.manifest) and data.images.shape[1:] != train.images.shape[1:]:
+            raise ScenarioError(
+                f"synthetic set {method} images are {tuple(data.images.shape[1:])}, training "
+                f"images {tuple(train.images.shape[1:])}; resize both to the same size first"
+            )
+        t = torch.as_tensor(rows, dtype=torch.int64)
+        images.append(data.images[t].float())
+        labels.append(data.labels[t].long())
+        sources.append(np.full(rows.size, method, dtype=object))
+        ids.append(np.array([f"{method}:{int(i)}" for i in rows], dtype=object))
+        details[method]["count"] = int(rows.size)
+    out = TrainingSet(
+        images=torch.cat(images),
+        labels=torch.cat(labels),
+        sources=np.concatenate(sources),
+        ids=np.concatenate(ids),
+        scenario=sc.name,
+        details=details,
+    )
+    log.info("training set %s: %d images (%s)", sc, len(out), out.counts()["total"].to_dict())
+    return out
