@@ -58,8 +58,8 @@ def tune(
     import mlflow
     import optuna
 
+    from thyroaug.classifier import train_and_evaluate
     from thyroaug.classifier.config import ClassifierConfig
-    from thyroaug.classifier.train import train_and_evaluate
     from thyroaug.config import resolve
     from thyroaug.data.cohort import PreparedCohort
     from thyroaug.tracking.setup import configure_tracking, start_run
@@ -92,29 +92,26 @@ def tune(
         )
 
         def objective(trial: optuna.Trial) -> float:
-            params = suggest(trial)
-            cfg = resolve(ClassifierConfig, profile, seed=seed, **params)
-            with mlflow.start_run(
+            cfg = resolve(ClassifierConfig, profile, seed=seed, **suggest(trial))
+
+            def report(epoch: int, values: dict[str, float]) -> None:
+                trial.report(float(values["val_loss"]), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+            out = train_and_evaluate(
+                cohort,
+                scenario,
+                cfg,
+                synthetic_sets=synthetic or {},
+                evaluate_external=False,
+                log_model=False,
                 run_name=f"trial-{trial.number}",
-                nested=True,
+                progress=False,
                 tags={"step": "tune_trial", "trial": str(trial.number)},
-            ):
-
-                def report(epoch: int, val_loss: float) -> None:
-                    trial.report(val_loss, epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-                out = train_and_evaluate(
-                    cohort,
-                    scenario,
-                    cfg,
-                    synthetic_sets=synthetic or {},
-                    evaluate_external=False,
-                    epoch_callback=report,
-                    log_to_mlflow=True,
-                )
-                return float(out["best_val_loss"])
+                on_epoch=report,
+            )
+            return float(out["best_val_loss"])
 
         study.optimize(objective, n_trials=n_trials, catch=())
         best = {

@@ -57,8 +57,11 @@ def _profile_file(name: str) -> dict[str, Any]:
 
 def resolve_uris(profile: str | None = None) -> tuple[str, str | None]:
     """(tracking URI, default artifact location or None) for a profile."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], None
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        if explicit.startswith("sqlite:///"):  # keep artifacts beside a local database file
+            return explicit, (Path(explicit[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+        return explicit, None
     name = profile or os.environ.get("THYROAUG_TRACKING", "local")
     cfg = _profile_file(name)
     home = project_home()

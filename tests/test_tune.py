@@ -1,0 +1,40 @@
+"""`thyroaug tune`: Optuna trials as nested MLflow runs and a reusable best-params artifact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import make_tiny_cohort
+from mlflow import MlflowClient
+
+from thyroaug.tune import BEST_PARAMS_ARTIFACT, load_best_params, tune
+
+pytestmark = pytest.mark.slow
+
+
+def test_three_smoke_trials_nested_with_best_params(tracking_home: Path) -> None:
+    cohort_dir = make_tiny_cohort(per_class_center=2).save(tracking_home / "cohort")
+    out = tune(cohort_dir, scenario="O", profile="smoke", n_trials=3, seed=0)
+
+    client = MlflowClient()
+    parent = client.get_run(out["run_id"])
+    assert parent.data.tags["step"] == "tune"
+    exp = parent.info.experiment_id
+    trials = client.search_runs([exp], f"tags.mlflow.parentRunId = '{out['run_id']}'")
+    assert len(trials) == 3
+    assert all(t.data.tags["step"] == "tune_trial" for t in trials)
+    assert all("lr" in t.data.params for t in trials)
+    best_losses = sorted(t.data.metrics["best_val_loss"] for t in trials)
+    assert out["best_value"] == pytest.approx(best_losses[0])
+
+    path = mlflow.artifacts.download_artifacts(
+        run_id=out["run_id"], artifact_path=BEST_PARAMS_ARTIFACT
+    )
+    saved = json.loads(Path(path).read_text())
+    assert saved["params"] == out["best_params"]
+    assert load_best_params(out["run_id"]) == out["best_params"]
+    # the optuna study lives in the tracking profile's SQL database, so workers can share it
+    assert (tracking_home / "optuna.db").exists()
