@@ -264,6 +264,11 @@ def test_resolve_local_folder_and_checks(
     small = resolve_synthetic("FM", str(fake_set("FM", 1, size=16).save(tmp_path / "small")))
     with pytest.raises(ScenarioError, match="has images"):
         check_compatible(small, tiny_cohort)
+    # a 16 px set serves a classifier that trains at 16 px (the 32 px cohort is downsampled) ...
+    check_compatible(small, tiny_cohort, train_size=16)
+    # ... but never one that would need the set upsampled
+    with pytest.raises(ScenarioError, match="training needs 1x24x24"):
+        check_compatible(small, tiny_cohort, train_size=24)
 
 
 def test_resolve_from_an_mlflow_run(local_store: Path, tmp_path: Path) -> None:

@@ -298,19 +298,33 @@ def resolve_synthetic(
     return LoadedSynthetic(method, data, ref, str(local), sha)
 
 
-def check_compatible(loaded: LoadedSynthetic, cohort: PreparedCohort) -> None:
-    """A set's image size must match the cohort; a different cohort hash is only warned about.
+def check_compatible(
+    loaded: LoadedSynthetic, cohort: PreparedCohort, train_size: int | None = None
+) -> None:
+    """A set must reach the training resolution; a different cohort hash is only warned about.
+
+    The classifier trains at ``train_size = min(cohort size, profile image_size)``; cohort and
+    synthetic images larger than that are downsampled once (antialiased). A set whose images are
+    smaller than the training size would need upsampling and is refused. Without ``train_size``
+    the set must match the cohort's size exactly.
 
     Raises:
-        ScenarioError: image size mismatch.
+        ScenarioError: channel or image size mismatch.
     """
     data = loaded.data
-    if len(data.manifest) and tuple(data.images.shape[-3:]) != tuple(cohort.images.shape[-3:]):
-        raise ScenarioError(
-            f"synthetic set {loaded.method} ({loaded.ref}) has images "
-            f"{tuple(data.images.shape[-3:])}, the cohort {tuple(cohort.images.shape[-3:])}; "
-            "generate the set from a generator trained on this cohort"
+    target = min(cohort.size, train_size) if train_size else cohort.size
+    if len(data.manifest):
+        channels, size = int(data.images.shape[-3]), int(data.images.shape[-1])
+        ok = channels == int(cohort.images.shape[-3]) and (
+            size >= target if train_size else size == cohort.size
         )
+        if not ok:
+            raise ScenarioError(
+                f"synthetic set {loaded.method} ({loaded.ref}) has images "
+                f"{tuple(data.images.shape[-3:])}, but training needs {cohort.images.shape[-3]}"
+                f"x{target}x{target} (cohort {cohort.size} px); generate the set at this size "
+                "or train the classifier at a smaller --image-size"
+            )
     set_hash = data.info.get("cohort_hash")
     if set_hash and cohort.content_hash and set_hash != cohort.content_hash:
         log.warning(

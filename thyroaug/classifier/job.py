@@ -125,7 +125,7 @@ def prepare_scenario_data(
     sc = Scenario.parse(scenario)
     loaded = _load_synthetic(sc, synthetic)
     for item in loaded.values():
-        check_compatible(item, cohort)
+        check_compatible(item, cohort, cfg.image_size)
     check_no_leakage({m: item.data for m, item in loaded.items()}, cohort)
     if cohort.size < cfg.image_size:
         log.warning(
