@@ -1,0 +1,205 @@
+"""FID / KID distances (against torchmetrics) and feature extractors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
+from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
+from torchvision.models import resnet18
+
+from thyroaug import CLASSES
+from thyroaug.errors import ConfigError
+from thyroaug.evaluation.fidelity import (
+    InceptionFeatures,
+    ResNet18Features,
+    default_extractors,
+    fidelity_metrics,
+    frechet_distance,
+    kernel_inception_distance,
+    kid_subsets,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Shared cores: oversubscribed torch / BLAS threads slow these tests 5-10x."""
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(before)
+
+
+class Identity(nn.Module):
+    """A torchmetrics "feature extractor" that passes feature vectors through."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def features(n_real: int, n_fake: int, dim: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(n_real, dim, generator=g, dtype=torch.float64)
+    mix = torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim**0.5
+    fake = torch.randn(n_fake, dim, generator=g, dtype=torch.float64) @ mix + 0.3
+    return real, fake
+
+
+@pytest.mark.parametrize(("n", "dim"), [(300, 16), (200, 512)])
+def test_fid_equals_torchmetrics(n, dim):
+    real, fake = features(n, n + 11, dim)
+    metric = FrechetInceptionDistance(feature=Identity(dim))
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    expected = float(metric.compute())
+    direct = float(_compute_fid(real.mean(0), real.T.cov(), fake.mean(0), fake.T.cov()))
+    ours = frechet_distance(real, fake)
+    rtol = 1e-10 if n > dim else 1e-6  # rank-deficient covariances: eigen noise in torchmetrics
+    assert ours == pytest.approx(expected, rel=rtol)
+    assert ours == pytest.approx(direct, rel=rtol)
+
+
+def test_fid_basic_properties():
+    real, _ = features(400, 10, 8)
+    assert frechet_distance(real, real) == pytest.approx(0.0, abs=1e-9)
+    wide, _ = features(20, 10, 256)  # rank-deficient covariance: still exactly zero
+    assert frechet_distance(wide * 100, wide * 100) == pytest.approx(0.0, abs=1e-6)
+    shift = torch.zeros(8, dtype=torch.float64)
+    shift[0] = 3.0
+    assert frechet_distance(real, real + shift) == pytest.approx(9.0, rel=1e-9)
+    with pytest.raises(ConfigError, match="feature sizes"):
+        frechet_distance(real, real[:, :4])
+    with pytest.raises(ConfigError, match="N >= 2"):
+        frechet_distance(real[:1], real)
+
+
+@pytest.mark.parametrize(("n", "dim", "subset"), [(120, 16, 50), (200, 64, 200)])
+def test_kid_equals_torchmetrics(n, dim, subset):
+    real, fake = features(n, n + 7, dim)
+    metric = KernelInceptionDistance(feature=Identity(dim), subsets=9, subset_size=subset)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    torch.manual_seed(42)
+    mean, std = metric.compute()
+    ours_mean, ours_std = kernel_inception_distance(
+        real, fake, subsets=9, subset_size=subset, seed=42
+    )
+    assert ours_mean == pytest.approx(float(mean), rel=1e-10)
+    assert ours_std == pytest.approx(float(std), rel=1e-8)
+    pairs = kid_subsets(len(real), len(fake), 9, subset, seed=42)
+    each = [float(poly_mmd(real[r], fake[f])) for r, f in pairs]
+    assert ours_mean == pytest.approx(np.mean(each), rel=1e-10)
+
+
+def test_kid_caps_subset_size_and_is_near_zero_for_one_distribution():
+    real, _ = features(150, 10, 8)
+    other, _ = features(150, 10, 8, seed=2)
+    mean, std = kernel_inception_distance(real, other, subsets=20, subset_size=1000)
+    assert abs(mean) < 0.05 and std >= 0
+    _, far = features(150, 150, 8)
+    assert kernel_inception_distance(real, far, subsets=20)[0] > 10 * abs(mean)
+
+
+def test_random_resnet18_fallback_is_named_and_deterministic():
+    images = torch.rand(3, 1, 32, 32)
+    a, b = ResNet18Features(), ResNet18Features()
+    assert a.name == "resnet18-random" and a.in_channels == 3
+    fa = a(images)
+    assert fa.shape == (3, 512) and fa.dtype == np.float64
+    assert np.array_equal(fa, b(images))
+
+
+def test_resnet18_from_a_module_reads_the_pool_layer():
+    model = resnet18(weights=None, num_classes=4)
+    model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+    model.fc = nn.Sequential(nn.Dropout(0.2), nn.Linear(512, 4))
+    ext = ResNet18Features(model)
+    assert ext.name == "resnet18-O" and ext.in_channels == 1
+    images = torch.rand(2, 1, 32, 32)
+    got = ext(images)
+    body = nn.Sequential(*list(model.children())[:-1]).eval()
+    with torch.no_grad():
+        expected = body(images).flatten(1).double().numpy()
+    assert np.allclose(got, expected, atol=1e-6)
+    with pytest.raises(ConfigError, match="AdaptiveAvgPool2d"):
+        ResNet18Features(nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+@pytest.mark.slow
+def test_resnet18_from_an_mlflow_uri(tracking_home):
+    import mlflow
+
+    model = resnet18(weights=None, num_classes=4).eval()
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)  # as the classifier logs its model
+    with mlflow.start_run():
+        info = mlflow.pytorch.log_model(model, name="classifier", input_example=example)
+    ext = ResNet18Features(info.model_uri)
+    assert ext.name == "resnet18-O" and ext.in_channels == 3
+    images = torch.rand(3, 1, 32, 32)
+    assert np.allclose(ext(images), ResNet18Features(model)(images), atol=1e-5)
+    with pytest.raises(ConfigError, match="rejected"):
+        ext(torch.rand(1, 1, 16, 16))
+    with pytest.raises(ConfigError, match="cannot load"):
+        ResNet18Features("runs:/0123456789abcdef/none")
+
+
+def test_inception_is_skipped_without_local_weights(monkeypatch, caplog):
+    monkeypatch.delenv("THYROAUG_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.delenv("THYROAUG_WEIGHTS_DIR", raising=False)
+    with pytest.raises(ConfigError, match="never downloaded"):
+        InceptionFeatures()
+    extractors = default_extractors()
+    assert [e.name for e in extractors] == ["resnet18-random"]
+    assert "Inception-v3 FID/KID skipped" in caplog.text
+
+
+@pytest.mark.slow
+def test_inception_loads_a_local_weights_file(tmp_path, monkeypatch):
+    pytest.importorskip("torch_fidelity")
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    # A stand-in for pt_inception-2015-12-05-6726825d.pth: same keys, random values.
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with monkeypatch.context() as m:
+        m.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        donor = NoTrainInceptionV3("inception-v3-compat", ["2048"], str(empty))
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(donor.state_dict(), weights)
+    monkeypatch.setenv("THYROAUG_WEIGHTS_DIR", str(tmp_path))
+    ext = InceptionFeatures(device="cpu")
+    feats = ext(torch.rand(2, 1, 32, 32))
+    assert ext.name == "inception" and feats.shape == (2, 2048) and np.isfinite(feats).all()
+    assert [e.name for e in default_extractors()] == ["inception", "resnet18-random"]
+
+
+def test_fidelity_metrics_names_counts_and_identity(tiny_cohort):
+    images, labels = tiny_cohort.images, tiny_cohort.labels
+    ext = ResNet18Features()
+    drawn = fidelity_metrics(
+        images, labels, images, labels, [ext], per_class=5, kid_subsets_count=5
+    )
+    for group in (*CLASSES, "overall"):
+        for kind in ("fid", "kid", "kid_std"):
+            assert f"{kind}_resnet18-random_{group}" in drawn
+    assert drawn["n_real_DG"] == 5 and drawn["n_fake_DG"] == 5
+    assert drawn["fid_resnet18-random_overall"] > 0  # independent draws of 5 from 27 per class
+    whole = fidelity_metrics(images, labels, images, labels, [ext], kid_subsets_count=5)
+    assert whole["n_real_DG"] == 27  # fewer than 200: all of them
+    assert whole["fid_resnet18-random_overall"] == pytest.approx(0.0, abs=1e-6)
+    assert whole["fid_resnet18-random_TI"] == pytest.approx(0.0, abs=1e-6)
+    dimmer = fidelity_metrics(images, labels, images * 0.3, labels, [ext], kid_subsets_count=5)
+    assert dimmer["fid_resnet18-random_overall"] > 1e-3
+    assert dimmer["kid_resnet18-random_overall"] > whole["kid_resnet18-random_overall"]
+    few = fidelity_metrics(images, labels, images[:4], labels[:4], [ext], per_class=200)
+    assert "fid_resnet18-random_DG" in few and "fid_resnet18-random_NG" not in few

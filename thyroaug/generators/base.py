@@ -1,0 +1,242 @@
+"""What every generator (flow matching, Stable Diffusion) offers to synthesis and serving.
+
+A generator is anything with the small ``Generator`` protocol below: ``sample(labels, seeds,
+masks=None, **kw)`` returns images in the cohort's [0, 1] intensity range plus per-image provenance
+columns. Registered generators are MLflow pyfunc models whose python model (see
+``thyroaug.generators.pyfunc.GeneratorModel``) holds such an object after loading, so
+``open_generator("models:/thyroaug-fm@champion")`` works for any flavour without a registry of
+loaders: the logged python model class is the dispatch.
+
+Seeding scheme (shared by all generators): the image for (seed, label, mask) is a function of those
+three alone, independent of the batch it is drawn in. ``synthesize`` derives the per-image seed of
+the j-th image of class c from the run seed s as ``SeedSequence([s, c, j])`` (first 32-bit word),
+records it in the manifest, so any single image can be regenerated from its manifest row.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyroaug import CLASSES
+from thyroaug.errors import GeneratorError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GeneratedBatch:
+    """Images ``[N, 1, S, S]`` float32 in [0, 1] (CPU) plus per-image provenance columns.
+
+    ``columns`` maps a manifest column name (``source_id``, ``solver``, ``steps``, ...) to a list
+    of N values.
+    """
+
+    images: torch.Tensor
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = int(self.images.shape[0])
+        bad = {k: len(v) for k, v in self.columns.items() if len(v) != n}
+        if bad:
+            raise GeneratorError(f"generated batch of {n} images has columns of lengths {bad}")
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """The interface ``thyroaug synthesize`` and the pyfunc wrappers rely on."""
+
+    image_size: int
+
+    def method(self, mode: str | None = None) -> str:
+        """The synthetic-set method name for ``mode`` (``FM``, ``SD1``..``SD4``)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording as provenance (config, training run, cohort hash...)."""
+        ...
+
+    def sample(
+        self,
+        labels: Sequence[int],
+        seeds: Sequence[int],
+        masks: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> GeneratedBatch:
+        """One image per (label, seed[, mask]); same inputs give the same image."""
+        ...
+
+
+def label_index(label: int | str) -> int:
+    """Class index of a class name (``"DG"``) or index (``0``); GeneratorError otherwise."""
+    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+        if 0 <= int(label) < len(CLASSES):
+            return int(label)
+    elif isinstance(label, str):
+        key = label.strip().upper()
+        if key in CLASSES:
+            return CLASSES.index(key)
+        if key.isdigit() and int(key) < len(CLASSES):
+            return int(key)
+    raise GeneratorError(
+        f"unknown label {label!r}: use one of {', '.join(CLASSES)} (or 0..{len(CLASSES) - 1})"
+    )
+
+
+def sample_seed(base_seed: int, label: int, index: int) -> int:
+    """Per-image seed of the ``index``-th image of class ``label`` in a run seeded ``base_seed``."""
+    words = np.random.SeedSequence([int(base_seed), int(label), int(index)]).generate_state(1)
+    return int(words[0])
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile ``[N, 1, S, S]`` images in [0, 1] into one uint8 ``(H, W)`` array (gray)."""
+    from torchvision.utils import make_grid
+
+    if images.numel() == 0:
+        return np.zeros((1, 1), dtype=np.uint8)
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=pad)
+    return (grid[0] * 255).round().to(torch.uint8).numpy()
+
+
+@dataclass
+class GeneratorHandle:
+    """A loaded generator and where it came from."""
+
+    generator: Generator
+    uri: str
+    version: str = ""
+
+
+def registry_version(uri: str) -> str:
+    """The registered version behind ``models:/name@alias`` or ``models:/name/N`` ('' otherwise)."""
+    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri.strip())
+    if not m:
+        return ""
+    name, alias, version = m.groups()
+    if version:
+        return version
+    from mlflow import MlflowClient
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except Exception as exc:  # the registry raises several types
+        raise GeneratorError(
+            f"{uri}: alias {alias!r} of registered model {name!r} not found ({exc}); register "
+            "one with `thyroaug train-fm --register --alias champion` (or train-sd)"
+        ) from exc
+
+
+def open_generator(uri: str) -> GeneratorHandle:
+    """Load a logged / registered generator (any flavour) by MLflow model URI.
+
+    Raises:
+        GeneratorError: the URI cannot be resolved or is not a thyroaug generator.
+    """
+    import mlflow
+
+    version = registry_version(uri)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:
+        raise GeneratorError(
+            f"cannot load generator {uri}: {exc}. Check the tracking URI "
+            f"({mlflow.get_tracking_uri()}) and the model name/alias"
+        ) from exc
+    python_model = model.unwrap_python_model()
+    generator = getattr(python_model, "generator", None)
+    if not isinstance(generator, Generator):
+        raise GeneratorError(f"{uri} is not a thyroaug generator (no sample() after loading)")
+    return GeneratorHandle(generator=generator, uri=uri, version=version)
+
+
+def synthesize(
+    handle: GeneratorHandle,
+    per_class: int,
+    seed: int = 0,
+    *,
+    classes: Sequence[str] = CLASSES,
+    batch_size: int = 32,
+    mode: str | None = None,
+    progress: bool = True,
+    **sample_kwargs: Any,
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """Draw ``per_class`` images of each class and return (SyntheticSet, grids per class).
+
+    Args:
+        handle: from ``open_generator`` (carries URI and registry version for the manifest).
+        per_class: images per class (paper: 1000).
+        seed: run seed; per-image seeds follow the module's seeding scheme.
+        classes: class names to draw.
+        batch_size: images per ``sample`` call.
+        mode: generator mode (SD1..SD4 for Stable Diffusion; None for FM).
+        progress: show a tqdm bar.
+        **sample_kwargs: passed to ``Generator.sample`` (e.g. ``solver``, ``steps``).
+    """
+    from tqdm.auto import tqdm
+
+    from thyroaug.synthetic import SyntheticSet
+
+    if per_class < 1:
+        raise GeneratorError(f"per_class={per_class}: need at least one image per class")
+    if batch_size < 1:
+        raise GeneratorError(f"batch_size={batch_size} must be >= 1")
+    gen = handle.generator
+    method = gen.method(mode)
+    jobs = [
+        (label_index(c), sample_seed(seed, label_index(c), j))
+        for c in classes
+        for j in range(per_class)
+    ]
+    images: list[torch.Tensor] = []
+    columns: dict[str, list[Any]] = {}
+    kwargs = dict(sample_kwargs)
+    if mode is not None:
+        kwargs["mode"] = mode
+    with tqdm(total=len(jobs), desc=f"synthesize {method}", disable=not progress) as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            out = gen.sample([j[0] for j in chunk], [j[1] for j in chunk], **kwargs)
+            images.append(out.images.float().cpu())
+            for key, values in out.columns.items():
+                columns.setdefault(key, []).extend(values)
+            bar.update(len(chunk))
+    all_images = torch.cat(images)
+    labels = torch.tensor([j[0] for j in jobs], dtype=torch.int64)
+    manifest = pd.DataFrame(
+        {
+            "index": np.arange(len(jobs)),
+            "label": [CLASSES[j[0]] for j in jobs],
+            "method": method,
+            "generator_uri": handle.uri,
+            "generator_version": handle.version,
+            "seed": [j[1] for j in jobs],
+        }
+    )
+    manifest["source_id"] = columns.pop("source_id", [""] * len(jobs))
+    for key, values in columns.items():
+        manifest[key] = values
+    info = {
+        "method": method,
+        "mode": mode,
+        "generator_uri": handle.uri,
+        "generator_version": handle.version,
+        "seed": seed,
+        "per_class": per_class,
+        "seeding": "per-image seed = SeedSequence([seed, class_index, j]).generate_state(1)[0]",
+        "generator": gen.describe(),
+        "sample_kwargs": {k: v for k, v in kwargs.items() if v is not None},
+    }
+    grids = {
+        c: image_grid(all_images[labels == label_index(c)][:16], nrow=8)
+        for c in classes
+        if (labels == label_index(c)).any()
+    }
+    return SyntheticSet(all_images, labels, manifest, info), grids
