@@ -212,9 +212,41 @@ def run_study(
         prep_hash = prep_run.data.tags.get("cohort.content_hash") or prep_run.info.run_id
         echo(f"[study] cohort ready ({time.monotonic() - t0:.0f} s)")
 
+        def classifier(scenario: str, synthetic: dict[str, str], hashes: dict[str, str]) -> Any:
+            needed = list(Scenario.parse(scenario).generator_methods)
+            argv = [
+                "train-classifier",
+                "--scenario",
+                scenario,
+                "--profile",
+                profile,
+                "--cohort",
+                str(cohort_dir),
+                "--seed",
+                str(seed),
+                "--study-id",
+                study_id,
+            ]
+            for m in needed:
+                argv += ["--synthetic", f"{m}={synthetic[m]}"]
+            if backend == "kubernetes":
+                _dispatch_kubernetes(scenario, profile, study_id, synthetic, needed, seed)
+                return None
+            run, _ = st.step(
+                f"classifier_{scenario}", argv, [prep_hash, *(hashes[m] for m in needed)]
+            )
+            echo(f"[study] {scenario} done ({time.monotonic() - t0:.0f} s)")
+            return run
+
         synthetic: dict[str, str] = {}
         method_hash: dict[str, str] = {}
         methods = methods_needed(names)
+        # The O classifier comes first when the study has it: its penultimate layer is the domain
+        # feature extractor of the synthesis steps' FID/KID (paper Table 3 analogue).
+        feature_args: list[str] = []
+        if "O" in names and backend == "local":
+            o_run = classifier("O", synthetic, method_hash)
+            feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/model"]
         if "FM" in methods:
             fm_run, fm_hash = st.step(
                 "train_fm",
@@ -243,6 +275,7 @@ def run_study(
                     str(cohort_dir),
                     "--seed",
                     str(seed),
+                    *feature_args,
                 ],
                 [fm_hash],
             )
@@ -280,6 +313,7 @@ def run_study(
                         str(cohort_dir),
                         "--seed",
                         str(seed),
+                        *feature_args,
                     ],
                     [sd_hash],
                 )
@@ -287,27 +321,9 @@ def run_study(
             echo(f"[study] SD trained and sampled ({time.monotonic() - t0:.0f} s)")
 
         for scenario in names:
-            needed = list(Scenario.parse(scenario).generator_methods)
-            argv = [
-                "train-classifier",
-                "--scenario",
-                scenario,
-                "--profile",
-                profile,
-                "--cohort",
-                str(cohort_dir),
-                "--seed",
-                str(seed),
-                "--study-id",
-                study_id,
-            ]
-            for m in needed:
-                argv += ["--synthetic", f"{m}={synthetic[m]}"]
-            if backend == "kubernetes":
-                _dispatch_kubernetes(scenario, profile, study_id, synthetic, needed, seed)
-                continue
-            st.step(f"classifier_{scenario}", argv, [prep_hash, *(method_hash[m] for m in needed)])
-            echo(f"[study] {scenario} done ({time.monotonic() - t0:.0f} s)")
+            if scenario == "O" and feature_args:
+                continue  # already trained above
+            classifier(scenario, synthetic, method_hash)
 
         from thyroaug.tracking.compare import compare_study
 

@@ -394,7 +394,8 @@ def fidelity_metrics(
     Args:
         real_images: ``[N, 1, S, S]`` in [0, 1] (e.g. the cohort's train split).
         real_labels: ``[N]`` class indices.
-        fake_images: synthetic images ``[M, 1, S', S']`` in [0, 1] (resized to S if needed).
+        fake_images: synthetic images ``[M, 1, S', S']`` in [0, 1]; both sets are compared at
+            ``min(S, S')`` (the larger one is downsampled, antialiased).
         fake_labels: ``[M]`` class indices.
         extractors: feature extractors (their ``name`` enters the metric names).
         per_class: images drawn per class from each set (all when fewer; counts are reported as
@@ -409,11 +410,18 @@ def fidelity_metrics(
     """
     import torch.nn.functional as F
 
-    size = real_images.shape[-1]
-    if fake_images.shape[-1] != size:
-        fake_images = F.interpolate(
-            fake_images.float(), size=(size, size), mode="bilinear", antialias=True
-        ).clamp(0, 1)
+    # Compare at the smaller of the two resolutions: downsampling (antialiased) loses nothing the
+    # other set has, while upsampling would blur one side and inflate the distance.
+    size = min(real_images.shape[-1], fake_images.shape[-1])
+
+    def at_size(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == size:
+            return x
+        return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).clamp(
+            0, 1
+        )
+
+    real_images, fake_images = at_size(real_images), at_size(fake_images)
     rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
     draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out: dict[str, float] = {}
