@@ -69,6 +69,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
+
+
+def ensure_default_cohort(profile: str) -> None:
+    """Without ``--cohort``: prepare the embedded default (phantom) cohort if it is not there yet.
+
+    So that `mlflow run . -e train_classifier` works on a fresh clone; the phantom scale follows the
+    profile. It is not logged as a run of its own (`mlflow run . -e prepare_data` does that).
+    """
+    from thyroaug.classifier.job import default_cohort_dir
+    from thyroaug.cli import main
+    from thyroaug.data.cohort import COHORT_FILE
+
+    folder = default_cohort_dir()
+    if (folder / COHORT_FILE).exists():
+        return
+    scale = PHANTOM_SCALE[profile]
+    print(f"no cohort at {folder}: preparing the default phantom cohort (scale {scale})")
+    code = main(
+        [
+            "prepare",
+            "--phantom-scale",
+            str(scale),
+            "--out",
+            str(folder),
+            "--no-mlflow",
+            "--no-progress",
+        ]
+    )
+    if code != 0:
+        raise ConfigError(f"could not prepare the default cohort in {folder} (exit {code})")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {
         "seed": args.seed,
@@ -102,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     require_synthetic(scenario, synthetic)  # before touching the tracking store
     explicit = {k: v for k, v in _overrides(args).items() if v is not None}
     resolve(ClassifierConfig, args.profile, **explicit)  # validate flags early, too
+    if args.cohort is None:
+        ensure_default_cohort(args.profile)
     configure_tracking(experiment=args.experiment)
     overrides: dict[str, Any] = {}
     tags: dict[str, str] = {}
