@@ -1,7 +1,7 @@
 """Shared by the entry-point scripts: MLproject parameter strings -> `thyroaug` CLI arguments.
 
 MLproject parameters always arrive as strings. Three conventions keep MLproject simple:
-an empty value means "not given" (the flag is dropped), ``true`` / ``false`` switch a flag on / off,
+an empty value (MLflow passes it as ``''``) means "not given" (the flag is dropped), ``true`` / ``false`` switch a flag on / off,
 and whole-number floats (``1000.0``, from ``type: float``) become integers.
 """
 
@@ -22,7 +22,7 @@ def normalise(argv: list[str]) -> list[str]:
         value = argv[i + 1] if i + 1 < len(argv) else None
         if arg.startswith("--") and value is not None and not value.startswith("--"):
             i += 2
-            if value == "":
+            if value in ("", "''", '""'):  # MLflow quotes an empty default as ''
                 continue
             if value.lower() in ("true", "false"):
                 if value.lower() == "true":
