@@ -1,8 +1,8 @@
 """Shared by the entry-point scripts: MLproject parameter strings -> `thyroaug` CLI arguments.
 
-MLproject parameters always arrive as strings. Three conventions keep MLproject simple:
-an empty value (MLflow passes it as ``''``) means "not given" (the flag is dropped), ``true`` / ``false`` switch a flag on / off,
-and whole-number floats (``1000.0``, from ``type: float``) become integers.
+MLproject parameters always arrive as strings. Three conventions keep MLproject simple: an empty
+value (MLflow passes it as ``''``) means "not given" (the flag is dropped), ``true`` / ``false``
+switch a flag on / off, and whole-number floats (``1000.0``, from ``type: float``) become integers.
 """
 
 from __future__ import annotations
