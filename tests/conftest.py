@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -19,6 +20,21 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_experiment_state():
+    """`mlflow.set_experiment` caches the experiment id in a global and in MLFLOW_EXPERIMENT_ID;
+    a later test on another store would otherwise log into an experiment id that is not there."""
+    import mlflow.tracking.fluent as fluent
+
+    def reset() -> None:
+        fluent._active_experiment_id = None
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture
