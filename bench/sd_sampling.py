@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from thyroaug import CLASSES
+from thyroaug.classifier.train import cpu_name
 from thyroaug.config import resolve
 from thyroaug.generators.sd_config import SDConfig
 from thyroaug.generators.sd_tokenizer import train_clip_tokenizer
@@ -52,20 +53,6 @@ PROMPT = (
     "anterior thyroid scintigraphy, nodular goiter, enlarged gland, increased heterogeneous "
     "uptake, multiple hot and cold nodules in both lobes, low background, faint salivary glands"
 )
-
-
-def cpu_name() -> str:
-    """The CPU model name from /proc/cpuinfo (Linux), else the platform string."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def random_quick_model(folder: str, profile: str = "quick") -> str:
