@@ -59,3 +59,39 @@ def test_run_lands_in_postgres_and_bucket(server_profile, tmp_path: Path) -> Non
     assert got.data.tags["step"] == "check"
     keys = s3.keys("artifacts/")
     assert any(k.endswith(f"{run.info.run_id}/artifacts/notes/note.txt") for k in keys), keys
+
+
+def test_smoke_classifier_run_through_the_server(server_profile, tmp_path: Path) -> None:
+    """A real train_classifier run (smoke) logged through the server: metrics back, files in S3."""
+    from conftest import make_tiny_cohort
+    from mlflow import MlflowClient
+
+    from thyroaug.cli import main
+
+    url, s3 = server_profile
+    cohort = make_tiny_cohort(per_class_center=2).save(tmp_path / "cohort")
+    code = main(
+        [
+            "train-classifier",
+            "--scenario",
+            "O+CA",
+            "--profile",
+            "smoke",
+            "--cohort",
+            str(cohort),
+            "--experiment",
+            "server-classifier",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    client = MlflowClient(url)
+    exp = client.get_experiment_by_name("server-classifier")
+    (run,) = client.search_runs([exp.experiment_id], "tags.step = 'train_classifier'")
+    assert run.data.tags["scenario"] == "O+CA"
+    assert "external_f1_macro" in run.data.metrics
+    keys = s3.keys(f"artifacts/{exp.experiment_id}/{run.info.run_id}/")
+    assert any(k.endswith("bootstrap/bootstrap.csv") for k in keys), keys
+    assert any("gradcam" in k and k.endswith(".png") for k in keys), keys
+    logged_models = s3.keys(f"artifacts/{exp.experiment_id}/models/")
+    assert logged_models, "the logged model's files should be in the bucket too"
