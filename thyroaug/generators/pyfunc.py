@@ -17,6 +17,10 @@ Answer: a DataFrame (JSON records when served) with ``request`` (row number), ``
 ``image`` (S x S float32 array in [0, 1]). Invalid requests raise ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400 with the message.
 
+Over JSON, send the same fields on every row (``null`` for an absent array does not pass): MLflow's
+schema enforcement converts each column before ``predict`` sees it, so a column that is present
+on some rows only can be refused by MLflow with its own message rather than ours.
+
 Serving needs the ``thyroaug`` package importable in the serving environment
 (``--env-manager local`` from this project's virtualenv).
 """
