@@ -22,6 +22,16 @@ def _seed_everything() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Test nets are tiny: one intra-op thread is as fast alone and avoids oversubscribing the
+    2 shared cores (OpenMP threads fighting over cores slowed torch 5-10x in these tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_mlflow_experiment_state():
     """`mlflow.set_experiment` caches the experiment id in a global and in MLFLOW_EXPERIMENT_ID;

@@ -25,14 +25,12 @@ from thyroaug.evaluation.fidelity import (
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Shared cores: oversubscribed torch / BLAS threads slow these tests 5-10x."""
+    """Shared cores: oversubscribed BLAS threads (scipy's sqrtm) slow these tests 5-10x; torch's
+    own thread count is set once in conftest."""
     from threadpoolctl import threadpool_limits
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     with threadpool_limits(limits=1):
         yield
-    torch.set_num_threads(before)
 
 
 class Identity(nn.Module):

@@ -32,15 +32,6 @@ from thyroaug.generators.sampling import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test machine's cores are shared: oversubscribed OpenMP threads slow torch 5-10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def smoke(**overrides) -> FMConfig:
     return resolve(FMConfig, "smoke", **overrides)
 

@@ -34,14 +34,6 @@ from thyroaug.generators.pyfunc import FM_REGISTERED_NAME, FMGeneratorModel, log
 from thyroaug.synthetic import SyntheticSet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def generator_folder(tmp_path_factory) -> Path:
     """An (untrained) smoke generator folder with the tiny cohort's mask bank."""

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import make_tiny_cohort
 
 from thyroaug import CLASSES
@@ -26,15 +25,11 @@ URI = "models:/thyroaug-sd@champion"
 
 @pytest.fixture(scope="module", autouse=True)
 def _isolated():
-    """No local SD weights (scratch by default) and one torch thread: tiny nets run as fast
-    on one thread alone and far faster on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """No local SD weights: scratch by default (one torch thread comes from conftest)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("THYROAUG_SD_BASE", raising=False)
         mp.delenv("THYROAUG_WEIGHTS_DIR", raising=False)
         yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -39,15 +39,11 @@ LONG_PROMPT = " ".join(f"word{i}" for i in range(90))
 
 @pytest.fixture(scope="module", autouse=True)
 def _isolated():
-    """No local SD weights (scratch by default) and one torch thread: tiny nets run as fast
-    on one thread alone and far faster on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """No local SD weights: scratch by default (one torch thread comes from conftest)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("THYROAUG_SD_BASE", raising=False)
         mp.delenv("THYROAUG_WEIGHTS_DIR", raising=False)
         yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
