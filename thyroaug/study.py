@@ -247,11 +247,18 @@ def run_study(
         if "O" in names and backend == "local":
             o_run = classifier("O", synthetic, method_hash)
             feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/model"]
-        if "FM" in methods:
-            fm_run, fm_hash = st.step(
-                "train_fm",
+        # One generator per family: train + register once, then one synthesize step per method.
+        families = [
+            ("fm", ["FM"] if "FM" in methods else []),
+            ("sd", [m for m in methods if m in SD_MODES]),
+        ]
+        for family, family_methods in families:
+            if not family_methods:
+                continue
+            gen_run, gen_hash = st.step(
+                f"train_{family}",
                 [
-                    "train-fm",
+                    f"train-{family}",
                     "--profile",
                     profile,
                     "--cohort",
@@ -262,51 +269,16 @@ def run_study(
                 ],
                 [prep_hash],
             )
-            fm_uri = _registered_uri(client, "thyroaug-fm", fm_run.info.run_id)
-            syn_run, method_hash["FM"] = st.step(
-                "synthesize_FM",
-                [
-                    "synthesize",
-                    "--generator",
-                    fm_uri,
-                    "--per-class",
-                    str(PER_CLASS[profile]),
-                    "--cohort",
-                    str(cohort_dir),
-                    "--seed",
-                    str(seed),
-                    *feature_args,
-                ],
-                [fm_hash],
-            )
-            synthetic["FM"] = f"runs:/{syn_run.info.run_id}/synthetic/FM"
-            echo(f"[study] FM trained and sampled ({time.monotonic() - t0:.0f} s)")
-        sd_modes = [m for m in methods if m in SD_MODES]
-        if sd_modes:
-            sd_run, sd_hash = st.step(
-                "train_sd",
-                [
-                    "train-sd",
-                    "--profile",
-                    profile,
-                    "--cohort",
-                    str(cohort_dir),
-                    "--seed",
-                    str(seed),
-                    "--register",
-                ],
-                [prep_hash],
-            )
-            sd_uri = _registered_uri(client, "thyroaug-sd", sd_run.info.run_id)
-            for mode in sd_modes:
-                syn_run, method_hash[mode] = st.step(
-                    f"synthesize_{mode}",
+            uri = _registered_uri(client, f"thyroaug-{family}", gen_run.info.run_id)
+            for method in family_methods:
+                mode = ["--mode", method] if family == "sd" else []
+                syn_run, method_hash[method] = st.step(
+                    f"synthesize_{method}",
                     [
                         "synthesize",
                         "--generator",
-                        sd_uri,
-                        "--mode",
-                        mode,
+                        uri,
+                        *mode,
                         "--per-class",
                         str(PER_CLASS[profile]),
                         "--cohort",
@@ -315,10 +287,10 @@ def run_study(
                         str(seed),
                         *feature_args,
                     ],
-                    [sd_hash],
+                    [gen_hash],
                 )
-                synthetic[mode] = f"runs:/{syn_run.info.run_id}/synthetic/{mode}"
-            echo(f"[study] SD trained and sampled ({time.monotonic() - t0:.0f} s)")
+                synthetic[method] = f"runs:/{syn_run.info.run_id}/synthetic/{method}"
+            echo(f"[study] {family.upper()} trained and sampled ({time.monotonic() - t0:.0f} s)")
 
         for scenario in names:
             if scenario == "O" and feature_args:
