@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.augment import make_ca_set
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.model import build_resnet18

@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from thyroaug import CLASSES
 from thyroaug.config import resolve
-from thyroaug.generators.flow_matching import VelocityNet, count_parameters
-from thyroaug.generators.fm_config import FMConfig
-from thyroaug.generators.sampling import FlowMatchingPipeline, ODESampler, initial_noise
+from thyroaug.contract import CLASSES
+from thyroaug.generators.flow_matching.config import FMConfig
+from thyroaug.generators.flow_matching.model import VelocityNet, count_parameters
+from thyroaug.generators.flow_matching.pipeline import FlowMatchingPipeline
+from thyroaug.generators.flow_matching.sampler import ODESampler, initial_noise
 
 
 def sync(device: torch.device) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import SimpleITK as sitk
 from PIL import Image
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 
 
 def blob(size: int = 32, seed: int = 0, peak: float = 200.0, rows: int | None = None) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.augment import ConventionalAugment, make_ca_set
 from thyroaug.augment.conventional import NOISE_SIGMA, RandomGaussianNoise
 from thyroaug.data.cohort import PreparedCohort

@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from thyroaug import CLASSES
 from thyroaug.classifier.config import ClassifierConfig
-from thyroaug.classifier.job import prepare_scenario_data, train_and_evaluate
 from thyroaug.classifier.model import WEIGHTS_ENV, build_resnet18
-from thyroaug.classifier.train import fit, predict_proba, resize_cohort, resize_images
+from thyroaug.classifier.train import fit, predict_proba
 from thyroaug.config import resolve
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError, ScenarioError
+from thyroaug.jobs.train_classifier import scenario_data as prepare_scenario_data
+from thyroaug.jobs.train_classifier import train_and_evaluate
 
 TIMING = {"epoch_time_s", "train_images_per_s", "eval_time_s"}
 
@@ -113,13 +114,18 @@ def test_config_profiles_and_validation() -> None:
 
 
 def test_resize_once_antialiased(tiny_cohort: PreparedCohort) -> None:
-    small = resize_cohort(tiny_cohort, 16)
+    small = tiny_cohort.resized(16)
     assert small.images.shape[-2:] == (16, 16) and small.masks.shape[-2:] == (16, 16)
     assert set(small.masks.unique().tolist()) <= {0, 1}
     expected = F.interpolate(tiny_cohort.images, size=16, mode="bilinear", antialias=True)
     assert torch.allclose(small.images, expected.clamp(0, 1), atol=1e-6)
-    assert resize_cohort(tiny_cohort, 64) is tiny_cohort  # never upsampled
-    assert resize_images(tiny_cohort.images, 32) is tiny_cohort.images
+    assert tiny_cohort.resized(tiny_cohort.size) is tiny_cohort
+
+
+def test_scenario_data_never_upsamples(tiny_cohort: PreparedCohort) -> None:
+    cfg = resolve(ClassifierConfig, "smoke", image_size=64)
+    data = prepare_scenario_data(tiny_cohort, "O", cfg, progress=False)
+    assert data.input_size == tiny_cohort.size < 64
 
 
 # --- training -------------------------------------------------------------------------------

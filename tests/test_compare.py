@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from thyroaug.evaluation.metrics import compute_metrics
 from thyroaug.evaluation.stats import bootstrap
-from thyroaug.tracking.compare import compare_study, find_runs
+from thyroaug.jobs.compare import compare_study, find_runs
 from thyroaug.tracking.setup import configure_tracking
 
 

@@ -10,7 +10,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
 from torchvision.models import resnet18
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation.fidelity import (
     InceptionFeatures,

@@ -8,28 +8,25 @@ import numpy as np
 import pytest
 import torch
 
-from thyroaug import CLASSES
 from thyroaug.config import resolve
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError, GeneratorError
 from thyroaug.generators.base import sample_seed
-from thyroaug.generators.flow_matching import (
+from thyroaug.generators.flow_matching.config import FMConfig
+from thyroaug.generators.flow_matching.model import (
     VelocityNet,
     cond_ot_path,
     count_parameters,
     flow_matching_loss,
-    load_generator,
-    prepare_training_data,
-    save_generator,
-    train_flow_matching,
 )
-from thyroaug.generators.fm_config import FMConfig
-from thyroaug.generators.sampling import (
+from thyroaug.generators.flow_matching.pipeline import (
     FlowMatchingPipeline,
     MaskBank,
-    ODESampler,
-    initial_noise,
-    to_data_range,
+    load_generator,
+    save_generator,
 )
+from thyroaug.generators.flow_matching.sampler import ODESampler, initial_noise, to_data_range
+from thyroaug.generators.flow_matching.train import prepare_training_data, train_flow_matching
 
 
 def smoke(**overrides) -> FMConfig:

@@ -23,14 +23,15 @@ from mlflow.exceptions import MlflowException
 from thyroaug.cli import main
 from thyroaug.config import resolve
 from thyroaug.generators.base import open_generator, registry_version, sample_seed
-from thyroaug.generators.flow_matching import (
-    VelocityNet,
-    load_generator,
-    prepare_training_data,
-    save_generator,
+from thyroaug.generators.flow_matching.config import FMConfig
+from thyroaug.generators.flow_matching.model import VelocityNet
+from thyroaug.generators.flow_matching.pipeline import load_generator, save_generator
+from thyroaug.generators.flow_matching.pyfunc import (
+    FM_REGISTERED_NAME,
+    FMGeneratorModel,
+    log_fm_generator,
 )
-from thyroaug.generators.fm_config import FMConfig
-from thyroaug.generators.pyfunc import FM_REGISTERED_NAME, FMGeneratorModel, log_fm_generator
+from thyroaug.generators.flow_matching.train import prepare_training_data
 from thyroaug.synthetic import SyntheticSet
 
 

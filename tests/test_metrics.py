@@ -11,7 +11,7 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 from sklearn.preprocessing import label_binarize
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ThyroaugError
 from thyroaug.evaluation.metrics import (
     MetricInputError,

@@ -1,4 +1,4 @@
-"""Tests of the phantom cohort generator (thyroaug.data.phantom)."""
+"""Tests of the phantom cohort generator (thyroaug.phantom)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,15 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from thyroaug import CLASSES
 from thyroaug.cli import main as cli_main
-from thyroaug.data.phantom import planned_counts, simulate_cohort
-from thyroaug.data.phantom import writer as phantom_writer
-from thyroaug.data.phantom.scanners import CENTERS, parse_centers
-from thyroaug.data.phantom.simulate import (
-    gland_size_factor,
-    plan_cohort,
-    scaled_count,
-    simulate_case,
-)
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
+from thyroaug.phantom import planned_counts, simulate_cohort
+from thyroaug.phantom import writer as phantom_writer
+from thyroaug.phantom.describe import gland_size_factor
+from thyroaug.phantom.planning import plan_cohort, scaled_count
+from thyroaug.phantom.scanners import CENTERS, parse_centers
+from thyroaug.phantom.simulate import simulate_case
 
 TABLE1 = {  # DG / NG / TI / NL, the paper's Table 1
     "A": (100, 203, 81, 48),

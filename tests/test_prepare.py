@@ -21,7 +21,7 @@ from data_helpers import (
 )
 from test_manifest import make_registry
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.manifest import load_registry
 from thyroaug.data.prepare import (
@@ -140,13 +140,13 @@ def test_workers_give_the_same_cohort(cohort_dir: Path, tmp_path: Path) -> None:
 
 
 def test_prompts_built_from_reports(cohort_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    fake = types.ModuleType("thyroaug.prompts")
+    fake = types.ModuleType("thyroaug.reports.prompts")
     fake.__file__ = str(cohort_dir / "manifest.csv")  # any file: its bytes version the builder
     fake.report_to_prompt = lambda report: "prompt: " + report.split(".")[0].lower()
-    monkeypatch.setitem(sys.modules, "thyroaug.prompts", fake)
-    import thyroaug
+    monkeypatch.setitem(sys.modules, "thyroaug.reports.prompts", fake)
+    import thyroaug.reports
 
-    monkeypatch.setattr(thyroaug, "prompts", fake, raising=False)
+    monkeypatch.setattr(thyroaug.reports, "prompts", fake, raising=False)
     table = pd.read_csv(cohort_dir / "manifest.csv", keep_default_na=False)
     table.loc[0, ["prompt", "report"]] = ["", "Enlarged gland. Homogeneous uptake."]
     table.loc[1, ["prompt", "report"]] = ["kept as is", "Ignored report."]
@@ -154,7 +154,7 @@ def test_prompts_built_from_reports(cohort_dir: Path, tmp_path: Path, monkeypatc
     cohort = prepare_cohort(cohort_dir / "manifest.csv", tmp_path / "out", size=16, progress=False)
     assert cohort.table["prompt"][0] == "prompt: enlarged gland"
     assert cohort.table["prompt"][1] == "kept as is"
-    assert cohort.settings["prompt_builder"]["function"] == "thyroaug.prompts.report_to_prompt"
+    assert cohort.settings["prompt_builder"]["function"] == "thyroaug.reports.prompts.report_to_prompt"
 
     def refuse(report: str) -> str:
         raise PromptError("too many tokens")

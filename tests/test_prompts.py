@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thyroaug.data.phantom.reports import CENTER_STYLES, write_report
 from thyroaug.errors import ConfigError, PromptError
-from thyroaug.findings import FIELD_VALUES, Findings
-from thyroaug.prompts import (
+from thyroaug.phantom.reports import write_report
+from thyroaug.phantom.styles import CENTER_STYLES
+from thyroaug.reports.findings import FIELD_VALUES, Findings
+from thyroaug.reports.prompts import (
     CLIP_WORD_TOKENS,
     DROP_ORDER,
     EXTRACTORS,
@@ -205,7 +206,7 @@ def test_field_order_is_fixed():
 def test_fields_are_dropped_least_important_first(caplog):
     f = longest_findings()
     full = render_prompt(f)
-    with caplog.at_level(logging.WARNING, logger="thyroaug.prompts"):
+    with caplog.at_level(logging.WARNING, logger="thyroaug.reports.prompts"):
         short = render_prompt(f, max_tokens=count_tokens(full) - 1)
     assert "pyramidal" not in short and "salivary" in short
     assert "dropped pyramidal_lobe" in caplog.text
@@ -247,7 +248,7 @@ def test_empty_report_is_an_error(report):
 
 
 def test_unrecognised_report_gives_the_modality_phrase(caplog):
-    with caplog.at_level(logging.WARNING, logger="thyroaug.prompts"):
+    with caplog.at_level(logging.WARNING, logger="thyroaug.reports.prompts"):
         assert report_to_prompt("Study not performed, patient did not attend.") == MODALITY
     assert "no findings recognised" in caplog.text
 

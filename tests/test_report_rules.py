@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from thyroaug.findings import Findings
-from thyroaug.report_rules import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
+from thyroaug.reports.findings import Findings
+from thyroaug.reports.rules import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
 
 # (report, expected answers; fields not listed must come out None)
 HAND_WRITTEN = [

@@ -9,16 +9,12 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 
-from thyroaug import CLASSES
-from thyroaug.data.phantom.reports import (
-    CENTER_STYLES,
-    LAYOUTS,
-    draft_report,
-    write_report,
-)
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
-from thyroaug.findings import FIELD_VALUES, Findings
-from thyroaug.prompts import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
+from thyroaug.phantom.reports import draft_report, write_report
+from thyroaug.phantom.styles import CENTER_STYLES, LAYOUTS
+from thyroaug.reports.findings import FIELD_VALUES, Findings
+from thyroaug.reports.prompts import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
 
 FIELDS = [f.name for f in fields(Findings)]
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 from thyroaug.scenarios import (
     PAPER_SCENARIOS,
-    PARTS,
+    parts,
     Scenario,
     assemble_training_set,
     assert_not_augmented,
@@ -115,7 +115,7 @@ def test_unknown_part_lists_the_valid_ones(bad: str) -> None:
         canonical(bad)
     message = str(err.value)
     assert "unknown part" in message
-    for part in PARTS:
+    for part in parts():
         assert part in message
 
 

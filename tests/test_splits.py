@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.data.splits import (
     assign_splits,
     check_splits,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-import thyroaug.classifier.cli as classifier_cli
-from thyroaug.study import methods_needed, parse_scenarios, run_study
+import thyroaug.jobs.train_classifier as classifier_cli
+from thyroaug.jobs.study import methods_needed, parse_scenarios, run_study
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tiny_cohort
 from mlflow import MlflowClient
 
-from thyroaug.tune import BEST_PARAMS_ARTIFACT, load_best_params, tune
+from thyroaug.jobs.tune import BEST_PARAMS_ARTIFACT, load_best_params, tune
 
 pytestmark = pytest.mark.slow
 

@@ -1,13 +1,7 @@
 """thyroaug: generative augmentation and classification of thyroid scintigraphy (MLflow)."""
 
+from thyroaug.contract import CLASS_NAMES, CLASSES
+
 __version__ = "0.1.0"
 
-CLASSES: tuple[str, ...] = ("DG", "NG", "NL", "TI")
-"""Class names in index order: diffuse goiter, nodular goiter, normal, thyroiditis."""
-
-CLASS_NAMES: dict[str, str] = {
-    "DG": "diffuse goiter",
-    "NG": "nodular goiter",
-    "NL": "normal",
-    "TI": "thyroiditis",
-}
+__all__ = ["CLASSES", "CLASS_NAMES", "__version__"]

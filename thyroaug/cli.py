@@ -1,66 +1,12 @@
-"""`thyroaug <command> ...`: the same jobs as the MLproject entry points.
-
-Each command lives in the module that owns it; that module defines
-``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``.
-Modules are imported only when their command runs, so `thyroaug phantom` does not import torch-heavy
-generator code.
-"""
+"""The ``thyroaug`` console script: ``thyroaug <command> ...`` (see ``thyroaug.jobs.commands``)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import sys
-from collections.abc import Sequence
 
-from thyroaug.errors import ThyroaugError
+from thyroaug.jobs.commands import COMMANDS, build_parser, commands, main
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("thyroaug.data.phantom.cli", "simulate a phantom cohort (files + manifest)"),
-    "prepare": ("thyroaug.data.cli", "validate a manifest and build the prepared cohort cache"),
-    "train-classifier": ("thyroaug.classifier.cli", "train + evaluate the ResNet18 for a scenario"),
-    "train-fm": ("thyroaug.generators.fm_cli", "train the flow-matching generator"),
-    "train-sd": ("thyroaug.generators.sd_cli", "train the Stable Diffusion generator"),
-    "synthesize": ("thyroaug.generators.synth_cli", "write a synthetic set from a generator"),
-    "compare": ("thyroaug.tracking.compare", "compare scenario runs: Wilcoxon + BH heatmap"),
-    "study": ("thyroaug.study", "run the whole study as nested MLflow runs"),
-    "tune": ("thyroaug.tune", "Optuna search over classifier hyperparameters"),
-}
-
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; with ``only`` set, import just that command's module."""
-    parser = argparse.ArgumentParser(prog="thyroaug", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if only == name:
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script. Returns the process exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command is not None and command not in COMMANDS:
-        command = None
-    parser = build_parser(only=command)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args._run(args) or 0)
-    except ThyroaugError as exc:
-        print(f"thyroaug {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
+__all__ = ["COMMANDS", "build_parser", "commands", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

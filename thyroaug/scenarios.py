@@ -3,11 +3,12 @@
 A scenario names what the classifier trains on, as parts joined by ``+``:
   ``O``                   the original training cases (centers A–F, training split);
   ``SD1`` … ``SD4``, ``FM`` a synthetic set from a generator (1000 images per class in the paper);
+                          the generator parts are whatever ``generators.registry`` lists;
   ``CA``                  conventionally augmented images made from the original training images
                           (1000 per class in the paper; ``thyroaug.augment``, seeded).
 Parts may be written in any order (``CA+O+FM`` is ``O+FM+CA``); the canonical name puts ``O`` first,
-then the generator parts in the order SD1, SD2, SD3, SD4, FM, then ``CA``. Any non-empty combination
-without repeats is valid; the paper's 18 are ``PAPER_SCENARIOS``.
+then the generator parts in registry order (SD1, SD2, SD3, SD4, FM, then plug-ins), then ``CA``.
+Any non-empty combination without repeats is valid; the paper's 18 are ``PAPER_SCENARIOS``.
 
 Validation and external cases are never augmented and never mixed with synthetic images:
 ``assert_not_augmented`` checks an evaluation set against the cohort, and ``check_no_leakage``
@@ -20,10 +21,8 @@ folder, an MLflow artifact URI (``runs:/<run_id>/synthetic/FM``, ``mlflow-artifa
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,18 +32,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CA, CLASSES, ORIGINAL, synthetic_artifact
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
-from thyroaug.synthetic import SyntheticSet
+from thyroaug.generators import registry
+from thyroaug.synthetic import LoadedSynthetic, SyntheticSet, resolve_set
 
 log = logging.getLogger(__name__)
 
-ORIGINAL = "O"
-CONVENTIONAL = "CA"
-GENERATOR_METHODS: tuple[str, ...] = ("SD1", "SD2", "SD3", "SD4", "FM")
-PARTS: tuple[str, ...] = (ORIGINAL, *GENERATOR_METHODS, CONVENTIONAL)
-"""All scenario parts in canonical order."""
+CONVENTIONAL = CA
+
+
+def generator_methods() -> tuple[str, ...]:
+    """Scenario parts made by a registered generator (SD1..SD4, FM, plug-ins), canonical order."""
+    return registry.generator_methods()
+
+
+def parts() -> tuple[str, ...]:
+    """All scenario parts in canonical order: ``O``, the generator methods, ``CA``."""
+    return (ORIGINAL, *generator_methods(), CONVENTIONAL)
 
 PAPER_SCENARIOS: tuple[str, ...] = (
     "O",
@@ -68,8 +74,6 @@ PAPER_SCENARIOS: tuple[str, ...] = (
 )
 """The paper's 18 training strategies (section 3.2.3 / Table 2), in canonical form and order."""
 
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 @dataclass(frozen=True)
@@ -88,23 +92,24 @@ class Scenario:
         """
         if isinstance(text, Scenario):
             return text
+        valid = parts()
         if not isinstance(text, str) or not text.strip():
             raise ScenarioError(
                 f"empty scenario {text!r}; write parts joined by '+', e.g. O+FM+CA "
-                f"(parts: {', '.join(PARTS)})"
+                f"(parts: {', '.join(valid)})"
             )
         raw = [p.strip() for p in text.split("+")]
-        parts = [p.upper() for p in raw]
-        unknown = [r for r, p in zip(raw, parts) if p not in PARTS]
+        names = [p.upper() for p in raw]
+        unknown = [r for r, p in zip(raw, names) if p not in valid]
         if unknown:
             raise ScenarioError(
                 f"scenario {text!r}: unknown part(s) {', '.join(repr(u) for u in unknown)}; valid "
-                f"parts are {', '.join(PARTS)} joined by '+' (e.g. O+FM+CA)"
+                f"parts are {', '.join(valid)} joined by '+' (e.g. O+FM+CA)"
             )
-        dups = sorted({p for p in parts if parts.count(p) > 1}, key=PARTS.index)
+        dups = sorted({p for p in names if names.count(p) > 1}, key=valid.index)
         if dups:
             raise ScenarioError(f"scenario {text!r}: part(s) {', '.join(dups)} named twice")
-        return cls(tuple(sorted(parts, key=PARTS.index)))
+        return cls(tuple(sorted(names, key=valid.index)))
 
     @property
     def name(self) -> str:
@@ -126,8 +131,8 @@ class Scenario:
 
     @property
     def generator_methods(self) -> tuple[str, ...]:
-        """The parts that need a generator's synthetic set (SD1..SD4, FM)."""
-        return tuple(p for p in self.parts if p in GENERATOR_METHODS)
+        """The parts that need a generator's synthetic set (SD1..SD4, FM, plug-ins)."""
+        return tuple(p for p in self.parts if p in generator_methods())
 
     @property
     def uses_ca(self) -> bool:
@@ -147,14 +152,12 @@ def canonical(text: str | Scenario) -> str:
 
 def how_to_produce(method: str) -> str:
     """One line telling a user how to make the synthetic set a scenario part needs."""
-    if method == "FM":
-        generator, extra = "models:/thyroaug-fm@champion", ""
-    else:
-        generator, extra = "models:/thyroaug-sd@champion", f" -P mode={method}"
+    fam = registry.family_of(method)
+    extra = f" -P mode={method}" if fam.mode_args(method) else ""
     return (
-        f"produce one with `mlflow run . -e synthesize -P generator={generator}{extra}` (or "
-        f"`thyroaug synthesize ...`), then pass it as "
-        f"--synthetic {method}=runs:/<run_id>/synthetic/{method} (or a local folder)"
+        f"produce one with `mlflow run . -e synthesize -P generator={fam.champion_uri()}{extra}` "
+        f"(or `thyroaug synthesize ...`), then pass it as "
+        f"--synthetic {method}=runs:/<run_id>/{synthetic_artifact(method)} (or a local folder)"
     )
 
 
@@ -175,7 +178,10 @@ def require_synthetic(scenario: str | Scenario, given: Iterable[str]) -> None:
         )
 
 
-_ITEM_SPLIT = re.compile(r",\s*(?=(?:SD[1-4]|FM|CA)\s*=)", re.IGNORECASE)
+def _item_split() -> re.Pattern[str]:
+    """Splits ``"FM=...,SD1=..."`` at commas that start a new ``METHOD=`` pair."""
+    names = "|".join(re.escape(m) for m in (*generator_methods(), CONVENTIONAL))
+    return re.compile(rf",\s*(?=(?:{names})\s*=)", re.IGNORECASE)
 
 
 def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
@@ -188,7 +194,7 @@ def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
         ScenarioError: an item without ``=``, an unknown method, or a method given twice.
     """
     refs: dict[str, str] = {}
-    pairs = [p for item in items or [] for p in _ITEM_SPLIT.split(item) if p.strip()]
+    pairs = [p for item in items or [] for p in _item_split().split(item) if p.strip()]
     for item in pairs:
         method, sep, ref = item.partition("=")
         method = method.strip().upper()
@@ -196,10 +202,10 @@ def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
             raise ScenarioError(
                 f"--synthetic {item!r}: expected METHOD=REF, e.g. FM=runs:/<id>/..."
             )
-        if method not in (*GENERATOR_METHODS, CONVENTIONAL):
+        if method not in (*generator_methods(), CONVENTIONAL):
             raise ScenarioError(
                 f"--synthetic {item!r}: unknown method {method!r}; valid: "
-                f"{', '.join((*GENERATOR_METHODS, CONVENTIONAL))}"
+                f"{', '.join((*generator_methods(), CONVENTIONAL))}"
             )
         if method in refs:
             raise ScenarioError(f"--synthetic: method {method} given twice")
@@ -207,95 +213,12 @@ def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
     return refs
 
 
-@dataclass
-class LoadedSynthetic:
-    """A synthetic set plus where it came from (for logging exactly which set was used)."""
-
-    method: str
-    data: SyntheticSet
-    ref: str
-    local_path: str | None = None
-    sha256: str = ""
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance dict (ref, path, hash, counts, the set's info) for params/artifacts."""
-        return {
-            "method": self.method,
-            "ref": self.ref,
-            "local_path": self.local_path,
-            "sha256": self.sha256,
-            "count": len(self.data.manifest),
-            "class_counts": self.data.class_counts(),
-            "info": self.data.info,
-        }
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """Content hash of an in-memory set (images as float32 bytes + labels)."""
-    h = hashlib.sha256()
-    h.update(images.float().contiguous().numpy().tobytes())
-    h.update(labels.long().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def resolve_synthetic(
     method: str, ref: str, download_dir: str | Path | None = None
 ) -> LoadedSynthetic:
-    """Load the synthetic set that ``ref`` points to and check it is a ``method`` set.
-
-    Args:
-        method: the scenario part it stands for (FM, SD1..SD4, CA).
-        ref: a local folder, an MLflow artifact URI, or a bare run id (-> ``synthetic/<method>``).
-        download_dir: where MLflow downloads go (default: a fresh temporary folder).
-
-    Raises:
-        ScenarioError: nothing found at ``ref``, a download failure, or a set of another method.
-    """
-    path = Path(ref).expanduser()
-    if path.exists():
-        local = path
-    else:
-        import mlflow
-
-        dst = str(download_dir or tempfile.mkdtemp(prefix=f"thyroaug-synthetic-{method}-"))
-        try:
-            if _RUN_ID.match(ref):
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        run_id=ref, artifact_path=f"synthetic/{method}", dst_path=dst
-                    )
-                )
-            elif _URI.match(ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst))
-            else:
-                raise ScenarioError(
-                    f"synthetic set {method}={ref!r}: no such folder, and not a run id or an "
-                    f"artifact URI; {how_to_produce(method)}"
-                )
-        except ScenarioError:
-            raise
-        except Exception as exc:  # MLflow raises many types for missing runs/artifacts
-            raise ScenarioError(
-                f"synthetic set {method}={ref!r} could not be downloaded: {exc}; check the "
-                f"run id / URI, or {how_to_produce(method)}"
-            ) from exc
-    data = SyntheticSet.load(local)
-    if data.method != method:
-        raise ScenarioError(
-            f"synthetic set {ref!r} holds method {data.method!r} images, but was given as {method}"
-        )
-    images_file = local / "images.safetensors"
-    sha = _sha256_file(images_file) if images_file.exists() else ""
-    log.info("synthetic %s: %d images from %s", method, len(data.manifest), ref)
-    return LoadedSynthetic(method, data, ref, str(local), sha)
+    """``synthetic.resolve_set`` with a hint on how to produce a missing generator set."""
+    hint = how_to_produce(method) if method in generator_methods() else ""
+    return resolve_set(method, ref, download_dir, hint=hint)
 
 
 def check_compatible(
@@ -394,7 +317,7 @@ class TrainingSet:
         """Images per source (rows: O, methods) x class (columns in CLASSES order, plus total)."""
         df = pd.DataFrame({"source": self.sources, "label": [CLASSES[i] for i in self.labels]})
         tab = pd.crosstab(df["source"], df["label"]).reindex(columns=list(CLASSES), fill_value=0)
-        order = [p for p in PARTS if p in tab.index]
+        order = [p for p in parts() if p in tab.index]
         tab = tab.loc[order]
         tab["total"] = tab.sum(axis=1)
         return tab
@@ -475,7 +398,7 @@ def assemble_training_set(
             data = synthetic[method]
             if data.method != method:
                 raise ScenarioError(f"set given for {method} holds {data.method} images")
-            rng = np.random.default_rng([int(seed), PARTS.index(method)])
+            rng = np.random.default_rng([int(seed), parts().index(method)])
             rows = _take_per_class(data, per_class, rng, method)
             details[method] = {"generated": False, "available": len(data.manifest)}
         if len(data.manifest) and data.images.shape[1:] != train.images.shape[1:]:
@@ -499,3 +422,106 @@ def assemble_training_set(
     )
     log.info("training set %s: %d images (%s)", sc, len(out), out.counts()["total"].to_dict())
     return out
+
+
+SyntheticInput = SyntheticSet | LoadedSynthetic | str | Path
+"""What a caller may pass for a synthetic set: the set, a resolved set, or a reference."""
+
+
+@dataclass
+class ScenarioData:
+    """Everything a scenario trains and is evaluated on, at the classifier's input size."""
+
+    scenario: Scenario
+    train: TrainingSet
+    val: PreparedCohort
+    external: PreparedCohort
+    synthetic: dict[str, LoadedSynthetic] = field(default_factory=dict)
+    input_size: int = 0
+
+
+def _load_synthetic(
+    scenario: Scenario, synthetic: Mapping[str, SyntheticInput] | None
+) -> dict[str, LoadedSynthetic]:
+    require_synthetic(scenario, (synthetic or {}).keys())  # fail before any download
+    loaded: dict[str, LoadedSynthetic] = {}
+    for key, item in (synthetic or {}).items():
+        method = key.upper()
+        if method not in scenario.synthetic_methods:
+            log.warning("synthetic set %s given but scenario %s does not use it", method, scenario)
+            continue
+        if isinstance(item, LoadedSynthetic):
+            loaded[method] = item
+        elif isinstance(item, SyntheticSet):
+            sha = tensor_sha256(item.images, item.labels)
+            loaded[method] = LoadedSynthetic(method, item, "<in-memory>", None, sha)
+        else:
+            loaded[method] = resolve_synthetic(method, str(item))
+    return loaded
+
+
+def prepare_scenario_data(
+    cohort: PreparedCohort,
+    scenario: str | Scenario,
+    image_size: int,
+    synthetic: Mapping[str, SyntheticInput] | None = None,
+    *,
+    per_class: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> ScenarioData:
+    """Load and check synthetic sets, resize once to the input size, assemble, check eval sets.
+
+    Args:
+        cohort: the prepared cohort.
+        scenario: the scenario (text or parsed).
+        image_size: the classifier's input size; larger images are downsampled once (never
+            upsampled: a smaller cohort trains at its own size).
+        synthetic: {method: set | loaded set | folder | artifact URI | run id}.
+        per_class: synthetic / CA images per class (None: all of each set).
+        seed: seed of the subsampling and of CA.
+        progress: show progress bars.
+
+    Raises:
+        ScenarioError: missing / incompatible / leaking synthetic sets, or an empty split.
+    """
+    sc = Scenario.parse(scenario)
+    loaded = _load_synthetic(sc, synthetic)
+    for item in loaded.values():
+        check_compatible(item, cohort, image_size)
+    check_no_leakage({m: item.data for m, item in loaded.items()}, cohort)
+    if cohort.size < image_size:
+        log.warning(
+            "cohort images are %d px, below image_size %d: training at %d px (no upsampling)",
+            cohort.size,
+            image_size,
+            cohort.size,
+        )
+    resized = cohort.resized(min(cohort.size, image_size))
+    sets = {
+        m: SyntheticSet(
+            resize_images(item.data.images, resized.size),
+            item.data.labels,
+            item.data.manifest,
+            item.data.info,
+        )
+        for m, item in loaded.items()
+    }
+    splits = {s: resized.subset(s) for s in ("train", "val", "external")}
+    empty = [s for s, part in splits.items() if len(part) == 0]
+    if empty:
+        raise ScenarioError(
+            f"cohort has no {', '.join(empty)} case(s); the classifier needs training, validation "
+            "and external cases (see `thyroaug prepare --train-centers/--external-centers`)"
+        )
+    train = assemble_training_set(
+        sc,
+        splits["train"],
+        sets,
+        per_class=per_class,
+        seed=seed,
+        progress=progress,
+    )
+    assert_not_augmented(splits["val"], resized, "val")
+    assert_not_augmented(splits["external"], resized, "external")
+    return ScenarioData(sc, train, splits["val"], splits["external"], loaded, resized.size)

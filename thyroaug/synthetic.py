@@ -15,8 +15,11 @@ Writes are atomic: everything goes to a temporary sibling folder that is renamed
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,10 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
 
-METHODS: tuple[str, ...] = ("CA", "SD1", "SD2", "SD3", "SD4", "FM")
+log = logging.getLogger(__name__)
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "index",
     "label",
@@ -137,3 +143,95 @@ class SyntheticSet:
         info_path = folder / "set.json"
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         return cls(tensors["images"], tensors["labels"], manifest, info)
+
+
+@dataclass
+class LoadedSynthetic:
+    """A synthetic set plus where it came from (for logging exactly which set was used)."""
+
+    method: str
+    data: SyntheticSet
+    ref: str
+    local_path: str | None = None
+    sha256: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance dict (ref, path, hash, counts, the set's info) for params/artifacts."""
+        return {
+            "method": self.method,
+            "ref": self.ref,
+            "local_path": self.local_path,
+            "sha256": self.sha256,
+            "count": len(self.data.manifest),
+            "class_counts": self.data.class_counts(),
+            "info": self.data.info,
+        }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """Content hash of an in-memory set (images as float32 bytes + labels)."""
+    h = hashlib.sha256()
+    h.update(images.float().contiguous().numpy().tobytes())
+    h.update(labels.long().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_set(
+    method: str, ref: str, download_dir: str | Path | None = None, hint: str = ""
+) -> LoadedSynthetic:
+    """Load the synthetic set that ``ref`` points to and check it is a ``method`` set.
+
+    Args:
+        method: the scenario part it stands for (FM, SD1..SD4, CA).
+        ref: a local folder, an MLflow artifact URI, or a bare run id (-> ``synthetic/<method>``).
+        download_dir: where MLflow downloads go (default: a fresh temporary folder).
+        hint: how to produce a missing set (appended to the error message).
+
+    Raises:
+        ScenarioError: nothing found at ``ref``, a download failure, or a set of another method.
+    """
+    path = Path(ref).expanduser()
+    if path.exists():
+        local = path
+    else:
+        import mlflow
+
+        dst = str(download_dir or tempfile.mkdtemp(prefix=f"thyroaug-synthetic-{method}-"))
+        try:
+            if _RUN_ID.match(ref):
+                local = Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=ref, artifact_path=synthetic_artifact(method), dst_path=dst
+                    )
+                )
+            elif _URI.match(ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst))
+            else:
+                raise ScenarioError(
+                    f"synthetic set {method}={ref!r}: no such folder, and not a run id or an "
+                    f"artifact URI{'; ' + hint if hint else ''}"
+                )
+        except ScenarioError:
+            raise
+        except Exception as exc:  # MLflow raises many types for missing runs/artifacts
+            raise ScenarioError(
+                f"synthetic set {method}={ref!r} could not be downloaded: {exc}; check the "
+                f"run id / URI{', or ' + hint if hint else ''}"
+            ) from exc
+    data = SyntheticSet.load(local)
+    if data.method != method:
+        raise ScenarioError(
+            f"synthetic set {ref!r} holds method {data.method!r} images, but was given as {method}"
+        )
+    images_file = local / "images.safetensors"
+    sha = _sha256_file(images_file) if images_file.exists() else ""
+    log.info("synthetic %s: %d images from %s", method, len(data.manifest), ref)
+    return LoadedSynthetic(method, data, ref, str(local), sha)

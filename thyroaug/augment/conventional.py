@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 import thyroaug
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 from thyroaug.synthetic import SyntheticSet

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.config import local_weights
 from thyroaug.errors import ConfigError
 

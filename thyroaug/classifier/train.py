@@ -16,7 +16,6 @@ import copy
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from thyroaug import CLASSES
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.model import build_resnet18
 from thyroaug.config import to_dict
-from thyroaug.data.cohort import PreparedCohort
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
+from thyroaug.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -61,38 +60,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
     return torch.device(name)
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize [N,1,S,S] float images to ``size`` (antialiased bilinear) if they are larger.
-
-    Smaller images are returned unchanged: upsampling adds no information, so a cohort smaller
-    than the profile's size trains at its own size (the run logs the size actually used).
-    """
-    if images.shape[-1] <= size:
-        return images
-    out = F.interpolate(
-        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    lo, hi = float(images.min()), float(images.max())
-    return out.clamp_(lo, hi)
-
-
-def resize_cohort(cohort: PreparedCohort, size: int) -> PreparedCohort:
-    """The cohort at ``size`` px (images antialiased bilinear, masks nearest), done once at load."""
-    if cohort.size <= size:
-        return cohort
-    masks = F.interpolate(cohort.masks.float(), size=(size, size), mode="nearest").to(
-        cohort.masks.dtype
-    )
-    return PreparedCohort(
-        images=resize_images(cohort.images, size),
-        masks=masks,
-        labels=cohort.labels,
-        table=cohort.table,
-        content_hash=cohort.content_hash,
-        settings={**cohort.settings, "classifier_resized_to": size},
-    )
 
 
 @contextmanager
@@ -169,17 +136,9 @@ def predict_proba(
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename (atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 @dataclass

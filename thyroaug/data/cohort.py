@@ -15,8 +15,6 @@ Loading 3000 cases of 128x128 takes a few tens of milliseconds (memory-mapped re
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ThyroaugError
+from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.resize import resize_images, resize_masks
 
 SPLITS: tuple[str, ...] = ("train", "val", "external")
 COHORT_FILE = "cohort.safetensors"
@@ -76,6 +76,20 @@ class PreparedCohort:
             settings=dict(self.settings),
         )
 
+    def resized(self, size: int) -> PreparedCohort:
+        """The cohort at ``size`` px (``utils.resize``: images bilinear antialiased, masks
+        nearest-exact); the same object when it already has that size."""
+        if self.size == size:
+            return self
+        return PreparedCohort(
+            images=resize_images(self.images, size),
+            masks=resize_masks(self.masks, size),
+            labels=self.labels,
+            table=self.table,
+            content_hash=self.content_hash,
+            settings={**self.settings, "resized_to": size},
+        )
+
     def counts(self) -> pd.DataFrame:
         """Case counts per center x class (columns in CLASSES order, plus total)."""
         tab = pd.crosstab(self.table["center"], self.table["label"])
@@ -102,14 +116,8 @@ class PreparedCohort:
             "masks": self.masks.contiguous(),
             "labels": self.labels.contiguous(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod

@@ -46,7 +46,7 @@ from typing import Any
 
 import pandas as pd
 
-from thyroaug import CLASS_NAMES, CLASSES
+from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.errors import ManifestError
 
 log = logging.getLogger(__name__)

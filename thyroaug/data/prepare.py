@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from thyroaug import CLASS_NAMES, CLASSES
+from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.config import to_dict
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.io import read_image, read_mask
@@ -162,15 +162,15 @@ def _prompt_builder(table: pd.DataFrame) -> tuple[Any, dict[str, Any] | None]:
     if not need.any():
         return None, None
     try:
-        import thyroaug.prompts as prompts
+        import thyroaug.reports.prompts as prompts
     except ImportError as exc:
         raise PromptError(
-            f"{int(need.sum())} case(s) have a report but no prompt, and thyroaug.prompts "
+            f"{int(need.sum())} case(s) have a report but no prompt, and thyroaug.reports.prompts "
             f"cannot be imported ({exc}); add prompts to the manifest"
         ) from exc
     source = Path(prompts.__file__).read_bytes()
     record = {
-        "function": "thyroaug.prompts.report_to_prompt",
+        "function": "thyroaug.reports.prompts.report_to_prompt",
         "source_sha256": hashlib.sha256(source).hexdigest()[:16],
     }
     return prompts.report_to_prompt, record

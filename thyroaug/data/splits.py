@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError, SplitError
 
 log = logging.getLogger(__name__)

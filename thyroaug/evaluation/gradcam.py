@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.evaluation.plots import save_figure
 
 log = logging.getLogger(__name__)

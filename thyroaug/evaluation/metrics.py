@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ThyroaugError
 
 AVERAGES: tuple[str, ...] = ("micro", "macro", "weighted")

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.evaluation.metrics import check_labels, check_probabilities
 from thyroaug.evaluation.stats import ComparisonResult
 

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.stats import false_discovery_control, ranksums
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.evaluation.metrics import (
     MetricInputError,
     check_labels,

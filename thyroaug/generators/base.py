@@ -3,7 +3,7 @@
 A generator is anything with the small ``Generator`` protocol below: ``sample(labels, seeds,
 masks=None, **kw)`` returns images in the cohort's [0, 1] intensity range plus per-image provenance
 columns. Registered generators are MLflow pyfunc models whose python model (see
-``thyroaug.generators.pyfunc.GeneratorModel``) holds such an object after loading, so
+``thyroaug.generators.serving.GeneratorModel``) holds such an object after loading, so
 ``open_generator("models:/thyroaug-fm@champion")`` works for any flavour without a registry of
 loaders: the logged python model class is the dispatch.
 
@@ -19,14 +19,15 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from thyroaug import CLASSES
+from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
+from thyroaug.utils.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,53 @@ def label_index(label: int | str) -> int:
 
 def sample_seed(base_seed: int, label: int, index: int) -> int:
     """Per-image seed of the ``index``-th image of class ``label`` in a run seeded ``base_seed``."""
-    words = np.random.SeedSequence([int(base_seed), int(label), int(index)]).generate_state(1)
-    return int(words[0])
+    return derive_seed(base_seed, label, index)
+
+
+class ConditionBank:
+    """Training cases a generator may condition on, by class (FM: masks; SD: images/masks/prompts).
+
+    Both families draw a condition the same way: for class ``c`` and per-image seed ``s`` the case
+    is drawn uniformly (with replacement) among the eligible cases of class ``c`` by
+    ``numpy.random.default_rng([s, c])``, so the choice depends on (seed, class) alone, as the
+    image does. Subclasses (dataclasses) add the tensors and their own file format, and provide:
+
+    Attributes:
+        labels: int64 ``[M]`` class index of each case.
+        case_ids: case id of each row (recorded as ``source_id`` in synthetic manifests).
+    """
+
+    labels: torch.Tensor
+    case_ids: list[str]
+    condition_name: ClassVar[str] = "case"
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def counts(self) -> dict[str, int]:
+        """Cases per class name."""
+        c = np.bincount(self.labels.numpy(), minlength=len(CLASSES))
+        return {name: int(c[i]) for i, name in enumerate(CLASSES)}
+
+    def eligible(self, need_mask: bool = False) -> np.ndarray:
+        """Bool ``[M]``: rows that may be drawn (subclasses restrict, e.g. to cases with a mask)."""
+        return np.ones(len(self), dtype=bool)
+
+    def pick(self, label: int, seed: int, need_mask: bool = False) -> int:
+        """Row of the condition used for (label, seed).
+
+        Raises:
+            GeneratorError: the bank holds no eligible case of that class.
+        """
+        rows = np.flatnonzero((self.labels.numpy() == int(label)) & self.eligible(need_mask))
+        if len(rows) == 0:
+            kind = f"masked {self.condition_name}" if need_mask else self.condition_name
+            raise GeneratorError(
+                f"no {kind} of class {CLASSES[int(label)]} in the generator's condition bank; "
+                "pass the condition explicitly or retrain on a cohort that has one"
+            )
+        rng = np.random.default_rng([int(seed), int(label)])
+        return int(rows[rng.integers(len(rows))])
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:

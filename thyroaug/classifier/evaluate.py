@@ -1,0 +1,149 @@
+"""Evaluation of a trained classifier on the external centers, written to a run folder.
+
+``evaluate_and_report`` turns a ``FitResult`` and the scenario's evaluation sets into files: Table 2
+metrics (``thyroaug.evaluation.metrics``), bootstrap distributions, confusion matrix / ROC plots,
+Grad-CAM overlays and per-case predictions (case ids and centers, never patient ids). MLflow
+logging of those files is the job's business (``thyroaug.jobs.train_classifier``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyroaug.classifier.config import ClassifierConfig
+from thyroaug.classifier.model import gradcam_layer
+from thyroaug.classifier.train import FitResult, predict_proba
+from thyroaug.contract import BOOTSTRAP_ARTIFACT, CLASSES
+from thyroaug.data.cohort import PreparedCohort
+from thyroaug.utils.atomic import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationSets(Protocol):
+    """What evaluation reads (``scenarios.ScenarioData`` is one): the untouched val / external."""
+
+    val: PreparedCohort
+    external: PreparedCohort
+
+
+def _predictions_frame(part: PreparedCohort, probs: np.ndarray, split: str) -> pd.DataFrame:
+    """case_id, center, split, true, pred, prob_<CLASS> (no patient ids)."""
+    df = pd.DataFrame(
+        {
+            "case_id": part.table["case_id"].astype(str).to_numpy(),
+            "center": part.table["center"].astype(str).to_numpy(),
+            "split": split,
+            "true": [CLASSES[i] for i in part.labels.numpy()],
+            "pred": [CLASSES[i] for i in probs.argmax(1)],
+        }
+    )
+    for k, name in enumerate(CLASSES):
+        df[f"prob_{name}"] = probs[:, k]
+    return df
+
+
+def write_csv(path: Path, df: pd.DataFrame, index: bool = False) -> Path:
+    """Write ``df`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+    return path
+
+
+def evaluate_and_report(
+    result: FitResult,
+    data: EvaluationSets,
+    cfg: ClassifierConfig,
+    out_dir: Path,
+    *,
+    name: str,
+    external: bool = True,
+) -> dict[str, Any]:
+    """Step 5: metrics, bootstrap, plots, Grad-CAM and predictions written under ``out_dir``.
+
+    Args:
+        external: also evaluate on the external centers (False for hyperparameter search, which
+            must only ever look at validation numbers).
+
+    Returns:
+        {"metrics": flat dict (external_*, best_val_*, bootstrap_*), "files": {key: path}}.
+    """
+    from thyroaug.evaluation import gradcam, plots, stats
+    from thyroaug.evaluation import metrics as M
+
+    model = result.model
+    cl = cfg.channels_last
+    files: dict[str, Path] = {}
+    val_y = data.val.labels.numpy()
+    val_p = predict_proba(model, data.val.images, batch_size=cfg.eval_batch_size, channels_last=cl)
+    val_m = M.compute_metrics(val_y, val_p)
+    metrics: dict[str, float] = {f"best_val_{k}": v for k, v in val_m.items()}
+    metrics["best_val_loss"] = result.best_val_loss
+    metrics["best_epoch"] = float(result.best_epoch)
+    files["history"] = write_csv(out_dir / "metrics" / "history.csv", pd.DataFrame(result.history))
+    summary: dict[str, Any] = {"scenario": name, "best_val": val_m, "best_epoch": result.best_epoch}
+    predictions = [_predictions_frame(data.val, val_p, "val")]
+    if not external:
+        files["metrics_json"] = write_json(out_dir / "metrics" / "metrics.json", summary)
+        files["predictions"] = write_csv(
+            out_dir / "predictions" / "predictions.csv", predictions[0]
+        )
+        return {"metrics": metrics, "files": files}
+
+    ext_y = data.external.labels.numpy()
+    ext_p = predict_proba(
+        model, data.external.images, batch_size=cfg.eval_batch_size, channels_last=cl
+    )
+    ext_m = M.compute_metrics(ext_y, ext_p)
+    metrics.update({f"external_{k}": v for k, v in ext_m.items()})
+    table = M.metrics_table(ext_m, name)
+    files["metrics_table"] = write_csv(out_dir / "metrics" / "metrics_table.csv", table, True)
+    files["metrics_json"] = write_json(
+        out_dir / "metrics" / "metrics.json", {**summary, "external": ext_m}
+    )
+    predictions.append(_predictions_frame(data.external, ext_p, "external"))
+    files["predictions"] = write_csv(
+        out_dir / "predictions" / "predictions.csv", pd.concat(predictions)
+    )
+
+    cm = M.confusion(ext_y, M.predict(ext_p))
+    files["confusion"] = plots.plot_confusion(
+        cm, out_dir / "plots" / "confusion.png", title=f"{name}: external confusion matrix"
+    )
+    files["roc"] = plots.plot_roc(
+        ext_y, ext_p, out_dir / "plots" / "roc.png", title=f"{name}: external ROC (one vs rest)"
+    )
+    if cfg.bootstrap > 0:
+        boot = stats.bootstrap(ext_y, ext_p, n_resamples=cfg.bootstrap, seed=cfg.seed)
+        files["bootstrap"] = write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)
+        summary = stats.summarize(boot)
+        files["bootstrap_summary"] = write_csv(
+            out_dir / "bootstrap" / "summary.csv", summary, True
+        )
+        for metric, row in summary.iterrows():
+            for col in ("mean", "std", "lower", "upper"):
+                metrics[f"bootstrap_{metric}_{col}"] = float(row[col])
+        files["bootstrap_plot"] = plots.plot_bootstrap(
+            boot, out_dir / "plots" / "bootstrap.png", title=f"{name}: bootstrap (external)"
+        )
+    if cfg.gradcam_per_class > 0:
+        pick = gradcam.select_per_class(ext_y, cfg.gradcam_per_class)
+        images = data.external.images[torch.as_tensor(pick)]
+        pred = ext_p[pick].argmax(1)
+        cams = gradcam.gradcam(model, images, gradcam_layer(model), target_classes=pred)
+        files["gradcam"] = gradcam.overlay_figure(
+            images,
+            cams,
+            ext_y[pick],
+            pred,
+            out_dir / "gradcam" / "gradcam.png",
+            n_per_class=cfg.gradcam_per_class,
+            title=f"{name}: Grad-CAM on external cases (predicted class)",
+        )
+    return {"metrics": metrics, "files": files}

@@ -1,0 +1,79 @@
+"""Names every layer agrees on: scenario parts, run tags, artifact paths, registered models, dirs.
+
+A value that two modules must spell the same way lives here and nowhere else. Generator *methods*
+(FM, SD1..SD4, ...) are not listed: they come from ``thyroaug.generators.registry``.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+CLASSES: tuple[str, ...] = ("DG", "NG", "NL", "TI")
+"""Class names in index order: diffuse goiter, nodular goiter, normal, thyroiditis."""
+
+CLASS_NAMES: dict[str, str] = {
+    "DG": "diffuse goiter",
+    "NG": "nodular goiter",
+    "NL": "normal",
+    "TI": "thyroiditis",
+}
+
+ORIGINAL = "O"
+"""Scenario part: the original training cases."""
+CA = "CA"
+"""Scenario part and synthetic-set method: conventional augmentation."""
+
+EXPERIMENT = "thyroaug"
+"""Default MLflow experiment of every job."""
+CHAMPION = "champion"
+"""Registry alias a registered generator gets unless told otherwise."""
+
+
+def registered_name(family: str) -> str:
+    """Registered-model name of a generator family (``fm`` -> ``thyroaug-fm``)."""
+    return f"thyroaug-{family}"
+
+
+# --- run tags ----------------------------------------------------------------------------------
+TAG_STEP = "step"
+"""What a run did: one of the ``STEP_*`` values."""
+TAG_STUDY_ID = "study_id"
+TAG_STUDY_STEP = "study_step"
+TAG_CONFIG_HASH = "config_hash"
+TAG_SCENARIO = "scenario"
+TAG_METHOD = "method"
+TAG_COHORT_HASH = "cohort.content_hash"
+
+STEP_PREPARE = "prepare_data"
+STEP_SYNTHESIZE = "synthesize"
+STEP_CLASSIFIER = "train_classifier"
+STEP_COMPARE = "compare"
+STEP_STUDY = "study"
+STEP_TUNE = "tune"
+STEP_TUNE_TRIAL = "tune_trial"
+
+
+def train_step(family: str) -> str:
+    """Step tag of a generator family's training run (``fm`` -> ``train_fm``)."""
+    return f"train_{family}"
+
+
+# --- artifact paths (inside a run) -------------------------------------------------------------
+SYNTHETIC_DIR = "synthetic"
+BOOTSTRAP_ARTIFACT = "bootstrap/bootstrap.csv"
+PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
+
+
+def synthetic_artifact(method: str) -> str:
+    """Artifact path of a synthesize run's set: ``synthetic/<METHOD>``."""
+    return str(PurePosixPath(SYNTHETIC_DIR) / method)
+
+
+# --- default folders (relative to THYROAUG_HOME, the project folder by default) -------------------
+OUTPUTS_DIR = "outputs"
+DEFAULT_COHORT_DIR = "outputs/cohort"
+
+
+def generator_workdir(family: str, profile: str) -> str:
+    """Default checkpoint + generator folder of a family's training (``outputs/fm/quick``)."""
+    return f"{OUTPUTS_DIR}/{family}/{profile}"

@@ -1,0 +1,78 @@
+"""`thyroaug <command> ...`: command name -> jobs module, parsed and run (also in-process).
+
+Each command is one module of ``thyroaug.jobs`` defining
+``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``; the generator
+training commands (``train-<family>``) come from ``thyroaug.generators.registry``. Modules are
+imported only when their command runs, so `thyroaug phantom` does not import torch-heavy generator
+code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from thyroaug.errors import ThyroaugError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "phantom": ("thyroaug.jobs.phantom", "simulate a phantom cohort (files + manifest)"),
+    "prepare": ("thyroaug.jobs.prepare", "validate a manifest and build the prepared cohort cache"),
+    "train-classifier": (
+        "thyroaug.jobs.train_classifier",
+        "train + evaluate the ResNet18 for a scenario",
+    ),
+    "synthesize": ("thyroaug.jobs.synthesize", "write a synthetic set from a generator"),
+    "compare": ("thyroaug.jobs.compare", "compare scenario runs: Wilcoxon + BH heatmap"),
+    "study": ("thyroaug.jobs.study", "run the whole study as nested MLflow runs"),
+    "tune": ("thyroaug.jobs.tune", "Optuna search over classifier hyperparameters"),
+}
+
+
+def commands() -> dict[str, tuple[str, str]]:
+    """Command name -> (module, help): the fixed commands plus one per generator family."""
+    from thyroaug.generators import registry
+
+    out = dict(COMMANDS)
+    for fam in registry.families():
+        out.setdefault(fam.train_command, (fam.train_job, fam.description))
+    return out
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser; with ``only`` set, import just that command's module."""
+    parser = argparse.ArgumentParser(prog="thyroaug", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in commands().items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script. Returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in commands():
+        command = None
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args._run(args) or 0)
+    except ThyroaugError as exc:
+        print(f"thyroaug {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

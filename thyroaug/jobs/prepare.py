@@ -1,0 +1,170 @@
+"""`thyroaug prepare`: validate manifest(s) / registries and build the prepared cohort cache.
+
+Examples:
+    thyroaug prepare --manifest data/manifest.csv --out outputs/cohort
+    thyroaug prepare --registry siteA/Data/Scintigraphy.xlsx --center A \\
+        --registry siteG/Scintigraphy.xlsx --center G --class-map 0=DG,1=NG,2=NL,3=TI --out out
+Prints a center x class summary. With MLflow on (default) the run ``prepare_data`` logs the
+settings, the cohort as a dataset input, count tables and an example grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from thyroaug.config import PROFILE_NAMES, resolve
+from thyroaug.data.manifest import load_registry, parse_class_map
+from thyroaug.data.prepare import PrepareConfig, log_cohort, prepare, split_table, summary_table
+from thyroaug.data.preprocess import NON_SQUARE_POLICIES, NORMALISATIONS
+from thyroaug.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `thyroaug prepare`."""
+    src = parser.add_argument_group("inputs")
+    src.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="manifest CSV / TSV / Parquet / Excel (repeatable); paths relative to its folder",
+    )
+    src.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="XLSX_OR_DIR",
+        help="authors' layout: workbook (ID, Class, Prompt) + IMAGES/ + MASKS/ (repeatable)",
+    )
+    src.add_argument(
+        "--center",
+        action="append",
+        default=[],
+        help="center of each --registry, in the same order (e.g. --center A)",
+    )
+    src.add_argument("--class-map", help="meaning of numeric classes, e.g. 0=DG,1=NG,2=NL,3=TI")
+    src.add_argument("--root", help="base of relative paths (default: the manifest's folder)")
+    src.add_argument(
+        "--phantom-scale",
+        type=float,
+        help="without --manifest / --registry: simulate the phantom cohort at this scale "
+        "(1 = the paper's 2954 cases) and prepare it",
+    )
+    src.add_argument(
+        "--phantom-dir", help="folder of the simulated cohort (default: phantom/ beside --out)"
+    )
+    parser.add_argument("--out", default="outputs/cohort", help="output folder")
+    parser.add_argument("--profile", default="paper", choices=PROFILE_NAMES, help="defaults set")
+    parser.add_argument("--size", type=int, help="output image side (paper 128)")
+    parser.add_argument("--normalisation", choices=NORMALISATIONS, help="max (default) or counts")
+    parser.add_argument("--percentile", type=float, help="robust-max percentile (default 99.9)")
+    parser.add_argument("--non-square", choices=NON_SQUARE_POLICIES, help="pad (default) or error")
+    parser.add_argument("--train-centers", help="training centers (default ABCDEF)")
+    parser.add_argument("--external-centers", help="external test centers (default GHI)")
+    parser.add_argument("--val-fraction", type=float, help="val share per class (default 0.1)")
+    parser.add_argument("--seed", type=int, help="seed of the train / val split (default 0)")
+    parser.add_argument("--workers", type=int, help="reader processes (default 0: in-process)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def phantom_manifest(folder: str | Path, scale: float, seed: int, progress: bool = True) -> Path:
+    """The manifest of a phantom cohort in ``folder``, simulated unless the same one is there.
+
+    An existing ``phantom.json`` with the same scale, seed and generator version means the files are
+    reused.
+    """
+    from thyroaug.phantom import PHANTOM_VERSION, simulate_cohort
+
+    folder = Path(folder)
+    manifest, summary = folder / "manifest.csv", folder / "phantom.json"
+    if manifest.is_file() and summary.is_file():
+        info = json.loads(summary.read_text(encoding="utf-8"))
+        same = (
+            float(info.get("scale", -1)) == float(scale)
+            and int(info.get("seed", -1)) == seed
+            and info.get("phantom_version") == PHANTOM_VERSION
+        )
+        if same:
+            log.info("reusing the phantom cohort in %s (scale %g, seed %d)", folder, scale, seed)
+            return manifest
+    simulate_cohort(folder, scale=scale, seed=seed, overwrite=True, progress=progress)
+    return manifest
+
+
+def _inputs(args: argparse.Namespace, class_map: dict[str, str] | None, seed: int) -> list[Any]:
+    registries, centers = list(args.registry), list(args.center)
+    if len(registries) != len(centers):
+        raise ConfigError(
+            f"{len(registries)} --registry but {len(centers)} --center; give one --center per "
+            "--registry, in the same order"
+        )
+    inputs: list[Any] = list(args.manifest)
+    for registry, center in zip(registries, centers):
+        inputs.append(load_registry(registry, center=center, class_map=class_map))
+    if not inputs and args.phantom_scale:
+        folder = args.phantom_dir or Path(args.out).parent / "phantom"
+        inputs.append(
+            phantom_manifest(folder, args.phantom_scale, seed, progress=not args.no_progress)
+        )
+    if not inputs:
+        raise ConfigError(
+            "no input: pass --manifest FILE, --registry XLSX --center X, or --phantom-scale S "
+            "(simulate the phantom cohort first)"
+        )
+    return inputs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `thyroaug prepare`; returns the exit code (errors raise ThyroaugError -> exit 2)."""
+    cfg = resolve(
+        PrepareConfig,
+        args.profile,
+        size=args.size,
+        normalisation=args.normalisation,
+        percentile=args.percentile,
+        non_square=args.non_square,
+        train_centers=args.train_centers,
+        external_centers=args.external_centers,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    class_map = parse_class_map(args.class_map)
+    inputs = _inputs(args, class_map, int(cfg.seed))
+    outcome = prepare(
+        inputs,
+        Path(args.out),
+        cfg,
+        root=args.root,
+        class_map=class_map,
+        force=args.force,
+        progress=not args.no_progress,
+    )
+    cohort = outcome.cohort
+    state = "up to date, reused" if outcome.reused else "built"
+    print(f"prepared cohort: {outcome.path} ({state}; {len(cohort)} cases, {cohort.size} px)")
+    print(f"content hash: {cohort.content_hash}")
+    print(summary_table(cohort).to_string(index=False))
+    print()
+    print(split_table(cohort).to_string(index=False))
+    if not args.no_mlflow:
+        import mlflow
+
+        from thyroaug.tracking.setup import configure_tracking, start_run
+
+        configure_tracking()
+        with start_run(run_name="prepare_data", tags={"step": "prepare_data"}) as active:
+            files = [str(s) for s in inputs if isinstance(s, str | Path)]
+            log_cohort(outcome, cfg, sources=[*files, *args.registry])
+            if not args.manifest and not args.registry:
+                mlflow.log_param("phantom_scale", args.phantom_scale)
+            print(f"MLflow run: {active.info.run_id}")
+    return 0

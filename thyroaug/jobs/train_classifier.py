@@ -1,0 +1,464 @@
+"""`thyroaug train-classifier`: train + evaluate the ResNet18 for one scenario, as an MLflow run.
+
+Examples:
+    thyroaug train-classifier --scenario O+CA --profile quick
+    thyroaug train-classifier --scenario O+FM+CA --profile quick \\
+        --synthetic FM=runs:/<run_id>/synthetic/FM
+    thyroaug train-classifier --scenario O --profile smoke --cohort outputs/cohort --epochs 3
+
+The cohort defaults to ``$THYROAUG_HOME/outputs/cohort`` (THYROAUG_HOME defaults to the current
+folder), where ``thyroaug prepare`` writes by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from thyroaug.classifier.config import ClassifierConfig
+from thyroaug.classifier.evaluate import evaluate_and_report, write_csv
+from thyroaug.classifier.train import EpochCallback, cpu_name, fit, torch_threads
+from thyroaug.config import resolve, to_dict
+from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
+from thyroaug.data.cohort import PreparedCohort
+from thyroaug.errors import ConfigError
+from thyroaug.jobs.common import add_cohort, add_experiment, add_profile
+from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
+from thyroaug.tracking.setup import project_home
+from thyroaug.utils.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `thyroaug train-classifier`."""
+    parser.add_argument(
+        "--scenario", required=True, help="parts joined by '+', e.g. O, O+CA, O+FM+CA (any order)"
+    )
+    add_profile(parser)
+    add_cohort(parser)
+    parser.add_argument(
+        "--synthetic",
+        action="append",
+        default=[],
+        metavar="METHOD=REF",
+        help="synthetic set for a scenario part: local folder, runs:/<id>/synthetic/FM, "
+        "mlflow-artifacts:/... or a run id (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, help="seed (weights, batches, CA, bootstrap)")
+    parser.add_argument("--epochs", type=int, help="training epochs (paper 300)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default 32)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (paper 1e-4)")
+    parser.add_argument("--image-size", type=int, help="input side in pixels (paper 128)")
+    parser.add_argument(
+        "--per-class", type=int, help="synthetic / CA images per class per method (paper 1000)"
+    )
+    parser.add_argument("--bootstrap", type=int, help="bootstrap resamples (paper 1000)")
+    parser.add_argument("--num-threads", type=int, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    parser.add_argument("--init", choices=("imagenet", "random"), help="default imagenet if found")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other ClassifierConfig field, e.g. --set lr_patience=5 (repeatable)",
+    )
+    parser.add_argument(
+        "--params-from",
+        metavar="JSON_OR_RUN_ID",
+        help="hyperparameters found by `thyroaug tune` (its best_params.json or the tune run id); "
+        "explicit flags still win",
+    )
+    parser.add_argument("--study-id", default="default", help="tag grouping a study's runs")
+    parser.add_argument("--run-name", help="MLflow run name (default <scenario>-<profile>-s<seed>)")
+    add_experiment(parser)
+    parser.add_argument("--out", help="output folder (default outputs/classifier/<run>)")
+    parser.add_argument("--no-model", action="store_true", help="do not log the model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
+
+
+def ensure_default_cohort(profile: str) -> None:
+    """Without ``--cohort``: prepare the embedded default (phantom) cohort if it is not there yet.
+
+    So that `mlflow run . -e train_classifier` works on a fresh clone; the phantom scale follows the
+    profile. It is not logged as a run of its own (`mlflow run . -e prepare_data` does that).
+    """
+    from thyroaug.jobs.commands import main
+    from thyroaug.data.cohort import COHORT_FILE
+
+    folder = project_home() / DEFAULT_COHORT_DIR
+    if (folder / COHORT_FILE).exists():
+        return
+    scale = PHANTOM_SCALE[profile]
+    print(f"no cohort at {folder}: preparing the default phantom cohort (scale {scale})")
+    code = main(
+        [
+            "prepare",
+            "--phantom-scale",
+            str(scale),
+            "--out",
+            str(folder),
+            "--no-mlflow",
+            "--no-progress",
+        ]
+    )
+    if code != 0:
+        raise ConfigError(f"could not prepare the default cohort in {folder} (exit {code})")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "image_size": args.image_size,
+        "per_class_synthetic": args.per_class,
+        "bootstrap": args.bootstrap,
+        "num_threads": args.num_threads,
+        "device": args.device,
+        "init": args.init,
+    }
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr_patience=5")
+        values[key.strip().replace("-", "_")] = value.strip()
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `thyroaug train-classifier`; prints a one-line summary, returns the exit code."""
+    from thyroaug.classifier.config import ClassifierConfig
+    from thyroaug.scenarios import Scenario, parse_synthetic_args, require_synthetic
+    from thyroaug.tracking.setup import configure_tracking
+
+    scenario = Scenario.parse(args.scenario)
+    synthetic = parse_synthetic_args(args.synthetic)
+    require_synthetic(scenario, synthetic)  # before touching the tracking store
+    explicit = {k: v for k, v in _overrides(args).items() if v is not None}
+    resolve(ClassifierConfig, args.profile, **explicit)  # validate flags early, too
+    if args.cohort is None:
+        ensure_default_cohort(args.profile)
+    configure_tracking(experiment=args.experiment)
+    overrides: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    if args.params_from:
+        from thyroaug.jobs.tune import load_best_params
+
+        overrides.update(load_best_params(args.params_from))
+        tags["params_from"] = args.params_from
+    overrides.update(explicit)
+    cfg = resolve(ClassifierConfig, args.profile, **overrides)
+    out = train_and_evaluate(
+        args.cohort,
+        scenario,
+        cfg,
+        synthetic,
+        args.out,
+        study_id=args.study_id,
+        run_name=args.run_name,
+        tags=tags,
+        log_model=not args.no_model,
+        progress=not args.no_progress,
+    )
+    m = out["metrics"]
+    print(
+        f"{out['scenario']} ({cfg.profile}): external accuracy {m['external_accuracy']:.3f}, "
+        f"F1 macro {m['external_f1_macro']:.3f}, AUC macro {m['external_auc_macro']:.3f}; "
+        f"best epoch {out['best_epoch']}; run {out['run_id']}; files in {out['out_dir']}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The MLflow run (also used by `thyroaug tune` and the study)
+# ----------------------------------------------------------------------------------------------
+def scenario_data(
+    cohort: PreparedCohort,
+    scenario: str | Scenario,
+    cfg: ClassifierConfig,
+    synthetic: Mapping[str, SyntheticInput] | None = None,
+    *,
+    progress: bool = True,
+) -> ScenarioData:
+    """``scenarios.prepare_scenario_data`` with the classifier config's size, counts and seed."""
+    return prepare_scenario_data(
+        cohort,
+        scenario,
+        cfg.image_size,
+        synthetic,
+        per_class=cfg.per_class_synthetic,
+        seed=cfg.seed,
+        progress=progress,
+    )
+
+
+def _log_params_safely(params: Mapping[str, Any]) -> None:
+    """``mlflow.log_params`` that survives params `mlflow run` already set with other strings.
+
+    An entry point's ``-P`` values are logged by `mlflow run` before our code runs (e.g.
+    ``epochs=""`` meaning "profile default"); MLflow forbids changing a param, so a resolved value
+    that differs is logged as ``<key>_resolved`` instead.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = text[:6000]
+        if key in existing and existing[key] != text:
+            key = f"{key}_resolved"
+        if key not in existing:
+            out[key] = text
+    if out:
+        mlflow.log_params(out)
+
+
+def _log_model(model: torch.nn.Module, input_size: int) -> str | None:
+    """``mlflow.pytorch.log_model`` with a signature and a small float32 input example."""
+    import mlflow
+    import mlflow.pytorch
+    import torchvision
+    from mlflow.models import infer_signature
+
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    example = np.zeros((2, 1, input_size, input_size), dtype=np.float32)
+    with torch.inference_mode():
+        out = model(torch.from_numpy(example)).numpy()
+    requirements = [
+        *mlflow.pytorch.get_default_pip_requirements(),
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+    ]
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=infer_signature(example, out),
+        input_example=example,
+        pip_requirements=requirements,
+    )
+    return getattr(info, "model_uri", None)
+
+
+def train_and_evaluate(
+    cohort: PreparedCohort | str | Path | None,
+    scenario: str | Scenario,
+    cfg: ClassifierConfig,
+    synthetic_sets: Mapping[str, SyntheticInput] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    study_id: str = "default",
+    tracking: bool = True,
+    log_model: bool = True,
+    evaluate_external: bool = True,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    progress: bool = True,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train the ResNet18 for one scenario, evaluate it on the external centers, log to MLflow.
+
+    Args:
+        cohort: a ``PreparedCohort``, its folder / file, or None for the default cohort folder.
+        scenario: e.g. ``"O+FM+CA"`` (any order).
+        cfg: resolved ``ClassifierConfig`` (``thyroaug.config.resolve(ClassifierConfig, profile)``).
+        synthetic_sets: {method: SyntheticSet | LoadedSynthetic | local folder | artifact URI |
+            run id} for the scenario's generator parts (CA is made here unless given).
+        out_dir: where checkpoint, tables and plots are written (default
+            ``$THYROAUG_HOME/outputs/classifier/<run name>``).
+        study_id: tag that groups a study's runs (``thyroaug compare`` reads it).
+        tracking: log an MLflow run (the caller has run ``configure_tracking``); nested under an
+            active run if there is one.
+        log_model: log the model with ``mlflow.pytorch.log_model`` (name ``model``).
+        evaluate_external: evaluate on the external centers; False (hyperparameter search) keeps
+            to validation numbers: no external_* / bootstrap metrics, plots or Grad-CAM.
+        run_name: MLflow run name (default ``<scenario>-<profile>-s<seed>``).
+        tags: extra run tags; they override the defaults (e.g. ``{"step": "tune_trial"}`` keeps
+            a search trial out of ``thyroaug compare``, which reads step=train_classifier runs).
+        progress: tqdm progress bars.
+        on_epoch: extra per-epoch callback (after MLflow logging), e.g. Optuna pruning.
+
+    The run gets tags scenario / profile / study_id / step=train_classifier / cohort_hash; params
+    = the resolved config, profile, scenario, cohort hash, input size, pretrained, training-set
+    composition and each synthetic set (ref, sha256, count); per-epoch metrics (step = epoch)
+    train_loss, train_accuracy, val_loss, val_accuracy, lr, epoch_time_s, train_images_per_s;
+    final metrics external_<metric> (Table 2 names), best_val_<metric>, best_val_loss,
+    best_epoch, bootstrap_<metric>_{mean,std,lower,upper}, train_time_s; artifacts config/,
+    inputs/, metrics/ (Table 2 row CSV + JSON, history), bootstrap/bootstrap.csv + summary,
+    plots/ (confusion, ROC, bootstrap), gradcam/gradcam.png, predictions/predictions.csv; and the
+    model.
+
+    Returns:
+        {"run_id", "scenario", "metrics", "best_val_loss", "out_dir", "best_epoch", "pretrained",
+        "history", "train_counts", "model_uri", "model"} (``model``: the trained network at its
+        best epoch).
+
+    Raises:
+        ScenarioError: bad scenario or synthetic sets (see ``prepare_scenario_data``).
+    """
+    if cohort is None or isinstance(cohort, (str, Path)):
+        cohort = PreparedCohort.load(cohort or project_home() / DEFAULT_COHORT_DIR)
+    sc = Scenario.parse(scenario)
+    name = run_name or f"{sc.name}-{cfg.profile}-s{cfg.seed}"
+    data = scenario_data(cohort, sc, cfg, synthetic_sets, progress=progress)
+
+    if not tracking:
+        return _execute(
+            data, cohort, cfg, out_dir, name, None, on_epoch, progress, False, evaluate_external
+        )
+
+    import mlflow
+
+    from thyroaug.tracking.setup import start_run
+
+    run_tags = {
+        "scenario": sc.name,
+        "profile": cfg.profile,
+        "study_id": study_id,
+        TAG_STEP: STEP_CLASSIFIER,
+        "cohort_hash": cohort.content_hash,
+        **dict(tags or {}),
+    }
+    nested = mlflow.active_run() is not None
+    with start_run(run_name=name, tags=run_tags, nested=nested) as run:
+        mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
+        return _execute(
+            data, cohort, cfg, out_dir, name, run, on_epoch, progress, log_model, evaluate_external
+        )
+
+
+def _execute(
+    data: ScenarioData,
+    cohort: PreparedCohort,
+    cfg: ClassifierConfig,
+    out_dir: str | Path | None,
+    name: str,
+    run: Any,
+    on_epoch: EpochCallback | None,
+    progress: bool,
+    log_model: bool,
+    evaluate_external: bool,
+) -> dict[str, Any]:
+    """Train, evaluate and (when ``run`` is set) log; the shared body of train_and_evaluate."""
+    from thyroaug.tracking.setup import project_home
+
+    run_id = run.info.run_id if run is not None else None
+    if out_dir is None:
+        stamp = run_id or time.strftime("%Y%m%d-%H%M%S")
+        out_dir = project_home() / "outputs" / "classifier" / f"{name}-{stamp}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = data.train.counts()
+    write_json(out / "config" / "classifier_config.json", to_dict(cfg))
+    write_csv(out / "inputs" / "training_set_counts.csv", counts, index=True)
+    for method, item in data.synthetic.items():
+        write_json(out / "inputs" / f"synthetic_{method}.json", item.describe())
+
+    callback = on_epoch
+    if run is not None:
+        import mlflow
+
+        params: dict[str, Any] = {**to_dict(cfg)}
+        params.update(
+            {
+                "scenario": data.scenario.name,
+                "cohort_hash": cohort.content_hash,
+                "cohort_size": cohort.size,
+                "input_size": data.input_size,
+                "n_train": len(data.train),
+                "n_val": len(data.val),
+                "n_external": len(data.external),
+                "torch_version": torch.__version__,
+                "cpu": cpu_name(),
+                "torch_threads": cfg.num_threads or torch.get_num_threads(),
+            }
+        )
+        for source, row in counts.iterrows():
+            params[f"train_count_{source}"] = int(row["total"])
+        for method, item in data.synthetic.items():
+            params[f"synthetic_{method}"] = item.ref
+            params[f"synthetic_{method}_sha256"] = item.sha256
+            params[f"synthetic_{method}_count"] = len(item.data.manifest)
+            gen = item.data.info.get("generator_uri") or ",".join(
+                sorted(set(item.data.manifest["generator_uri"].astype(str)))
+            )
+            params[f"synthetic_{method}_generator"] = gen
+        if data.scenario.uses_ca and "CA" not in data.synthetic:
+            params["synthetic_CA"] = f"generated in this run (seed {cfg.seed})"
+        _log_params_safely(params)
+
+        def callback(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+    result = fit(
+        data.train.images,
+        data.train.labels,
+        data.val.images,
+        data.val.labels,
+        cfg,
+        checkpoint_path=out / "checkpoint" / "best.pt",
+        on_epoch=callback,
+        progress=progress,
+    )
+    with torch_threads(cfg.num_threads):
+        report = evaluate_and_report(
+            result, data, cfg, out, name=data.scenario.name, external=evaluate_external
+        )
+    metrics = report["metrics"]
+    epoch_times = [h["epoch_time_s"] for h in result.history]
+    metrics["train_time_s"] = result.train_seconds
+    metrics["mean_epoch_time_s"] = float(np.mean(epoch_times))
+    metrics["mean_train_images_per_s"] = float(
+        np.mean([h["train_images_per_s"] for h in result.history])
+    )
+    model_uri = None
+    if run is not None:
+        import mlflow
+
+        _log_params_safely({"pretrained": result.pretrained, "device": result.device})
+        mlflow.set_tag("pretrained", str(result.pretrained).lower())
+        mlflow.log_metrics(metrics)
+        for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
+            if (out / sub).exists():
+                mlflow.log_artifacts(str(out / sub), artifact_path=sub)
+        if log_model:
+            with torch_threads(cfg.num_threads):
+                model_uri = _log_model(result.model, data.input_size)
+    if evaluate_external:
+        log.info(
+            "%s: external accuracy %.3f, F1 macro %.3f, AUC macro %.3f (best epoch %d)",
+            data.scenario.name,
+            metrics["external_accuracy"],
+            metrics["external_f1_macro"],
+            metrics["external_auc_macro"],
+            result.best_epoch,
+        )
+    return {
+        "run_id": run_id,
+        "scenario": data.scenario.name,
+        "metrics": metrics,
+        "best_val_loss": result.best_val_loss,
+        "out_dir": str(out),
+        "best_epoch": result.best_epoch,
+        "pretrained": result.pretrained,
+        "history": result.history,
+        "train_counts": counts,
+        "model_uri": model_uri,
+        "model": result.model,
+    }

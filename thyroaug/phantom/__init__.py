@@ -1,0 +1,25 @@
+"""Phantom cohort: a simulator of anterior 99mTc-pertechnetate thyroid scintigraphy for the
+paper's nine centers (private data stand-in).
+
+``simulate_cohort(out_dir, scale, seed)`` writes clinical-format images (DICOM / PNG / JPEG),
+masks (NIfTI / PNG), free-text reports and a manifest that ``thyroaug prepare`` ingests.
+
+Data flow (each module imports only those before it): ``scanners`` / ``anatomy`` -> ``cases`` ->
+``planning`` -> ``scene`` -> ``imaging`` / ``describe`` -> ``styles`` / ``phrases`` -> ``reports``
+-> ``writer`` -> ``simulate``. This package file only re-exports.
+"""
+
+from thyroaug.phantom.planning import plan_cohort, planned_counts
+from thyroaug.phantom.scanners import CENTERS, EXTERNAL_CENTERS, TRAINING_CENTERS
+from thyroaug.phantom.simulate import PHANTOM_VERSION, simulate_case, simulate_cohort
+
+__all__ = [
+    "CENTERS",
+    "EXTERNAL_CENTERS",
+    "PHANTOM_VERSION",
+    "TRAINING_CENTERS",
+    "plan_cohort",
+    "planned_counts",
+    "simulate_case",
+    "simulate_cohort",
+]

@@ -1,0 +1,1 @@
+"""Small helpers every layer may use: atomic writes, seed derivation, the one image/mask resize."""
