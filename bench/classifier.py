@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from thyroaug.contract import CLASSES
 from thyroaug.augment import make_ca_set
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.model import build_resnet18
 from thyroaug.classifier.train import cpu_name, fit
 from thyroaug.config import resolve
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 
 

@@ -32,21 +32,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from thyroaug import CLASSES
 from thyroaug.classifier.train import cpu_name
 from thyroaug.config import resolve
-from thyroaug.generators.sd_config import SDConfig
-from thyroaug.generators.sd_tokenizer import train_clip_tokenizer
-from thyroaug.generators.stable_diffusion import (
-    MODES,
+from thyroaug.contract import CLASSES
+from thyroaug.generators.stable_diffusion.checkpoint import save_components
+from thyroaug.generators.stable_diffusion.components import (
     SDComponents,
-    SDGenerator,
     build_text_encoder,
     build_unet,
     build_vae,
-    save_components,
     sd_v1_scheduler_config,
 )
+from thyroaug.generators.stable_diffusion.config import MODES, SDConfig
+from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+from thyroaug.generators.stable_diffusion.tokenizer import train_clip_tokenizer
 
 PAPER_S_PER_IMAGE = 1.25
 PROMPT = (

@@ -16,7 +16,6 @@ from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 from thyroaug.scenarios import (
     PAPER_SCENARIOS,
-    parts,
     Scenario,
     assemble_training_set,
     assert_not_augmented,
@@ -24,6 +23,7 @@ from thyroaug.scenarios import (
     check_compatible,
     check_no_leakage,
     parse_synthetic_args,
+    parts,
     resolve_synthetic,
 )
 from thyroaug.synthetic import SyntheticSet

@@ -36,7 +36,8 @@ from thyroaug.contract import CA, CLASSES, ORIGINAL, synthetic_artifact
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 from thyroaug.generators import registry
-from thyroaug.synthetic import LoadedSynthetic, SyntheticSet, resolve_set
+from thyroaug.synthetic import LoadedSynthetic, SyntheticSet, resolve_set, tensor_sha256
+from thyroaug.utils.resize import resize_images
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def generator_methods() -> tuple[str, ...]:
 def parts() -> tuple[str, ...]:
     """All scenario parts in canonical order: ``O``, the generator methods, ``CA``."""
     return (ORIGINAL, *generator_methods(), CONVENTIONAL)
+
 
 PAPER_SCENARIOS: tuple[str, ...] = (
     "O",
@@ -73,7 +75,6 @@ PAPER_SCENARIOS: tuple[str, ...] = (
     "O+FM+CA",
 )
 """The paper's 18 training strategies (section 3.2.3 / Table 2), in canonical form and order."""
-
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,7 @@ def evaluate_and_report(
         boot = stats.bootstrap(ext_y, ext_p, n_resamples=cfg.bootstrap, seed=cfg.seed)
         files["bootstrap"] = write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)
         summary = stats.summarize(boot)
-        files["bootstrap_summary"] = write_csv(
-            out_dir / "bootstrap" / "summary.csv", summary, True
-        )
+        files["bootstrap_summary"] = write_csv(out_dir / "bootstrap" / "summary.csv", summary, True)
         for metric, row in summary.iterrows():
             for col in ("mean", "std", "lower", "upper"):
                 metrics[f"bootstrap_{metric}_{col}"] = float(row[col])

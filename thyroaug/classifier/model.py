@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from thyroaug.contract import CLASSES
 from thyroaug.config import local_weights
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
 
 log = logging.getLogger(__name__)

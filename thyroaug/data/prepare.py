@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.config import to_dict
+from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.io import read_image, read_mask
 from thyroaug.data.manifest import (

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from thyroaug import CLASSES
 from thyroaug.config import local_weights
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
+from thyroaug.utils.resize import resize_images
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,10 @@ class ResNet18Features:
             repeated to the first conv's input channels).
         device: where to run (CUDA if available when None).
         batch_size: images per forward pass.
+        input_size: side length the model accepts; images of any other size are resized to it
+            (``utils.resize.resize_images``) before the forward pass. Default: read from the
+            logged model's input signature for an MLflow URI (an exported model takes only that
+            size), None (any size) for a module.
 
     The features are read by a forward hook on the model's last ``AdaptiveAvgPool2d`` (torchvision's
     ``avgpool``), so any head (dropout + linear) is irrelevant. A model MLflow logged in its
@@ -229,7 +234,9 @@ class ResNet18Features:
         preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device: torch.device | str | None = None,
         batch_size: int = 64,
+        input_size: int | None = None,
     ) -> None:
+        self.input_size = input_size
         if model is None:
             module, default_name = random_resnet18(0), "resnet18-random"
         elif isinstance(model, str):
@@ -243,6 +250,7 @@ class ResNet18Features:
                     "model logged with mlflow.pytorch (the O-scenario ResNet18)"
                 ) from exc
             default_name = "resnet18-O"
+            self.input_size = input_size or _logged_input_size(model)
         else:
             module, default_name = model, "resnet18-O"
         self.name = name or default_name
@@ -263,6 +271,9 @@ class ResNet18Features:
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, torch.float32)
+        if self.input_size and x.shape[-1] != self.input_size:
+            # an exported classifier takes only its logged size: every set is resized to it
+            x = resize_images(x, self.input_size)
         x = self.preprocess(x) if self.preprocess else x.expand(-1, self.in_channels, -1, -1)
         try:
             if self._pool is None:
@@ -283,6 +294,18 @@ class ResNet18Features:
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         """Features ``[N, 512]``."""
         return _batched(self._forward, images, self.batch_size)
+
+
+def _logged_input_size(uri: str) -> int | None:
+    """Image side of an MLflow-logged classifier's input signature ``[-1, C, S, S]``, if any."""
+    import mlflow
+
+    try:
+        spec = mlflow.models.get_model_info(uri).signature.inputs.inputs[0]
+        shape = tuple(spec.shape)
+    except Exception:  # no signature / not a tensor spec: the model takes any size
+        return None
+    return int(shape[-1]) if len(shape) == 4 and int(shape[-1]) > 0 else None
 
 
 def inception_weights() -> Path | None:
@@ -408,20 +431,10 @@ def fidelity_metrics(
         ``{metric name: value}``; a class with fewer than two images in either set is skipped
         with a warning.
     """
-    import torch.nn.functional as F
-
     # Compare at the smaller of the two resolutions: downsampling (antialiased) loses nothing the
     # other set has, while upsampling would blur one side and inflate the distance.
     size = min(real_images.shape[-1], fake_images.shape[-1])
-
-    def at_size(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] == size:
-            return x
-        return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).clamp(
-            0, 1
-        )
-
-    real_images, fake_images = at_size(real_images), at_size(fake_images)
+    real_images, fake_images = resize_images(real_images, size), resize_images(fake_images, size)
     rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
     draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out: dict[str, float] = {}
@@ -455,3 +468,84 @@ def fidelity_metrics(
             out[f"kid_{ext.name}_{group}"] = kid
             out[f"kid_std_{ext.name}_{group}"] = kid_std
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Fidelity per generator mode (paper Table 3)
+# --------------------------------------------------------------------------------------------
+TABLE3_COLUMNS: tuple[str, ...] = ("mode", "extractor", "group", "fid", "kid", "kid_std")
+
+
+def fidelity_by_mode(
+    draw: Callable[[str], Any],
+    real_images: torch.Tensor,
+    real_labels: torch.Tensor,
+    modes: Sequence[str],
+    *,
+    per_class: int = 200,
+    seed: int = 0,
+    extractors: Sequence[FeatureExtractor] | None = None,
+) -> Any:
+    """FID / KID of each generator mode against the real images, class-wise and overall (Table 3).
+
+    Each mode's synthetic set comes from ``draw(mode)`` (anything with ``images`` and ``labels``,
+    e.g. ``generators.base.synthesize(handle, per_class, seed, mode=mode)[0]``; the paper draws
+    200 images per class) and is compared by ``fidelity_metrics`` (``per_class`` real and
+    synthetic images per class, seeded by ``seed``).
+
+    Args:
+        draw: mode -> synthetic set of that mode.
+        real_images: ``[N, 1, S, S]`` in [0, 1] (e.g. the cohort's train split).
+        real_labels: ``[N]`` class indices.
+        modes: the modes to evaluate, in order (``SD1``..``SD4``).
+        per_class: images per class drawn from each set.
+        seed: seed of the metric draws.
+        extractors: feature extractors (default: ``default_extractors()``).
+
+    Returns:
+        Long DataFrame with columns mode, extractor, group (DG/NG/NL/TI/overall), fid, kid,
+        kid_std; ``table3`` pivots it into the paper's layout.
+    """
+    import pandas as pd
+
+    exts = list(extractors) if extractors is not None else default_extractors()
+    rows = []
+    for mode in modes:
+        synth = draw(mode)
+        metrics = fidelity_metrics(
+            real_images,
+            real_labels,
+            synth.images,
+            synth.labels,
+            exts,
+            per_class=per_class,
+            seed=seed,
+        )
+        for ext in exts:
+            for group in (*CLASSES, "overall"):
+                key = f"{ext.name}_{group}"
+                if f"fid_{key}" in metrics:
+                    rows.append(
+                        {
+                            "mode": mode,
+                            "extractor": ext.name,
+                            "group": group,
+                            "fid": metrics[f"fid_{key}"],
+                            "kid": metrics[f"kid_{key}"],
+                            "kid_std": metrics[f"kid_std_{key}"],
+                        }
+                    )
+        log.info("fidelity of %s computed (%d images per class)", mode, per_class)
+    return pd.DataFrame(rows, columns=list(TABLE3_COLUMNS))
+
+
+def table3(long: Any, extractor: str | None = None) -> Any:
+    """Pivot ``fidelity_by_mode`` output to the paper's layout: rows classes + overall,
+    columns (mode, FID / KID), for one extractor (default: the first one)."""
+    name = extractor or str(long["extractor"].iloc[0])
+    part = long[long["extractor"] == name]
+    wide = part.pivot(index="group", columns="mode", values=["fid", "kid"])
+    wide = wide.swaplevel(0, 1, axis=1).sort_index(axis=1, level=0)
+    wide = wide.rename(columns={"fid": "FID", "kid": "KID"}, level=1)
+    order = [g for g in (*CLASSES, "overall") if g in wide.index]
+    return wide.loc[order]

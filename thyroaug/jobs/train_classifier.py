@@ -95,8 +95,8 @@ def ensure_default_cohort(profile: str) -> None:
     So that `mlflow run . -e train_classifier` works on a fresh clone; the phantom scale follows the
     profile. It is not logged as a run of its own (`mlflow run . -e prepare_data` does that).
     """
-    from thyroaug.jobs.commands import main
     from thyroaug.data.cohort import COHORT_FILE
+    from thyroaug.jobs.commands import main
 
     folder = project_home() / DEFAULT_COHORT_DIR
     if (folder / COHORT_FILE).exists():
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     tags: dict[str, str] = {}
     if args.params_from:
-        from thyroaug.jobs.tune import load_best_params
+        from thyroaug.tracking.runs import load_best_params
 
         overrides.update(load_best_params(args.params_from))
         tags["params_from"] = args.params_from

@@ -85,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from thyroaug.data.cohort import PreparedCohort
-    from thyroaug.generators.flow_matching.pipeline import save_generator
-    from thyroaug.generators.flow_matching.train import train_flow_matching
     from thyroaug.generators.flow_matching.config import FMConfig
+    from thyroaug.generators.flow_matching.pipeline import save_generator
     from thyroaug.generators.flow_matching.pyfunc import FM_REGISTERED_NAME, log_fm_generator
+    from thyroaug.generators.flow_matching.train import train_flow_matching
     from thyroaug.tracking.setup import configure_tracking, project_home, start_run
 
     if args.alias and not args.register:

@@ -17,9 +17,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from thyroaug.jobs.common import add_cohort, add_profile, cohort_path
+from thyroaug.tracking.runs import BEST_PARAMS_ARTIFACT
+
 log = logging.getLogger(__name__)
 
-BEST_PARAMS_ARTIFACT = "tune/best_params.json"
 
 
 def default_storage() -> str | None:
@@ -58,10 +60,10 @@ def tune(
     import mlflow
     import optuna
 
-    from thyroaug.jobs.train_classifier import train_and_evaluate
     from thyroaug.classifier.config import ClassifierConfig
     from thyroaug.config import resolve
     from thyroaug.data.cohort import PreparedCohort
+    from thyroaug.jobs.train_classifier import train_and_evaluate
     from thyroaug.tracking.setup import configure_tracking, start_run
 
     configure_tracking()
@@ -130,24 +132,11 @@ def tune(
         }
 
 
-def load_best_params(source: str) -> dict[str, Any]:
-    """Best params from a JSON file or a tune run id (its ``tune/best_params.json``)."""
-    path = Path(source)
-    if not path.exists():
-        import mlflow
-
-        path = Path(
-            mlflow.artifacts.download_artifacts(run_id=source, artifact_path=BEST_PARAMS_ARTIFACT)
-        )
-    data = json.loads(path.read_text())
-    return dict(data.get("params", data))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `thyroaug tune`."""
-    parser.add_argument("--cohort", default="outputs/cohort")
+    add_cohort(parser)
     parser.add_argument("--scenario", default="O")
-    parser.add_argument("--profile", default="smoke", choices=("paper", "quick", "smoke"))
+    add_profile(parser)
     parser.add_argument("--n-trials", type=int, default=20)
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: profile DB)")
     parser.add_argument("--study-name", default=None)
@@ -157,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`thyroaug tune`."""
     out = tune(
-        args.cohort,
+        cohort_path(args),
         args.scenario,
         args.profile,
         args.n_trials,

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from thyroaug.contract import CLASSES
 from thyroaug.config import resolve, to_dict
+from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
 from thyroaug.generators.base import (
     ConditionBank,

@@ -52,7 +52,6 @@ class FMGeneratorModel(GeneratorModel):
         return kwargs
 
 
-
 def log_fm_generator(
     folder: str | Path,
     *,

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from conftest import make_tiny_cohort
 
-from thyroaug import CLASSES
 from thyroaug.cli import main
+from thyroaug.contract import CLASSES
 
 URI = "models:/thyroaug-sd@champion"
 

@@ -12,26 +12,28 @@ import pytest
 import torch
 from conftest import make_tiny_cohort
 
-from thyroaug import CLASSES
 from thyroaug.config import resolve
+from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError, GeneratorError, PromptError
 from thyroaug.generators.base import Generator, GeneratorHandle, synthesize
-from thyroaug.generators.sd_config import SDConfig
-from thyroaug.generators.sd_tokenizer import check_prompts, token_lengths, train_clip_tokenizer
-from thyroaug.generators.stable_diffusion import (
-    MODES,
+from thyroaug.generators.stable_diffusion.checkpoint import read_card, save_components
+from thyroaug.generators.stable_diffusion.components import (
     SDComponents,
-    SDGenerator,
-    SourceBank,
     build_text_encoder,
     build_unet,
     collapsed,
     load_components,
-    read_card,
-    save_components,
     sd_v1_scheduler_config,
-    train_sd,
 )
+from thyroaug.generators.stable_diffusion.config import MODES, SDConfig
+from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+from thyroaug.generators.stable_diffusion.sources import SourceBank
+from thyroaug.generators.stable_diffusion.tokenizer import (
+    check_prompts,
+    token_lengths,
+    train_clip_tokenizer,
+)
+from thyroaug.generators.stable_diffusion.train import train_sd
 from thyroaug.synthetic import SyntheticSet
 
 LONG_PROMPT = " ".join(f"word{i}" for i in range(90))
@@ -208,7 +210,7 @@ def test_black_outputs_are_regenerated(generator: SDGenerator, monkeypatch, capl
         return out
 
     monkeypatch.setattr(vae, "decode", black_first)
-    with caplog.at_level(logging.INFO, logger="thyroaug.generators.stable_diffusion"):
+    with caplog.at_level(logging.INFO, logger="thyroaug.generators.stable_diffusion.pipeline"):
         res = generator.generate("SD2", [11, 12], prompts=["a", "b"])
     assert res.retries == [1, 1] and res.still_collapsed == [False, False]
     assert res.seeds[0] != 11  # a new seed was used
@@ -316,21 +318,24 @@ class _MeanPool:
 
 
 def test_fidelity_by_mode_reuses_the_shared_metrics(generator: SDGenerator, trained):
-    from thyroaug.evaluation.fidelity import fidelity_metrics
-    from thyroaug.generators.stable_diffusion import fidelity_by_mode, table3
+    from thyroaug.evaluation.fidelity import fidelity_by_mode, fidelity_metrics, table3
 
     cohort, _, _ = trained
+    handle = GeneratorHandle(generator=generator, uri="")
+    train = cohort.subset("train")
+
+    def draw(mode: str) -> SyntheticSet:
+        return synthesize(handle, 3, 0, mode=mode, progress=False)[0]
+
     long = fidelity_by_mode(
-        generator, cohort, ("SD1", "SD3"), per_class=3, extractors=[_MeanPool()]
+        draw, train.images, train.labels, ("SD1", "SD3"), per_class=3, extractors=[_MeanPool()]
     )
     assert set(long["mode"]) == {"SD1", "SD3"} and set(long["group"]) == {*CLASSES, "overall"}
     wide = table3(long)
     assert list(wide.index) == [*CLASSES, "overall"]
     assert list(wide.columns) == [("SD1", "FID"), ("SD1", "KID"), ("SD3", "FID"), ("SD3", "KID")]
     # same numbers as calling the shared function on the same synthetic set
-    handle = GeneratorHandle(generator=generator, uri="")
     synth, _ = synthesize(handle, 3, 0, mode="SD3", progress=False)
-    train = cohort.subset("train")
     ref = fidelity_metrics(
         train.images, train.labels, synth.images, synth.labels, [_MeanPool()], per_class=3
     )

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mlflow_run_train_classifier_smoke(tmp_path: Path) -> None:

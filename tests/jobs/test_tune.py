@@ -10,7 +10,8 @@ import pytest
 from conftest import make_tiny_cohort
 from mlflow import MlflowClient
 
-from thyroaug.jobs.tune import BEST_PARAMS_ARTIFACT, load_best_params, tune
+from thyroaug.jobs.tune import tune
+from thyroaug.tracking.runs import BEST_PARAMS_ARTIFACT, load_best_params
 
 pytestmark = pytest.mark.slow
 

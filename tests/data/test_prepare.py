@@ -154,7 +154,9 @@ def test_prompts_built_from_reports(cohort_dir: Path, tmp_path: Path, monkeypatc
     cohort = prepare_cohort(cohort_dir / "manifest.csv", tmp_path / "out", size=16, progress=False)
     assert cohort.table["prompt"][0] == "prompt: enlarged gland"
     assert cohort.table["prompt"][1] == "kept as is"
-    assert cohort.settings["prompt_builder"]["function"] == "thyroaug.reports.prompts.report_to_prompt"
+    assert (
+        cohort.settings["prompt_builder"]["function"] == "thyroaug.reports.prompts.report_to_prompt"
+    )
 
     def refuse(report: str) -> str:
         raise PromptError("too many tokens")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thyroaug.contract import CLASSES
 from thyroaug.augment import ConventionalAugment, make_ca_set
 from thyroaug.augment.conventional import NOISE_SIGMA, RandomGaussianNoise
+from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 

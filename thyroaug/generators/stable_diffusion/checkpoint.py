@@ -1,0 +1,155 @@
+"""What the Stable Diffusion generator writes to disk and reads back.
+
+The generator folder: a diffusers SD directory (``save_pretrained``) plus ``thyroaug_sd.json`` (the
+model card: source, training, config), ``README.md`` and the source bank (``save_components``,
+``read_card``, ``card_config``). Training state: ``checkpoints/checkpoint-<step>/`` (accelerate
+state + EMA + ``trainer_state.json``) and the scratch VAE stage. Every folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from thyroaug.errors import ConfigError
+from thyroaug.generators.stable_diffusion.components import SDComponents
+from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, SDConfig
+from thyroaug.utils.atomic import atomic_dir
+
+if TYPE_CHECKING:
+    from thyroaug.generators.stable_diffusion.sources import SourceBank
+
+log = logging.getLogger(__name__)
+
+MODEL_CARD_FILE = "thyroaug_sd.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+STAGE_LOSSES_FILE = "losses.json"
+
+# --------------------------------------------------------------------------------------------
+# the generator folder
+# --------------------------------------------------------------------------------------------
+
+
+def save_components(
+    components: SDComponents,
+    out_dir: str | os.PathLike,
+    card: dict[str, Any] | None = None,
+    bank: SourceBank | None = None,
+) -> Path:
+    """Save as a diffusers SD directory (atomic: temp sibling, then rename; replaces ``out_dir``).
+
+    Next to the diffusers files go ``thyroaug_sd.json`` (the model card), ``README.md`` and,
+    when given, the source bank (``sources.safetensors`` + ``sources.csv``).
+    """
+    out = Path(out_dir)
+    with atomic_dir(out, replace=True) as tmp:
+        components.pipeline().save_pretrained(str(tmp), safe_serialization=True)
+        info = dict(card or {})
+        (tmp / MODEL_CARD_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        (tmp / "README.md").write_text(_readme(info))
+        if bank is not None:
+            bank.save(tmp)
+    return out
+
+
+def _readme(info: dict[str, Any]) -> str:
+    base = info.get("base_model") or "none"
+    lines = [
+        "# thyroaug Stable Diffusion generator",
+        "",
+        "A diffusers Stable Diffusion directory (vae, unet, text_encoder, tokenizer, scheduler)",
+        "for thyroid scintigraphy, without safety checker. Load it offline with",
+        "`StableDiffusionPipeline.from_pretrained(dir, safety_checker=None,",
+        "local_files_only=True)`. `sources.*` hold the training cases SD1/SD3/SD4 start from.",
+        "",
+        f"- source: {info.get('source', '?')} (base: {base})",
+        f"- resolution: {info.get('resolution', '?')} px, channels: {info.get('image_channels')}",
+        f"- optimizer steps: {info.get('train_steps', '?')} (EMA weights: {info.get('ema')})",
+        f"- text encoder: {info.get('text_encoder_training', '?')}",
+        f"- cohort hash: {info.get('cohort_hash', '')}",
+        "",
+        "Modes: " + "; ".join(f"{m}: {d}" for m, d in MODE_DESCRIPTIONS.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_card(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The thyroaug model card of a saved directory ({} for a foreign SD directory)."""
+    path = Path(model_dir) / MODEL_CARD_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def card_config(card: dict[str, Any]) -> SDConfig:
+    """The SDConfig saved with a model (sampling fields only matter), else paper defaults."""
+    saved = dict(card.get("config") or {})
+    names = {f.name for f in dataclasses.fields(SDConfig)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in names}
+    try:
+        return SDConfig(**kwargs)
+    except (ConfigError, TypeError):
+        log.warning("the model's saved config is not usable; using paper sampling defaults")
+        return SDConfig()
+
+
+# --------------------------------------------------------------------------------------------
+# training state
+# --------------------------------------------------------------------------------------------
+
+
+def _checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``checkpoint-<step>`` under ``root``, oldest first."""
+    return sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in root.glob("checkpoint-*")
+        if p.name.split("-")[1].isdigit()
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``root`` (None when there is none)."""
+    if not root.exists():
+        return None
+    found = [(s, p) for s, p in _checkpoints(root) if (p / TRAINER_STATE_FILE).exists()]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(
+    accelerator: Any, root: Path, step: int, losses: list[float], keep: int
+) -> None:
+    """accelerate state + trainer state in ``root/checkpoint-<step>``; keeps the newest ``keep``."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    with atomic_dir(root / f"checkpoint-{step}", replace=True) as tmp:
+        accelerator.save_state(str(tmp))
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step, "losses": losses}))
+    if keep and keep > 0:
+        for _, p in _checkpoints(root)[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+    log.info("checkpoint %d saved", step)
+
+
+def load_checkpoint(accelerator: Any, folder: Path) -> tuple[int, list[float]]:
+    """Restore the accelerate state saved in ``folder``; return (optimizer step, losses)."""
+    accelerator.load_state(str(folder))
+    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+    return int(state["step"]), list(state["losses"])
+
+
+def save_vae_stage(vae: Any, losses: list[float], folder: Path) -> None:
+    """The trained scratch VAE (``save_pretrained``) and its loss curve, written atomically."""
+    with atomic_dir(folder, replace=True) as tmp:
+        vae.save_pretrained(str(tmp))
+        (tmp / STAGE_LOSSES_FILE).write_text(json.dumps(losses))
+
+
+def vae_stage_losses(folder: Path) -> list[float]:
+    """The loss curve saved with a VAE stage ([] when none)."""
+    path = folder / STAGE_LOSSES_FILE
+    return json.loads(path.read_text()) if path.exists() else []

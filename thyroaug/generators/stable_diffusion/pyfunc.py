@@ -1,0 +1,306 @@
+"""MLflow pyfunc of the Stable Diffusion generator (``thyroaug-sd``), built on ``pyfunc.py``.
+
+The logged artifact ``generator`` is the saved diffusers directory (with its source bank), so a
+registered version is itself a local SD directory. ``SDGeneratorModel`` extends the shared
+``GeneratorModel`` (count cap, label / count / seed / mask validation, 400 answers) with the SD
+fields. Request rows (``{"inputs": [...]}`` when served):
+
+  ``label``   class name or index, required (the class the image is meant to show; picks the
+              source case when no condition is given);
+  ``mode``    SD1 | SD2 | SD3 | SD4, required;
+  ``prompt``  text for SD1 / SD2 / SD4 (default: a training case's prompt of that class); at most
+              the tokenizer's 77 tokens; not allowed for SD3 (which uses the empty prompt);
+  ``image``   optional S x S start image in [0, 1] for SD1 / SD3 (default: a training image);
+  ``mask``    optional S x S mask (> 0.5 = thyroid) for SD4 (default: a training mask);
+  ``count``   images for this row (default 1; all rows together at most ``max_count``);
+  ``seed``    integer >= 0; image j of the row uses seed + j.
+
+Params: ``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1). The answer has
+the shared columns (request, index, label, seed, source_id, image) plus ``mode``, ``prompt`` and
+``retries`` (black-output regenerations). Invalid requests give HTTP 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from thyroaug import CLASSES
+from thyroaug.errors import GeneratorError, PromptError
+from thyroaug.generators.base import Generator
+from thyroaug.generators.serving import (
+    GeneratorModel,
+    LoggedGenerator,
+    Request,
+    _as_int,
+    _invalid,
+    _missing,
+    log_generator,
+    pip_requirements,
+    request_signature,
+)
+from thyroaug.generators.stable_diffusion.checkpoint import read_card
+from thyroaug.generators.stable_diffusion.config import MODES
+
+SD_REGISTERED_NAME = "thyroaug-sd"
+SD_FIELDS: tuple[str, ...] = ("mode", "prompt", "image")
+MAX_STEPS = 1000
+MAX_GUIDANCE = 50.0
+
+
+@dataclass
+class SDRequest:
+    """One validated SD request row: the shared fields plus mode, prompt and image."""
+
+    base: Request
+    mode: str
+    prompt: str | None = None
+    image: np.ndarray | None = None
+
+
+def _records(model_input: Any) -> list[dict[str, Any]]:
+    """Request rows as dicts (DataFrame, list of dicts, one dict, or a dict of columns)."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.to_dict("records")
+    if isinstance(model_input, Mapping):
+        if "label" in model_input and not isinstance(model_input["label"], (list, tuple)):
+            return [dict(model_input)]
+        try:
+            return pd.DataFrame(dict(model_input)).to_dict("records")
+        except ValueError as exc:
+            raise _invalid(f"cannot read the request as rows: {exc}") from exc
+    if isinstance(model_input, (list, tuple)) and all(isinstance(r, Mapping) for r in model_input):
+        return [dict(r) for r in model_input]
+    raise _invalid(
+        "request must be rows with fields label, mode[, prompt, image, mask, count, seed], e.g. "
+        '{"inputs": [{"label": "DG", "mode": "SD2", "prompt": "...", "count": 2, "seed": 0}]}'
+    )
+
+
+def _square(raw: Any, name: str, row: int, size: int) -> np.ndarray:
+    """An S x S finite float array from a nested list, or a 400."""
+    try:
+        arr = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"row {row}: {name} is not a numeric S x S array ({exc})") from exc
+    if arr.shape != (size, size):
+        raise _invalid(
+            f"row {row}: {name} has shape {list(arr.shape)}, this generator needs [{size}, {size}]"
+        )
+    if not np.isfinite(arr).all():
+        raise _invalid(f"row {row}: {name} contains NaN or inf")
+    return arr
+
+
+class SDGeneratorModel(GeneratorModel):
+    """Pyfunc of the Stable Diffusion generator (see the module docstring).
+
+    Args:
+        max_count: most images one ``predict`` call may return (SD is slow: default 16).
+    """
+
+    def __init__(self, max_count: int = 16) -> None:
+        super().__init__(max_count=max_count)
+
+    def load_generator(self, folder: Path, device: str) -> Generator:
+        """Load the diffusers directory (and its source bank) as an ``SDGenerator``."""
+        from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+
+        return SDGenerator(folder, device=device)
+
+    def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1)."""
+        kwargs: dict[str, Any] = {}
+        unknown = sorted(set(params) - {"steps", "guidance_scale", "strength"})
+        if unknown:
+            raise _invalid(f"unknown param(s) {unknown}; allowed: steps, guidance_scale, strength")
+        steps = params.get("steps")
+        if not _missing(steps) and steps != "":
+            steps = _as_int(steps, "steps", 0, 1)
+            if steps > MAX_STEPS:
+                raise _invalid(f"params.steps={steps}: at most {MAX_STEPS}")
+            kwargs["steps"] = steps
+        for name, low, high, low_open in (
+            ("guidance_scale", 0.0, MAX_GUIDANCE, False),
+            ("strength", 0.0, 1.0, True),
+        ):
+            value = params.get(name)
+            if _missing(value) or value == "":
+                continue
+            try:
+                x = float(value)
+            except (TypeError, ValueError) as exc:
+                raise _invalid(f"params.{name}={value!r} must be a number") from exc
+            if not math.isfinite(x) or x > high or x < low or (low_open and x == low):
+                bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
+                raise _invalid(f"params.{name}={value!r} must be in {bound}")
+            kwargs[name] = x
+        return kwargs
+
+    def parse_requests(self, model_input: Any) -> list[SDRequest]:  # type: ignore[override]
+        """Validate rows: the shared fields via ``GeneratorModel``, then mode / prompt / image."""
+        records = _records(model_input)
+        stripped = [{k: v for k, v in rec.items() if k not in SD_FIELDS} for rec in records]
+        base = super().parse_requests(stripped)
+        size = int(getattr(self.generator, "image_size", 0))
+        out = []
+        for r, (rec, req) in enumerate(zip(records, base)):
+            mode = rec.get("mode")
+            if _missing(mode) or not isinstance(mode, str) or mode.strip().upper() not in MODES:
+                raise _invalid(f"row {r}: mode={mode!r}; choose one of {', '.join(MODES)}")
+            mode = mode.strip().upper()
+            prompt = rec.get("prompt")
+            prompt = None if _missing(prompt) else prompt
+            if prompt is not None:
+                if not isinstance(prompt, str):
+                    raise _invalid(f"row {r}: prompt must be text, got {type(prompt).__name__}")
+                if mode == "SD3":
+                    raise _invalid(f"row {r}: SD3 (image -> image) uses the empty prompt; drop it")
+                try:
+                    self.generator.check_prompts([prompt], [f"row {r}"])  # type: ignore[union-attr]
+                except PromptError as exc:
+                    raise _invalid(str(exc)) from exc
+            raw = rec.get("image")
+            image = None
+            if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
+                if mode not in ("SD1", "SD3"):
+                    raise _invalid(f"row {r}: image is used by SD1 and SD3 only, not {mode}")
+                image = _square(raw, "image", r, size)
+                if image.min() < 0 or image.max() > 1:
+                    raise _invalid(f"row {r}: image values must be in [0, 1] (the cohort's range)")
+            if req.mask is not None and mode != "SD4":
+                raise _invalid(f"row {r}: mask is used by SD4 only, not {mode}")
+            out.append(SDRequest(base=req, mode=mode, prompt=prompt, image=image))
+        return out
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Images for the requested rows (one ``SDGenerator.sample`` call per row).
+
+        (No type hints, as the base class: MLflow would otherwise try to derive a schema.)
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) for any invalid request.
+        """
+        from mlflow.exceptions import MlflowException
+
+        if self.generator is None:
+            raise MlflowException("generator not loaded (load the model with mlflow.pyfunc)")
+        requests = self.parse_requests(model_input)
+        kwargs = self.sample_kwargs(params or {})
+        frames = []
+        for r, req in enumerate(requests):
+            n = req.base.count
+            labels = [req.base.label] * n
+            seeds = [req.base.seed + j for j in range(n)]
+            extra: dict[str, Any] = {}
+            if req.prompt is not None:
+                extra["prompts"] = [req.prompt] * n
+            if req.image is not None:
+                extra["images"] = torch.from_numpy(req.image.astype(np.float32))[None, None].repeat(
+                    n, 1, 1, 1
+                )
+            masks = None
+            if req.base.mask is not None:
+                m = torch.from_numpy((req.base.mask > 0.5).astype(np.float32))
+                masks = m[None, None].repeat(n, 1, 1, 1)
+            try:
+                out = self.generator.sample(labels, seeds, masks, mode=req.mode, **extra, **kwargs)
+            except (GeneratorError, PromptError) as exc:
+                raise _invalid(f"row {r}: {exc}") from exc
+            images = out.images.float().cpu().numpy()[:, 0].astype(np.float32)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "request": r,
+                        "index": np.arange(n),
+                        "label": CLASSES[req.base.label],
+                        "seed": seeds,
+                        "source_id": [str(s) for s in out.columns.get("source_id", [""] * n)],
+                        "image": list(images),
+                        "mode": req.mode,
+                        "prompt": [str(p) for p in out.columns.get("prompt", [""] * n)],
+                        "retries": [int(x) for x in out.columns.get("retries", [0] * n)],
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+
+def sd_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
+    """The shared generator signature extended with the SD fields (inputs and outputs)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
+
+    shared = request_signature(params)
+    inputs = Schema(
+        [
+            *shared.inputs.inputs,
+            ColSpec("string", "mode"),
+            ColSpec("string", "prompt", required=False),
+            ColSpec(Array(Array("double")), "image", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            *shared.outputs.inputs,
+            ColSpec("string", "mode"),
+            ColSpec("string", "prompt"),
+            ColSpec("long", "retries"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=shared.params)
+
+
+def log_sd_generator(
+    model_dir: str | Path,
+    *,
+    registered_name: str | None = None,
+    alias: str | None = None,
+    max_count: int = 16,
+) -> LoggedGenerator:
+    """Log (and optionally register + alias) a saved SD directory in the active run.
+
+    Args:
+        model_dir: the ``model/`` folder written by ``train_sd``.
+        registered_name: e.g. ``thyroaug-sd``.
+        alias: e.g. ``champion`` (needs ``registered_name``).
+        max_count: the served count cap.
+    """
+    card = read_card(model_dir)
+    cfg = card.get("config", {})
+    tags = {
+        "method": "SD",
+        "source": str(card.get("source", "")),
+        "profile": str(cfg.get("profile", "")),
+        "resolution": str(card.get("resolution", "")),
+        "image_size": str(card.get("cohort_image_size", "")),
+        "content_hash": str(card.get("cohort_hash", "")),
+    }
+    params = [
+        ("steps", "long", int(cfg.get("num_inference_steps", 50))),
+        ("guidance_scale", "double", float(cfg.get("guidance_scale", 7.5))),
+        ("strength", "double", float(cfg.get("strength", 0.8))),
+    ]
+    example = pd.DataFrame(
+        [{"label": CLASSES[0], "mode": "SD2", "count": 1, "seed": 0}],
+    )
+    return log_generator(
+        SDGeneratorModel(max_count=max_count),
+        model_dir,
+        registered_name=registered_name,
+        alias=alias,
+        params=params,
+        requirements=pip_requirements("diffusers", "transformers", "tokenizers", "accelerate"),
+        metadata={"thyroaug_generator": "sd", **tags},
+        tags=tags,
+        signature=sd_signature(params),
+        input_example=example,
+    )
