@@ -21,6 +21,7 @@ from thyroaug.evaluation.fidelity import (
     kernel_inception_distance,
     kid_subsets,
 )
+from thyroaug.utils.resize import resize_images
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +145,11 @@ def test_resnet18_from_an_mlflow_uri(tracking_home):
     assert ext.name == "resnet18-O" and ext.in_channels == 3
     images = torch.rand(3, 1, 32, 32)
     assert np.allclose(ext(images), ResNet18Features(model)(images), atol=1e-5)
-    with pytest.raises(ConfigError, match="rejected"):
-        ext(torch.rand(1, 1, 16, 16))
+    assert ext.input_size == 32  # read from the logged signature
+    # any other size is resized to the extractor's input (an exported model takes only 32 px)
+    big = torch.rand(2, 1, 128, 128)
+    assert np.allclose(ext(big), ResNet18Features(model)(resize_images(big, 32)), atol=1e-5)
+    assert ext(torch.rand(1, 1, 16, 16)).shape == (1, 512)
     with pytest.raises(ConfigError, match="cannot load"):
         ResNet18Features("runs:/0123456789abcdef/none")
 

@@ -34,7 +34,8 @@ def test_resize_masks_is_nearest_exact_and_keeps_dtype() -> None:
     m = torch.zeros(1, 1, 6, 6, dtype=torch.uint8)
     m[..., 1::2, :] = 1  # rows 1, 3, 5
     out = resize_masks(m, 3)
-    # nearest-exact samples pixel centres: output row i reads input row floor((i + 0.5) * 2) = 1, 3, 5
+    # nearest-exact samples pixel centres: output row i reads input row floor((i + 0.5) * 2),
+    # i.e. rows 1, 3, 5
     assert out.dtype == torch.uint8 and out.unique().tolist() == [1]
     # PyTorch's legacy "nearest" reads rows 0, 2, 4 (shifted by half a pixel): all zeros
     legacy = F.interpolate(m.float(), size=(3, 3), mode="nearest")
