@@ -139,7 +139,7 @@ def test_train_fm_register_synthesize_and_resume(tracking_home, tmp_path, capsys
     train_run = printed.split("run id: ")[1].split()[0]
     assert "models:/thyroaug-fm@champion (version 1)" in printed
     run = mlflow.get_run(train_run)
-    assert run.data.tags["step"] == "train-fm" and run.data.params["conditioning"] == "class+mask"
+    assert run.data.tags["step"] == "train_fm" and run.data.params["conditioning"] == "class+mask"
     assert "train_loss" in run.data.metrics
     grids = [a.path for a in mlflow.MlflowClient().list_artifacts(train_run, "samples")]
     assert grids == ["samples/epoch_0001.png"]

@@ -17,7 +17,7 @@ def test_parse_scenarios_and_methods() -> None:
     assert parse_scenarios("default") == ["O", "CA", "FM", "O+FM", "O+FM+CA"]
     assert len(parse_scenarios("all")) == 18
     assert parse_scenarios("CA+O, O+CA,FM") == ["O+CA", "FM"]
-    assert methods_needed(["O", "O+SD2+CA", "FM"]) == ["FM", "SD2"]
+    assert methods_needed(["O", "O+SD2+CA", "FM"]) == ["SD2", "FM"]  # registry order
     assert methods_needed(["O", "CA"]) == []
 
 
