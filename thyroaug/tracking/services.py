@@ -1,25 +1,28 @@
-"""Start the `server` tracking profile's services on 127.0.0.1: PostgreSQL, an S3 endpoint, MLflow.
+"""The `server` tracking profile's services on 127.0.0.1: PostgreSQL and ``mlflow server``.
 
-Used by the integration tests and by ``python -m thyroaug.tracking.services`` (a team-style tracking
-server on one machine; see ``mlruns_config/README.md``). Each service is a context manager that
-starts a real process on a free port, waits until it answers, and stops it (process group) on exit.
-
-- PostgreSQL: Debian's ``initdb`` / ``pg_ctl`` (they refuse to run as root, so as root they run as
-  the ``postgres`` user on a data directory that user owns).
-- S3: moto's server (``moto_server``), bucket created with boto3. Any S3-compatible endpoint (MinIO)
-  works the same way through ``MLFLOW_S3_ENDPOINT_URL``.
-- MLflow: ``mlflow server --backend-store-uri postgresql+psycopg2://... --artifacts-destination
-  s3://BUCKET/artifacts --serve-artifacts``; AWS credentials go to the server process only, clients
-  need none (artifacts are proxied). ``auth=True`` adds ``--app-name basic-auth``.
+``python -m thyroaug.tracking.services`` (``main``) supervises them (``mlruns_config/README.md``).
+Secrets are generated into ``credentials.env`` (0600) in a private state dir OUTSIDE the working
+tree (``--state-dir``, ``$THYROAUG_SERVICES_DIR`` or ``$XDG_STATE_HOME/thyroaug/services``, 0700).
+PostgreSQL takes scram-sha-256 passwords on TCP and socket (MLflow's role gets its password via
+``PGPASSWORD``, never argv); artifacts live in ``<state>/artifacts`` (or a real S3/MinIO), proxied
+by ``mlflow server --serve-artifacts`` behind basic auth (user store ``<state>/basic_auth.db``,
+0600; clients set ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``). SIGTERM, SIGHUP
+and Ctrl-C share one shutdown path: ``pg_ctl stop -m fast``, the MLflow server's process group
+(uvicorn, huey consumers) ended, leftover tagged children killed. ``moto_s3`` / ``server_stack``
+are TEST DOUBLES: moto's S3 accepts any credentials and keeps objects in memory; production
+artifacts go to disk or to a real S3/MinIO with real credentials.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -28,14 +31,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from thyroaug.errors import TrackingError
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
+STATE_DIR_ENV = "THYROAUG_SERVICES_DIR"
+CHILD_TAG_ENV = "THYROAUG_SERVICES_TAG"
+CREDENTIALS_FILE = "credentials.env"
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+Check = Callable[[], bool]
 
 
 def free_port() -> int:
@@ -45,7 +54,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait(check: Check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -66,8 +82,7 @@ def _http_ok(url: str) -> bool:
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
+    """End ``proc``'s whole process group (it was started in its own session)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -76,13 +91,99 @@ def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+    with contextlib.suppress(ProcessLookupError):  # a worker that outlived its parent
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def default_state_dir() -> Path:
+    """``$THYROAUG_SERVICES_DIR``, else ``$XDG_STATE_HOME``/thyroaug/services (~/.local/state)."""
+    if os.environ.get(STATE_DIR_ENV):
+        return Path(os.environ[STATE_DIR_ENV]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "thyroaug" / "services"
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create the state directory with mode 0700; its absolute path (warns inside a git tree)."""
+    path = Path(path).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    tree = next((p for p in (path, *path.parents) if (p / ".git").exists()), None)
+    if tree is not None:
+        log.warning("state dir %s is inside the git tree %s: move it out", path, tree)
+    return path
+
+
+@dataclass
+class Credentials:
+    """Generated secrets of one state directory (their names in the file: ``_KEYS``)."""
+
+    admin_username: str
+    admin_password: str
+    pg_user: str
+    pg_password: str
+    pg_superuser_password: str
+    flask_secret_key: str
+
+    @classmethod
+    def generate(cls) -> Credentials:
+        """Fresh random secrets."""
+        token = secrets.token_urlsafe
+        return cls("admin", token(24), "mlflow", token(24), token(24), token(32))
+
+
+_KEYS = {
+    "admin_username": "MLFLOW_TRACKING_USERNAME",
+    "admin_password": "MLFLOW_TRACKING_PASSWORD",
+    "pg_user": "THYROAUG_PG_USER",
+    "pg_password": "THYROAUG_PG_PASSWORD",
+    "pg_superuser_password": "THYROAUG_PG_SUPERUSER_PASSWORD",
+    "flask_secret_key": "THYROAUG_FLASK_SECRET_KEY",
+}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 from the first byte."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_or_create_credentials(state_dir: Path) -> tuple[Credentials, Path]:
+    """Read ``<state_dir>/credentials.env`` (0600), creating it with new secrets if absent."""
+    path = Path(state_dir) / CREDENTIALS_FILE
+    if not path.exists():
+        creds = Credentials.generate()
+        lines = [f"{_KEYS[f.name]}={getattr(creds, f.name)}" for f in fields(creds)]
+        _write_private(path, "# generated secrets: keep private (0600)\n" + "\n".join(lines) + "\n")
+        return creds, path
+    st = path.stat()
+    if st.st_uid != os.geteuid():
+        raise TrackingError(f"{path} belongs to uid {st.st_uid}: run the services as its owner")
+    if st.st_mode & 0o077:
+        log.warning("%s was readable by others: reset to 0600 (consider new secrets)", path)
+        os.chmod(path, 0o600)
+    lines = path.read_text().splitlines()
+    values = dict(ln.split("=", 1) for ln in lines if "=" in ln and not ln.startswith("#"))
+    missing = [key for key in _KEYS.values() if not values.get(key)]
+    if missing:
+        raise TrackingError(
+            f"{path} lacks {', '.join(missing)}: restore the file from a backup, or start over "
+            "with an empty --state-dir (the old database's passwords are then unknown)"
+        )
+    return Credentials(**{name: values[key] for name, key in _KEYS.items()}), path
 
 
 def postgres_available() -> str | None:
     """None when PostgreSQL can be started here, else the reason it cannot."""
-    for tool in ("initdb", "pg_ctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} not on PATH (install Debian's postgresql package)"
+    missing = [tool for tool in ("initdb", "pg_ctl") if shutil.which(tool) is None]
+    if missing:
+        return f"{missing[0]} not on PATH (install Debian's postgresql package)"
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
@@ -91,70 +192,147 @@ def postgres_available() -> str | None:
     return None
 
 
+@dataclass
+class PostgresDB:
+    """A running database; ``uri`` has no password: give a client ``PGPASSWORD=password``."""
+
+    port: int
+    database: str
+    user: str
+    password: str
+
+    @property
+    def uri(self) -> str:
+        """SQLAlchemy URI without the password (libpq reads ``PGPASSWORD``)."""
+        return f"postgresql+psycopg2://{self.user}@{HOST}:{self.port}/{self.database}"
+
+
+def _run_as_postgres(data_dir: Path, state_dir: Path | None) -> list[str]:
+    """As root: give ``data_dir`` to the postgres user and let it reach it; the command prefix."""
+    if os.geteuid() != 0:
+        return []
+    entry = pwd.getpwnam("postgres")
+    os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    os.chmod(data_dir, 0o700)
+    for parent in data_dir.parents:
+        st = parent.stat()
+        bit = 0o100 if st.st_uid == entry.pw_uid else 0o010 if st.st_gid == entry.pw_gid else 1
+        if parent == Path("/") or st.st_mode & bit:
+            continue
+        if parent == state_dir:  # private: only the postgres group may traverse it
+            os.chown(parent, -1, entry.pw_gid)
+            os.chmod(parent, 0o710)
+        else:
+            log.warning("granting search (o+x) on %s so PostgreSQL can reach its data", parent)
+            os.chmod(parent, parent.stat().st_mode | 0o001)
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _pg_ctl(prefix: list[str], pgdata: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [*prefix, "pg_ctl", "-D", str(pgdata), *args]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _initdb(pgdata: Path, prefix: list[str], superuser_password: str) -> None:
+    pwfile = pgdata.parent / ".initdb-pw"
+    _write_private(pwfile, superuser_password + "\n")
+    if prefix:
+        os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
+    cmd = [*prefix, "initdb", "-D", str(pgdata), "-U", "postgres", "--auth=scram-sha-256"]
+    try:
+        done = subprocess.run([*cmd, f"--pwfile={pwfile}"], capture_output=True, text=True)
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if done.returncode:
+        raise TrackingError(f"initdb failed for {pgdata}: {done.stderr.strip()[-500:]}")
+
+
+def _check_hba(pgdata: Path) -> None:
+    rules = [ln.split() for ln in (pgdata / "pg_hba.conf").read_text().splitlines()]
+    if any(rule and rule[-1] == "trust" and not rule[0].startswith("#") for rule in rules):
+        raise TrackingError(
+            f"{pgdata} allows `trust` logins (anyone local reads every run): use an empty "
+            "--state-dir, or give roles passwords and set pg_hba.conf methods to scram-sha-256"
+        )
+
+
+def _ensure_role_and_db(db: PostgresDB, superuser_password: str) -> None:
+    """Create (or re-password) MLflow's role and its database, closed to other roles."""
+    import psycopg2
+    from psycopg2 import sql
+
+    login = {"user": "postgres", "password": superuser_password, "dbname": "postgres"}
+    conn = psycopg2.connect(host=HOST, port=db.port, **login)
+    conn.autocommit = True
+    role, name = sql.Identifier(db.user), sql.Identifier(db.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (db.user,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD %s").format(role), (db.password,))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, role))
+            cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name))
+    finally:
+        conn.close()
+
+
+def _pg_stop(prefix: list[str], pgdata: Path) -> None:
+    """``pg_ctl stop -m fast``; if that fails (e.g. a parent lost o+x), SIGINT the postmaster."""
+    done = _pg_ctl(prefix, pgdata, "stop", "-m", "fast")
+    pidfile = pgdata / "postmaster.pid"
+    if done.returncode == 0 or not pidfile.exists():
+        return
+    log.warning("pg_ctl stop failed (%s); signalling the postmaster", done.stderr.strip())
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pidfile.read_text().split()[0]), signal.SIGINT)  # = fast shutdown
+        deadline = time.monotonic() + 20
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
-def postgres(data_dir: Path, port: int | None = None, database: str = "mlflow") -> Iterator[str]:
-    """Run a throw-away PostgreSQL cluster; yields a SQLAlchemy URI for ``database``."""
+def postgres(
+    data_dir: Path,
+    port: int | None = None,
+    database: str = "mlflow",
+    credentials: Credentials | None = None,
+    state_dir: Path | None = None,
+    stop_stale: bool = False,
+) -> Iterator[PostgresDB]:
+    """Run a password-protected PostgreSQL cluster in ``data_dir``; yields MLflow's database.
+
+    ``stop_stale`` (under the supervisor lock only) stops a server left running on ``data_dir``.
+    """
     reason = postgres_available()
     if reason:
         raise TrackingError(f"cannot start PostgreSQL: {reason}")
-    port = port or free_port()
+    creds, port = credentials or Credentials.generate(), port or free_port()
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam("postgres")
-        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
-        for parent in data_dir.parents:  # the postgres user must be able to reach its data dir
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode
-            if not mode & 0o001:
-                os.chmod(parent, mode | 0o001)
-        prefix = ["runuser", "-u", "postgres", "--"]
+    prefix = _run_as_postgres(data_dir, state_dir)
     pgdata = data_dir / "pgdata"
     if not (pgdata / "PG_VERSION").exists():
-        subprocess.run(
-            [*prefix, "initdb", "-D", str(pgdata), "-A", "trust", "-U", "postgres"],
-            check=True,
-            capture_output=True,
-        )
-    opts = f"-p {port} -k {data_dir} -c listen_addresses={HOST}"
-    subprocess.run(
-        [
-            *prefix,
-            "pg_ctl",
-            "-D",
-            str(pgdata),
-            "-l",
-            str(data_dir / "postgres.log"),
-            "-o",
-            opts,
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
+        _initdb(pgdata, prefix, creds.pg_superuser_password)
+    _check_hba(pgdata)
+    if _pg_ctl(prefix, pgdata, "status").returncode == 0:
+        if not stop_stale:
+            stop = shlex.join([*prefix, "pg_ctl", "-D", str(pgdata), "stop", "-m", "fast"])
+            raise TrackingError(f"PostgreSQL already runs on {pgdata}: stop it with `{stop}`")
+        log.warning("stopping a PostgreSQL left running on %s", pgdata)
+        _pg_stop(prefix, pgdata)
+    opts = f"-p {port} -k {shlex.quote(str(data_dir))} -c listen_addresses={HOST}"
+    logfile = str(data_dir / "postgres.log")
+    db = PostgresDB(port=port, database=database, user=creds.pg_user, password=creds.pg_password)
     try:
-        import psycopg2
-
-        def ready() -> bool:
-            psycopg2.connect(host=HOST, port=port, user="postgres", dbname="postgres").close()
-            return True
-
-        _wait(ready, "PostgreSQL", 30)
-        conn = psycopg2.connect(host=HOST, port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-            if cur.fetchone() is None:
-                cur.execute(f'CREATE DATABASE "{database}"')
-        conn.close()
-        yield f"postgresql+psycopg2://postgres@{HOST}:{port}/{database}"
+        started = _pg_ctl(prefix, pgdata, "-l", logfile, "-o", opts, "-w", "start")
+        if started.returncode:
+            raise TrackingError(f"PostgreSQL did not start; see {logfile}: {started.stderr}")
+        _ensure_role_and_db(db, creds.pg_superuser_password)
+        yield db
     finally:
-        subprocess.run(
-            [*prefix, "pg_ctl", "-D", str(pgdata), "stop", "-m", "fast"], capture_output=True
-        )
+        _pg_stop(prefix, pgdata)
 
 
 @dataclass
@@ -169,49 +347,34 @@ class S3Endpoint:
 
     def env(self) -> dict[str, str]:
         """Environment for a process (the MLflow server) that talks to this endpoint."""
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": self.region,
-            "MLFLOW_S3_ENDPOINT_URL": self.url,
-        }
+        names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        values = (self.access_key, self.secret_key, self.region, self.url)
+        return dict(zip((*names, "MLFLOW_S3_ENDPOINT_URL"), values))
 
     def client(self):
+        """A boto3 S3 client for this endpoint."""
         import boto3
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-        )
+        keys = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
+        return boto3.client("s3", endpoint_url=self.url, region_name=self.region, **keys)
 
     def keys(self, prefix: str = "") -> list[str]:
         """All object keys in the bucket under ``prefix``."""
-        out: list[str] = []
-        for page in (
-            self.client()
-            .get_paginator("list_objects_v2")
-            .paginate(Bucket=self.bucket, Prefix=prefix)
-        ):
-            out += [o["Key"] for o in page.get("Contents", [])]
-        return out
+        pages = self.client().get_paginator("list_objects_v2")
+        pages = pages.paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 @contextlib.contextmanager
 def moto_s3(port: int | None = None, bucket: str = "thyroaug") -> Iterator[S3Endpoint]:
-    """Run moto's S3 server and create ``bucket``."""
+    """Run moto's S3 server (TEST DOUBLE: no auth, in memory) and create ``bucket``."""
     exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
     if not Path(exe).exists():
         raise TrackingError("moto_server not found (pip install 'moto[server]')")
     port = port or free_port()
-    proc = subprocess.Popen(
-        [exe, "-H", HOST, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    out = subprocess.DEVNULL
+    cmd = [exe, "-H", HOST, "-p", str(port)]
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
     try:
         url = f"http://{HOST}:{port}"
         _wait(lambda: _http_ok(url), "moto S3 server", 30, proc)
@@ -220,6 +383,28 @@ def moto_s3(port: int | None = None, bucket: str = "thyroaug") -> Iterator[S3End
         yield endpoint
     finally:
         _stop(proc)
+
+
+def basic_auth_env(state_dir: Path, creds: Credentials) -> dict[str, str]:
+    """Write the auth config (user store ``basic_auth.db``, 0600) in ``state_dir``; its env."""
+    state_dir = Path(state_dir).resolve()
+    store = state_dir / "basic_auth.db"
+    os.close(os.open(store, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(store, 0o600)
+    ini = state_dir / "basic_auth.ini"
+    text = (
+        f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{store}\n"
+        f"admin_username = {creds.admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # a password check costs ~1 s of scrypt: cache good ones per worker (1 worker here)
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    _write_private(ini, text)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": creds.admin_password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": creds.flask_secret_key,
+    }
 
 
 @contextlib.contextmanager
@@ -231,38 +416,28 @@ def mlflow_server(
     auth: bool = False,
     log_file: Path | None = None,
     workers: int = 1,
+    cwd: Path | None = None,
 ) -> Iterator[str]:
-    """Run ``mlflow server`` with proxied artifacts; yields its http URL."""
+    """Run ``mlflow server`` with proxied artifacts; yields its http URL.
+
+    With ``auth`` the ``env`` must hold ``basic_auth_env(...)``. Secrets travel in ``env`` only
+    (argv is world-readable); the server runs in its own session with umask 077.
+    """
     port = port or free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri,
-        "--artifacts-destination",
-        artifacts_destination,
-        "--serve-artifacts",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    if auth:
-        cmd += ["--app-name", "basic-auth"]
-    proc_env = {**os.environ, **(env or {})}
+    if port_in_use(port):
+        raise TrackingError(f"port {port} on {HOST} is in use: pass another --port or free it")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port)]
+    cmd += ["--artifacts-destination", artifacts_destination, "--serve-artifacts"]
+    cmd += ["--workers", str(workers)] + (["--app-name", "basic-auth"] if auth else [])
+    proc_env = {**os.environ, **(env or {}), "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         proc_env.pop(var, None)
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        cmd, env=proc_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    opts = {"stdout": out, "stderr": subprocess.STDOUT, "start_new_session": True}
+    proc = subprocess.Popen(cmd, env=proc_env, umask=0o077, cwd=cwd, **opts)
     try:
-        url = f"http://{HOST}:{port}"
-        _wait(lambda: _http_ok(f"{url}/health"), "mlflow server", 120, proc)
+        url, what = f"http://{HOST}:{port}", f"mlflow server (log: {log_file})"
+        _wait(lambda: _http_ok(f"{url}/health"), what, 120, proc)
         yield url
     finally:
         _stop(proc)
@@ -271,38 +446,151 @@ def mlflow_server(
 
 
 @contextlib.contextmanager
-def server_stack(workdir: Path, auth: bool = False) -> Iterator[tuple[str, S3Endpoint]]:
-    """PostgreSQL + S3 + MLflow server together; yields (tracking URL, S3 endpoint)."""
-    workdir = Path(workdir)
+def server_stack(
+    workdir: Path, auth: bool = False, credentials: Credentials | None = None
+) -> Iterator[tuple[str, S3Endpoint]]:
+    """TEST stack: PostgreSQL + moto S3 + MLflow server; yields (tracking URL, S3 endpoint)."""
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    with (
-        postgres(workdir / "postgres") as db_uri,
-        moto_s3() as s3,
-        mlflow_server(
-            db_uri,
-            f"s3://{s3.bucket}/artifacts",
-            env=s3.env(),
-            auth=auth,
-            log_file=workdir / "mlflow-server.log",
-        ) as url,
-    ):
-        yield url, s3
+    creds = credentials or Credentials.generate()
+    with postgres(workdir / "postgres", credentials=creds) as db, moto_s3() as s3:
+        env = {
+            **s3.env(),
+            "PGPASSWORD": db.password,
+            **(basic_auth_env(workdir, creds) if auth else {}),
+        }
+        log_file = workdir / "mlflow-server.log"
+        artifacts = f"s3://{s3.bucket}/artifacts"
+        with mlflow_server(db.uri, artifacts, env=env, auth=auth, log_file=log_file) as url:
+            yield url, s3
+
+
+@dataclass
+class ServiceInfo:
+    """What a client needs to know about a running stack (no secrets)."""
+
+    tracking_uri: str
+    postgres_port: int
+    credentials_file: Path
+    artifacts: str
+
+
+def _artifacts_destination(spec: str, state_dir: Path) -> str:
+    """``disk``: ``<state_dir>/artifacts``; else an ``s3://`` URI reached with ``AWS_*`` env."""
+    if spec == "disk":
+        (state_dir / "artifacts").mkdir(mode=0o700, exist_ok=True)
+        return str(state_dir / "artifacts")
+    if not spec.startswith("s3://") or not os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        raise TrackingError(
+            "--artifacts takes `disk` or s3://BUCKET/PREFIX with AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY (and MLFLOW_S3_ENDPOINT_URL for MinIO) set for the supervisor"
+        )
+    return spec
+
+
+@contextlib.contextmanager
+def serve(
+    state_dir: Path, port: int | None = None, auth: bool = True, artifacts: str = "disk"
+) -> Iterator[ServiceInfo]:
+    """The server profile's stack on a prepared ``state_dir``: PostgreSQL + MLflow (+ auth)."""
+    creds, cred_file = load_or_create_credentials(state_dir)
+    destination = _artifacts_destination(artifacts, state_dir)
+    (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+    log_file = state_dir / "logs" / "mlflow-server.log"
+    pg_dir = state_dir / "postgres"
+    with postgres(pg_dir, credentials=creds, state_dir=state_dir, stop_stale=True) as db:
+        env = {"PGPASSWORD": db.password, **(basic_auth_env(state_dir, creds) if auth else {})}
+        opts = {"env": env, "auth": auth, "log_file": log_file, "cwd": state_dir}
+        with mlflow_server(db.uri, destination, port, **opts) as url:
+            yield ServiceInfo(url, db.port, cred_file, destination)
+
+
+@contextlib.contextmanager
+def _supervisor_lock(state_dir: Path) -> Iterator[None]:
+    """One supervisor per state dir (an flock released when the process dies)."""
+    fd = os.open(state_dir / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            msg = f"another supervisor runs on {state_dir}: stop it or pass another --state-dir"
+            raise TrackingError(msg) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _tracked_children() -> Iterator[None]:
+    """Tag every child's environment; on exit kill any tagged process still alive."""
+    tag = os.environ[CHILD_TAG_ENV] = uuid.uuid4().hex
+    try:
+        yield
+    finally:
+        for proc in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError):
+                mine = int(proc.name) != os.getpid()
+                if mine and tag.encode() in (proc / "environ").read_bytes():
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:200]
+                    log.warning("killing leftover child process %s: %s", proc.name, cmd)
+                    os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _handle_shutdown_signals(handler: Callable | signal.Handlers) -> None:
+    for sig in SHUTDOWN_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def _shutdown_signal(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP/SIGINT: ignore repeats, then unwind like Ctrl-C (KeyboardInterrupt)."""
+    _handle_shutdown_signals(signal.SIG_IGN)
+    log.info("%s received: stopping services", signal.Signals(signum).name)
+    raise KeyboardInterrupt
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    where = f"${STATE_DIR_ENV}, else $XDG_STATE_HOME/thyroaug/services"
+    parser.add_argument("--state-dir", type=Path, help=f"private data + secrets (default: {where})")
+    parser.add_argument("--port", type=int, default=5000, help="mlflow server port on 127.0.0.1")
+    on_off = argparse.BooleanOptionalAction
+    parser.add_argument("--auth", action=on_off, default=True, help="MLflow basic auth (on)")
+    parser.add_argument("--artifacts", default="disk", help="disk (default) or s3://BUCKET/PREFIX")
+    return parser.parse_args(argv)
+
+
+def _print_ready(info: ServiceInfo, auth: bool) -> None:
+    print(f"export THYROAUG_TRACKING=server THYROAUG_TRACKING_URI={info.tracking_uri}")
+    print(f"# tracking URI: {info.tracking_uri} (basic auth: {'on' if auth else 'OFF'})")
+    print(f"# credentials: {info.credentials_file} (0600; `set -a; . FILE; set +a` for clients)")
+    print(f"# postgres: {HOST}:{info.postgres_port} (password auth); artifacts: {info.artifacts}")
+    print("# ready; SIGTERM, SIGHUP or Ctrl-C stops everything", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m thyroaug.tracking.services`: run the server profile's stack until Ctrl-C."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--workdir", default=".services", help="data folder for PostgreSQL/logs")
-    parser.add_argument("--auth", action="store_true", help="enable MLflow basic auth")
-    args = parser.parse_args(argv)
+    """`python -m thyroaug.tracking.services`: run the server profile's stack until stopped."""
+    _handle_shutdown_signals(_shutdown_signal)
+    args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    with server_stack(Path(args.workdir), auth=args.auth) as (url, s3):
-        print(f"export THYROAUG_TRACKING=server THYROAUG_TRACKING_URI={url}")
-        print(f"# artifacts: s3://{s3.bucket}/artifacts via {s3.url}; Ctrl-C stops everything")
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
-    return 0
+    try:
+        state_dir = prepare_state_dir(args.state_dir or default_state_dir())
+        with (
+            _supervisor_lock(state_dir),
+            _tracked_children(),
+            serve(state_dir, args.port, args.auth, args.artifacts) as info,
+        ):
+            try:
+                _print_ready(info, args.auth)
+                while True:
+                    time.sleep(3600)
+            finally:  # whatever ends the loop, no later signal may cut the cleanup short
+                _handle_shutdown_signals(signal.SIG_IGN)
+    except KeyboardInterrupt:
+        print("# stopped", flush=True)
+        return 0
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

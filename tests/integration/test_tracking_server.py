@@ -1,4 +1,10 @@
-"""The `server` tracking profile end to end: PostgreSQL + S3 (moto) + a real `mlflow server`."""
+"""The `server` tracking profile end to end: PostgreSQL + S3 (moto) + a real `mlflow server`.
+
+``services.server_stack`` is the S3 code path's test stack: PostgreSQL with a generated password,
+and moto's S3 server, a TEST DOUBLE that accepts any credentials and keeps objects in memory. The
+supervised production stack (disk artifacts, basic auth, credentials outside the working tree) is
+tested in ``tests/integration/test_services_security.py``.
+"""
 
 from __future__ import annotations
 
