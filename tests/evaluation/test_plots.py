@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -13,9 +14,11 @@ from PIL import Image
 from thyroaug.evaluation.metrics import confusion
 from thyroaug.evaluation.plots import (
     _format_p,
+    _paired_matrices,
     image_grid,
     plot_bootstrap,
     plot_confusion,
+    plot_paired_heatmap,
     plot_roc,
     plot_significance_heatmap,
     save_figure,
@@ -66,6 +69,68 @@ def test_significance_heatmap_18_models(tmp_path: Path) -> None:
     res = compare_distributions(dists, metric="accuracy")
     out = plot_significance_heatmap(res, tmp_path / "heat.png", title="")
     _assert_png(out, min_side=1000)  # large enough to read 18 x 18 annotated cells
+
+
+def test_significance_heatmap_missing_scenarios_are_grey(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    res = compare_distributions({n: rng.normal(0.6, 0.02, 100) for n in ("O", "CA")})
+    out = plot_significance_heatmap(
+        res, tmp_path / "heat.png", order=["O", "FM", "CA"], status={"FM": "missing"}
+    )
+    _assert_png(out)
+
+
+def _fake_paired(names: list[str], seed: int = 0) -> pd.DataFrame:
+    """A ``paired_comparisons``-shaped frame (accuracy rows only) without running the tests."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            d = float(rng.normal(0, 0.05))
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "metric": "accuracy",
+                    "diff": d,
+                    "ci_low": d - 0.06,
+                    "ci_high": d + 0.06,
+                    "significant": abs(d) > 0.06,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_paired_matrices_are_row_minus_column() -> None:
+    paired = pd.DataFrame(
+        {
+            "a": ["O"],
+            "b": ["O+FM"],
+            "metric": ["accuracy"],
+            "diff": [0.03],
+            "ci_low": [-0.01],
+            "ci_high": [0.07],
+            "significant": [True],
+        }
+    )
+    d, lo, hi, sig = _paired_matrices(paired, ["O", "O+FM", "CA"], "accuracy")
+    assert d[1, 0] == pytest.approx(0.03) and (lo[1, 0], hi[1, 0]) == (-0.01, 0.07)
+    assert d[0, 1] == pytest.approx(-0.03) and (lo[0, 1], hi[0, 1]) == (-0.07, 0.01)
+    assert sig[0, 1] and sig[1, 0] and not sig[2].any()
+    assert np.isnan(d[2]).all() and np.isnan(d[:, 2]).all()  # CA: no pair -> grey
+
+
+@pytest.mark.parametrize("m", [2, 18])
+def test_paired_heatmap_2_to_18_scenarios(tmp_path: Path, m: int) -> None:
+    names = [f"S{i}" for i in range(m)]
+    tested = names[:-1] if m > 2 else names  # the last one missing when there are many
+    out = plot_paired_heatmap(
+        _fake_paired(tested),
+        tmp_path / "paired.png",
+        names=names,
+        status={names[-1]: "missing"} if m > 2 else None,
+    )
+    _assert_png(out, min_side=600 if m == 2 else 1800)
 
 
 def test_bootstrap_plots(tmp_path: Path) -> None:

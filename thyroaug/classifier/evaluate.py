@@ -1,7 +1,8 @@
 """Evaluation of a trained classifier on the external centers, written to a run folder.
 
 ``evaluate_and_report`` turns a ``FitResult`` and the scenario's evaluation sets into files: Table 2
-metrics (``thyroaug.evaluation.metrics``), bootstrap distributions, confusion matrix / ROC plots,
+metrics (``thyroaug.evaluation.metrics``), bootstrap distributions of every Table 2 metric (their
+percentile intervals are the 95 % CIs of ``thyroaug compare``), confusion matrix / ROC plots,
 Grad-CAM overlays and per-case predictions (case ids and centers, never patient ids). MLflow
 logging of those files is the job's business (``thyroaug.jobs.train_classifier``).
 """
@@ -120,15 +121,21 @@ def evaluate_and_report(
         ext_y, ext_p, out_dir / "plots" / "roc.png", title=f"{name}: external ROC (one vs rest)"
     )
     if cfg.bootstrap > 0:
-        boot = stats.bootstrap(ext_y, ext_p, n_resamples=cfg.bootstrap, seed=cfg.seed)
+        # every Table 2 metric, so that `thyroaug compare` has a 95 % CI for each number even
+        # without the predictions; run metrics and the plot keep the three headline ones
+        boot = stats.bootstrap(
+            ext_y, ext_p, n_resamples=cfg.bootstrap, seed=cfg.seed, metrics="all"
+        )
         files["bootstrap"] = write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)
         summary = stats.summarize(boot)
         files["bootstrap_summary"] = write_csv(out_dir / "bootstrap" / "summary.csv", summary, True)
-        for metric, row in summary.iterrows():
+        for metric in stats.DEFAULT_METRICS:
             for col in ("mean", "std", "lower", "upper"):
-                metrics[f"bootstrap_{metric}_{col}"] = float(row[col])
+                metrics[f"bootstrap_{metric}_{col}"] = float(summary.loc[metric, col])
         files["bootstrap_plot"] = plots.plot_bootstrap(
-            boot, out_dir / "plots" / "bootstrap.png", title=f"{name}: bootstrap (external)"
+            boot[list(stats.DEFAULT_METRICS)],
+            out_dir / "plots" / "bootstrap.png",
+            title=f"{name}: bootstrap (external)",
         )
     if cfg.gradcam_per_class > 0:
         pick = gradcam.select_per_class(ext_y, cfg.gradcam_per_class)

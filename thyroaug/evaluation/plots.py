@@ -1,5 +1,5 @@
-"""Figures: confusion matrix, ROC curves, significance heatmap (paper Figure 3), bootstrap
-distributions, and image grids.
+"""Figures: confusion matrix, ROC curves, paired-difference heatmap, significance heatmap (paper
+Figure 3), bootstrap distributions, and image grids.
 
 Figures are built with ``matplotlib.figure.Figure`` (Agg canvas, no pyplot, no global state), saved
 to a temporary sibling file and renamed, so a reader never sees a half-written PNG. Each function
@@ -181,12 +181,58 @@ def _format_p(p: float) -> str:
     return "<1e-99" if int(exp) < -99 else f"{mant}e{int(exp)}"
 
 
+def _axis_labels(
+    ax: Any,
+    names: Sequence[str],
+    grey: set[str],
+    fontsize: float,
+    status: Mapping[str, str] | None = None,
+) -> None:
+    """Tick labels on both axes, unavailable names in grey (with their ``status`` in brackets,
+    e.g. ``CA (not tested)``); white cell grid."""
+    m = len(names)
+    status = status or {}
+    grey = {f"{n} ({status[n]})" if n in status else n for n in grey}
+    names = [f"{n} ({status[n]})" if n in status else n for n in names]
+    ax.set_xticks(
+        range(m), names, rotation=60, ha="right", rotation_mode="anchor", fontsize=fontsize
+    )
+    ax.set_yticks(range(m), names, fontsize=fontsize)
+    for label in [*ax.get_xticklabels(), *ax.get_yticklabels()]:
+        if label.get_text() in grey:
+            label.set_color("0.55")
+    ax.set_xticks(np.arange(-0.5, m, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, m, 1), minor=True)
+    ax.grid(which="minor", color="white", lw=0.6)
+    ax.tick_params(which="minor", length=0)
+
+
+def _grey_unavailable(ax: Any, names: Sequence[str], grey: set[str]) -> None:
+    """Hatch the rows and columns of scenarios without a result (missing / not tested)."""
+    from matplotlib.patches import Rectangle
+
+    m = len(names)
+    for k, name in enumerate(names):
+        if name in grey:
+            for x, y, w, h in ((-0.5, k - 0.5, m, 1), (k - 0.5, -0.5, 1, m)):
+                ax.add_patch(
+                    Rectangle((x, y), w, h, facecolor="0.8", edgecolor="0.6", hatch="//", lw=0)
+                )
+
+
+def _font_size(m: int) -> float:
+    """Cell font size for an m x m heatmap (10 pt for 2 models, 5.5 pt for 18)."""
+    return float(np.clip(11.0 - 0.32 * m, 5.0, 10.0))
+
+
 def plot_significance_heatmap(
     result: ComparisonResult,
     path: str | Path,
     title: str = "",
     cap: float = 10.0,
     annotate: bool = True,
+    order: Sequence[str] | None = None,
+    status: Mapping[str, str] | None = None,
 ) -> Path:
     """Pairwise significance heatmap in the spirit of the paper's Figure 3.
 
@@ -200,16 +246,23 @@ def plot_significance_heatmap(
         title: figure title (default names the metric and the test).
         cap: colour saturation in -log10(p) units.
         annotate: write the adjusted p-value in each cell.
+        order: axis order; names in it but not in ``result`` (missing scenarios) are drawn as
+            grey hatched rows and columns. Default: ``result.names``.
+        status: a note shown beside a name's tick label (e.g. ``{"FM": "missing"}``).
 
     Returns:
         The written path.
     """
-    names = result.names
+    names = list(order) if order is not None else list(result.names)
+    names += [n for n in result.names if n not in names]
+    grey = {n for n in names if n not in result.names}
     m = len(names)
-    p_adj = result.p_adj.to_numpy(dtype=float)
-    with np.errstate(divide="ignore"):
+    p_adj = result.p_adj.reindex(index=names, columns=names).to_numpy(dtype=float)
+    direction = result.direction.reindex(index=names, columns=names, fill_value=0).to_numpy()
+    sig = result.significant.reindex(index=names, columns=names, fill_value=False).to_numpy(bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
         strength = -np.log10(np.clip(p_adj, 1e-300, 1.0))
-    signed = np.clip(result.direction.to_numpy() * strength, -cap, cap)
+    signed = np.clip(direction * strength, -cap, cap)
     signed = np.where(np.eye(m, dtype=bool), np.nan, signed)
     side = max(5.0, 0.5 * m + 2.5)
     fig = Figure(figsize=(side + 1.2, side))
@@ -218,6 +271,7 @@ def plot_significance_heatmap(
     im = ax.imshow(
         np.ma.masked_invalid(signed), cmap=cmap, norm=TwoSlopeNorm(0.0, -cap, cap), aspect="equal"
     )
+    _grey_unavailable(ax, names, grey)
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
     cbar.set_label("row vs column: direction × −log10(adjusted p)")
     thr = -np.log10(result.alpha)
@@ -225,10 +279,9 @@ def plot_significance_heatmap(
         cbar.ax.axhline(v, color="black", lw=0.8)
     if annotate:
         fontsize = float(np.clip(11.5 - 0.28 * m, 6.0, 10))
-        sig = result.significant.to_numpy()
         for i in range(m):
             for j in range(m):
-                if i == j:
+                if i == j or not np.isfinite(p_adj[i, j]):
                     continue
                 strong = abs(signed[i, j]) > 0.6 * cap
                 color = "white" if strong else ("black" if sig[i, j] else "0.45")
@@ -242,16 +295,118 @@ def plot_significance_heatmap(
                     color=color,
                     fontweight="bold" if sig[i, j] else "normal",
                 )
-    ax.set_xticks(range(m), names, rotation=60, ha="right", rotation_mode="anchor")
-    ax.set_yticks(range(m), names)
-    ax.set_xticks(np.arange(-0.5, m, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, m, 1), minor=True)
-    ax.grid(which="minor", color="white", lw=0.6)
-    ax.tick_params(which="minor", length=0)
+    _axis_labels(ax, names, grey, float(np.clip(12.5 - 0.25 * m, 7.0, 11.0)), status)
     metric = result.metric or "metric"
     ax.set_title(
         title
         or f"Wilcoxon rank-sum on bootstrap {metric}, BH-adjusted p (bold: < {result.alpha:g})",
+        fontsize=11,
+    )
+    return save_figure(fig, path)
+
+
+def _signed(value: float, digits: int) -> str:
+    """``+0.030`` / ``−0.020`` (true minus sign); a value that rounds to zero prints ``0.00``."""
+    text = f"{value:+.{digits}f}"
+    if float(text) == 0:
+        return f"{0:.{digits}f}"
+    return text.replace("-", "\u2212")
+
+
+def _paired_matrices(
+    paired: pd.DataFrame, names: Sequence[str], metric: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(diff, ci_low, ci_high, significant) m x m matrices of row minus column."""
+    m = len(names)
+    pos = {n: k for k, n in enumerate(names)}
+    d, lo, hi = (np.full((m, m), np.nan) for _ in range(3))
+    sig = np.zeros((m, m), dtype=bool)
+    for row in paired[paired["metric"] == metric].itertuples(index=False):
+        a, b = pos.get(str(row.a)), pos.get(str(row.b))
+        if a is None or b is None:
+            continue
+        # diff = metric(b) - metric(a): cell (b, a) is row b minus column a
+        d[b, a], lo[b, a], hi[b, a] = row.diff, row.ci_low, row.ci_high
+        d[a, b], lo[a, b], hi[a, b] = -row.diff, -row.ci_high, -row.ci_low
+        sig[a, b] = sig[b, a] = bool(row.significant)
+    return d, lo, hi, sig
+
+
+def plot_paired_heatmap(
+    paired: pd.DataFrame,
+    path: str | Path,
+    names: Sequence[str] | None = None,
+    metric: str = "accuracy",
+    title: str = "",
+    alpha: float = 0.05,
+    status: Mapping[str, str] | None = None,
+) -> Path:
+    """Paired differences with their 95 % CI; only what the valid test calls significant is marked.
+
+    Cell (row, column) is coloured by ``metric(row) - metric(column)`` (diverging, centred at 0,
+    red: row better) and reads ``+0.030`` over ``[-0.01, +0.07]``; cells the paired test finds
+    significant after Benjamini-Hochberg (``paired.significant``) get a ``*`` and a bold black
+    border, nothing else does. Names without any pair in ``paired`` (missing scenarios, scenarios
+    without predictions) are grey hatched rows and columns. Font sizes scale for 2 to 18 names.
+
+    Args:
+        paired: ``paired.paired_comparisons`` output (columns a, b, metric, diff, ci_low,
+            ci_high, significant; ``diff = metric(b) - metric(a)``).
+        path: output image path.
+        names: axis order (default: the names in ``paired``, first seen first).
+        metric: which metric family to draw (``accuracy``, ``macro_f1``, ``macro_auc``).
+        title: figure title (default names the metric and the tests).
+        alpha: the FDR level the ``significant`` column used (for the title).
+        status: a note shown beside a name's tick label (e.g. ``{"CA": "not tested"}``).
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.patches import Rectangle
+
+    seen = list(dict.fromkeys([*paired["a"].astype(str), *paired["b"].astype(str)]))
+    names = list(names) if names is not None else seen
+    names += [n for n in seen if n not in names]
+    grey = {n for n in names if n not in seen}
+    m = len(names)
+    d, lo, hi, sig = _paired_matrices(paired, names, metric)
+    finite = np.abs(np.concatenate([d[np.isfinite(d)], lo[np.isfinite(lo)], hi[np.isfinite(hi)]]))
+    vmax = max(0.01, float(finite.max()) if finite.size else 0.01)
+    side = max(4.5, 0.78 * m + 2.2)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
+    cmap = colormaps["RdBu_r"].with_extremes(bad="0.92")
+    im = ax.imshow(
+        np.ma.masked_invalid(d), cmap=cmap, norm=TwoSlopeNorm(0.0, -vmax, vmax), aspect="equal"
+    )
+    _grey_unavailable(ax, names, grey)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label(f"{metric}: row − column")
+    fontsize = _font_size(m)
+    for i in range(m):
+        for j in range(m):
+            if i == j or not np.isfinite(d[i, j]):
+                continue
+            strong = abs(d[i, j]) > 0.6 * vmax
+            ax.text(
+                j,
+                i,
+                f"{_signed(d[i, j], 3)}{'*' if sig[i, j] else ''}\n"
+                f"[{_signed(lo[i, j], 2)}, {_signed(hi[i, j], 2)}]",
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if strong else "black",
+                fontweight="bold" if sig[i, j] else "normal",
+            )
+            if sig[i, j]:
+                ax.add_patch(
+                    Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, lw=2.2, ec="black")
+                )
+    _axis_labels(ax, names, grey, float(np.clip(12.5 - 0.25 * m, 7.0, 11.0)), status)
+    ax.set_title(
+        title
+        or f"Paired difference in {metric} (row − column), 95 % CI\n"
+        f"* / bold border: significant by the paired test, BH-adjusted p < {alpha:g}",
         fontsize=11,
     )
     return save_figure(fig, path)

@@ -1,46 +1,347 @@
-"""The study report: paper Table 3 from synthesis-run metrics and the self-contained HTML page.
+"""The study report: Table 2 with confidence intervals, Table 3, deviations, the HTML page.
 
-Pure functions over tables and files; the compare job (``thyroaug.jobs.compare``) queries MLflow,
-computes the tests and calls these to lay the results out.
+Pure functions over tables, plain dicts and files; the compare job (``thyroaug.jobs.compare``)
+queries MLflow, runs the tests and calls these to lay the results out.
+
+- ``format_ci`` / ``table2_ci``: every Table 2 number as ``0.782 [0.70, 0.85]`` (point estimate on
+  all external cases, 95 % percentile bootstrap interval over external cases).
+- ``fidelity_long`` / ``table3_from_long``: synthesis-run metrics ``fid_<extractor>_<group>``,
+  ``kid_<extractor>_<group>`` and ``kid_std_<extractor>_<group>`` -> the long frame of
+  ``fidelity.fidelity_by_mode`` -> the paper's Table 3 layout of ``fidelity.table3`` (one layout),
+  with the KID std beside the KID of the same extractor.
+- ``find_deviations``: what the runs record that differs from the paper (``RunFacts`` in).
+- ``html_report``: the self-contained page (``ReportInputs`` in), opening with the deviations.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from thyroaug.contract import CLASSES
+from thyroaug.evaluation import metrics as M
+
+GROUPS: tuple[str, ...] = (*CLASSES, "overall")
+FIDELITY_COLUMNS: tuple[str, ...] = ("mode", "extractor", "group", "fid", "kid", "kid_std")
+"""Columns of the long fidelity frame (as ``fidelity.TABLE3_COLUMNS``)."""
+
+PAPER = {"image_size": 128, "epochs": 300, "per_class_synthetic": 1000, "bootstrap": 1000}
+"""The paper's classifier settings the deviations banner checks (sections 3.2, 3.2.4, 3.3.3)."""
+PAPER_FM_EPOCHS = 200
+
+PAPER_METHOD_NAME = "paper method: rank-sum on bootstrap replicates"
+PAPER_METHOD_WHY = (
+    "Its p-values shrink as the number of resamples grows: the Wilcoxon rank-sum test treats the "
+    "B bootstrap replicates of each scenario as B independent observations, but they are "
+    "resamples of the same external cases, so for the same data its z statistic grows like "
+    "sqrt(B) and any fixed difference becomes 'significant' once B is large enough."
+)
+STATISTICS_DEVIATION = (
+    "significance from paired tests on the same external cases (exact McNemar for accuracy, "
+    "paired bootstrap for macro-F1, DeLong for macro-AUC; Benjamini-Hochberg per metric); the "
+    "paper's Wilcoxon rank-sum on bootstrap replicates is kept as a second figure"
+)
 
 
-def table3(synth: dict[str, Any]) -> pd.DataFrame | None:
-    """FID/KID per class and overall (rows) x method and metric (columns), paper Table 3 layout.
+# --------------------------------------------------------------------------------------------
+# Table 2 with confidence intervals
+# --------------------------------------------------------------------------------------------
+def format_ci(value: float, low: float, high: float, digits: int = 3, ci_digits: int = 2) -> str:
+    """``0.782 [0.70, 0.85]``; ``NA`` for a NaN value, ``0.782 [no CI]`` for a NaN interval."""
+    if value is None or not np.isfinite(value):
+        return "NA"
+    point = f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
+    if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
+        return f"{point} [no CI]"
+    lo, hi = round(low, ci_digits) + 0.0, round(high, ci_digits) + 0.0
+    return f"{point} [{lo:.{ci_digits}f}, {hi:.{ci_digits}f}]"
+
+
+def table2_keys(classes: Sequence[str] = CLASSES) -> list[tuple[str, str]]:
+    """(column label, metric key) of the CI table: accuracy, then Table 2's 24 columns."""
+    return [("Accuracy", "accuracy")] + [
+        (f"{g} {i}", key) for g, i, key in M.table2_columns(classes)
+    ]
+
+
+def table2_ci(
+    points: Mapping[str, Mapping[str, float]],
+    intervals: Mapping[str, pd.DataFrame | None],
+    level: float = 0.95,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table 2 with a confidence interval on every number.
 
     Args:
-        synth: {method: an MLflow run (anything with ``.data.metrics``)}.
+        points: {scenario: ``compute_metrics`` dict on all external cases}.
+        intervals: {scenario: ``stats.summarize`` frame (index metric, columns lower / upper)
+            or None}; metrics without a row get ``[no CI]``.
+        level: the intervals' coverage (for the long frame).
 
-    Reads synthesis-run metrics named ``fid_<extractor>_<CLASS|overall>`` and
-    ``kid_<extractor>_<CLASS|overall>`` (the extractor is part of the column name when several).
+    Returns:
+        (formatted, long): ``formatted`` has one row per scenario and string cells
+        ``0.782 [0.70, 0.85]`` for accuracy and Table 2's columns; ``long`` has one row per
+        (scenario, metric) with ``scenario, column, metric, value, ci_low, ci_high, level``.
     """
-    cells: dict[tuple[str, str], dict[str, float]] = {}
-    for method, run in synth.items():
-        for key, value in run.data.metrics.items():
-            kind, _, rest = key.partition("_")
-            if kind not in ("fid", "kid") or "_" not in rest:
-                continue
-            extractor, _, row = rest.rpartition("_")
-            if row not in (*CLASSES, "overall") or extractor.endswith("_std"):
-                continue
-            cells.setdefault((f"{method} [{extractor}]", kind.upper()), {})[row] = value
-    if not cells:
+    keys = table2_keys()
+    cells: dict[str, dict[str, str]] = {}
+    rows = []
+    for scenario, metrics in points.items():
+        summary = intervals.get(scenario)
+        cells[scenario] = {}
+        for label, key in keys:
+            value = float(metrics.get(key, math.nan))
+            low = high = math.nan
+            if summary is not None and key in summary.index:
+                low, high = float(summary.loc[key, "lower"]), float(summary.loc[key, "upper"])
+            cells[scenario][label] = format_ci(value, low, high)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "column": label,
+                    "metric": key,
+                    "value": value,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "level": level,
+                }
+            )
+    formatted = pd.DataFrame.from_dict(cells, orient="index")
+    formatted = formatted.reindex(columns=[label for label, _ in keys])
+    formatted.index.name = "Method"
+    return formatted, pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Table 3
+# --------------------------------------------------------------------------------------------
+def _parse_fidelity_key(key: str) -> tuple[str, str, str] | None:
+    """(kind, extractor, group) of ``fid_<ext>_<group>`` / ``kid_<ext>_<group>`` /
+    ``kid_std_<ext>_<group>``; None for any other metric name."""
+    for kind in ("kid_std", "fid", "kid"):  # kid_std first: its prefix starts with kid_
+        prefix = f"{kind}_"
+        if key.startswith(prefix):
+            extractor, sep, group = key[len(prefix) :].rpartition("_")
+            if sep and extractor and group in GROUPS:
+                return kind, extractor, group
+            return None
+    return None
+
+
+def fidelity_long(synth: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """Synthesis-run fidelity metrics as the long frame ``fidelity.fidelity_by_mode`` returns.
+
+    Args:
+        synth: {method: that synthesis run's metrics}.
+
+    Returns:
+        Columns ``FIDELITY_COLUMNS`` (mode, extractor, group, fid, kid, kid_std), one row per
+        (method, extractor, group); ``kid_std_*`` is the KID std of the same extractor, never an
+        extractor of its own. Empty when no run has fidelity metrics.
+    """
+    cells: dict[tuple[str, str, str], dict[str, float]] = {}
+    for method, values in synth.items():
+        for key, value in values.items():
+            parsed = _parse_fidelity_key(key)
+            if parsed is not None:
+                kind, extractor, group = parsed
+                cells.setdefault((method, extractor, group), {})[kind] = float(value)
+    rows = [
+        {
+            "mode": method,
+            "extractor": extractor,
+            "group": group,
+            **{k: vals.get(k, math.nan) for k in ("fid", "kid", "kid_std")},
+        }
+        for (method, extractor, group), vals in cells.items()
+    ]
+    return pd.DataFrame(rows, columns=list(FIDELITY_COLUMNS))
+
+
+def table3_from_long(long: pd.DataFrame) -> pd.DataFrame | None:
+    """Paper Table 3 for every extractor: rows DG/NG/NL/TI/overall, columns (extractor, method,
+    FID / KID / KID std).
+
+    The (method, FID / KID) part is ``fidelity.table3`` for each extractor (the one layout); the
+    KID std of the same extractor is added beside each KID. None when ``long`` is empty.
+    """
+    from thyroaug.evaluation.fidelity import table3 as fidelity_table3
+
+    if long is None or long.empty:
         return None
-    df = pd.DataFrame(cells).reindex([*CLASSES, "overall"])
-    df.columns = pd.MultiIndex.from_tuples(df.columns, names=["method", "metric"])
-    df.index.name = "Class"
-    return df.sort_index(axis=1)
+    parts = {}
+    for extractor in dict.fromkeys(long["extractor"].astype(str)):
+        part = long[long["extractor"] == extractor]
+        wide = fidelity_table3(part, extractor)
+        std = part.pivot(index="group", columns="mode", values="kid_std")
+        for mode in std.columns:
+            wide[(mode, "KID std")] = std[mode].reindex(wide.index)
+        modes = list(dict.fromkeys(m for m, _ in wide.columns))
+        wide = wide[[(m, k) for m in modes for k in ("FID", "KID", "KID std") if (m, k) in wide]]
+        parts[extractor] = wide
+    out = pd.concat(parts, axis=1)
+    out.columns = out.columns.set_names(["extractor", "method", "metric"])
+    out.index.name = "Class"
+    return out
+
+
+def table3_markdown(t3: pd.DataFrame) -> str:
+    """Table 3 as Markdown, columns flattened to ``<method> [<extractor>] <metric>``."""
+    flat = t3.copy()
+    flat.columns = [f"{m} [{e}] {k}" for e, m, k in flat.columns]
+    return M.to_markdown(flat, ".3f")
+
+
+# --------------------------------------------------------------------------------------------
+# Deviations from the paper
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunFacts:
+    """What a run logged, as plain dicts (params and tags are strings, as MLflow stores them)."""
+
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _which(names: Sequence[str], total: int) -> str:
+    return "all scenarios" if len(names) == total else ", ".join(names)
+
+
+def _classifier_deviations(classifier: Mapping[str, RunFacts]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    n = len(classifier)
+    random = [
+        s
+        for s, r in classifier.items()
+        if str(r.params.get("pretrained", r.tags.get("pretrained", ""))).lower()
+        in ("false", "0", "no")
+    ]
+    if random:
+        out["classifier_init"] = f"ResNet18 from random init, not ImageNet ({_which(random, n)})"
+    checks = (
+        ("image_size", "classifier input {v} px, paper {p} px", lambda s: True),
+        ("epochs", "classifier trained {v} epochs, paper {p}", lambda s: True),
+        (
+            "per_class_synthetic",
+            "{v} synthetic / CA images per class per method, paper {p}",
+            lambda s: s != "O",
+        ),
+        ("bootstrap", "{v} bootstrap resamples per run (paper method), paper {p}", lambda s: True),
+    )
+    for key, text, applies in checks:
+        seen = sorted(
+            {
+                v
+                for s, r in classifier.items()
+                if applies(s) and (v := _int(r.params.get(key))) is not None and v != PAPER[key]
+            }
+        )
+        if seen:
+            out[key] = text.format(v="/".join(map(str, seen)), p=PAPER[key])
+    seeds = {r.params.get("seed") for r in classifier.values() if r.params.get("seed")}
+    if len(seeds) == 1 and n > 0:
+        out["single_seed"] = (
+            f"one training seed ({next(iter(seeds))}) per scenario: the comparison has no "
+            "training-seed variability (the paper does not state its seeds)"
+        )
+    return out
+
+
+def _generator_deviations(generators: Mapping[str, RunFacts]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    sd = generators.get("train_sd")
+    if sd is not None:
+        source = sd.tags.get("source", sd.params.get("source", ""))
+        if source == "scratch":
+            out["sd_source"] = (
+                "Stable Diffusion trained from scratch (compact model), not fine-tuned from SD v1.4"
+            )
+    fm = generators.get("train_fm")
+    if fm is not None:
+        epochs = _int(fm.params.get("epochs"))
+        if epochs is not None and epochs != PAPER_FM_EPOCHS:
+            out["fm_epochs"] = f"flow matching trained {epochs} epochs, paper {PAPER_FM_EPOCHS}"
+    return out
+
+
+def find_deviations(
+    classifier: Mapping[str, RunFacts],
+    generators: Mapping[str, RunFacts] | None = None,
+    synth: Mapping[str, RunFacts] | None = None,
+    paired_statistics: bool = True,
+) -> dict[str, str]:
+    """Each deviation from the paper that the runs record, ``{key: one line}``.
+
+    Args:
+        classifier: {scenario: facts of its train_classifier run} (params ``pretrained``,
+            ``image_size``, ``epochs``, ``per_class_synthetic``, ``bootstrap``, ``seed``).
+        generators: {step (``train_sd`` / ``train_fm``): facts} (SD tag ``source``, FM
+            ``epochs``).
+        synth: {method: facts of its synthesize run} (fidelity metric names).
+        paired_statistics: the comparison's significance comes from the paired tests.
+
+    Keys: ``classifier_init``, ``image_size``, ``epochs``, ``per_class_synthetic``,
+    ``bootstrap``, ``single_seed``, ``sd_source``, ``fm_epochs``, ``fidelity_no_inception``,
+    ``statistics``.
+    """
+    out = _classifier_deviations(classifier)
+    out.update(_generator_deviations(generators or {}))
+    long = fidelity_long({m: f.metrics for m, f in (synth or {}).items()})
+    extractors = sorted(set(long["extractor"].astype(str)))
+    if extractors and not any("inception" in e for e in extractors):
+        out["fidelity_no_inception"] = (
+            f"no Inception FID: FID / KID on {', '.join(extractors)} features"
+        )
+    if paired_statistics:
+        out["statistics"] = STATISTICS_DEVIATION
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ReportInputs:
+    """Everything the HTML page shows (the compare job fills it)."""
+
+    study_id: str
+    compared: list[str]
+    expected_source: str = ""
+    missing: list[str] = field(default_factory=list)
+    not_tested: dict[str, str] = field(default_factory=dict)  # scenario -> reason
+    no_bootstrap: list[str] = field(default_factory=list)
+    superseded: dict[str, list[str]] = field(default_factory=dict)
+    deviations: dict[str, str] = field(default_factory=dict)
+    deviations_doc: str = "docs/deviations.md"
+    n_external: int = 0
+    mdd: dict[str, float] = field(default_factory=dict)
+    t2: pd.DataFrame | None = None  # formatted, from table2_ci
+    paired: pd.DataFrame | None = None  # paired.paired_comparisons
+    heatmap: Path | None = None
+    metric: str = "accuracy"  # paired metric name of the main heatmap
+    alpha: float = 0.05
+    n_resamples: int = 0
+    paper_long: pd.DataFrame | None = None  # stats.ComparisonResult.to_long()
+    paper_heatmap: Path | None = None
+    paper_resamples: tuple[int, int] = (0, 0)
+    paper_summary: pd.DataFrame | None = None
+    t3: pd.DataFrame | None = None
+    grids: list[Path] = field(default_factory=list)
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -50,62 +351,127 @@ def _img_tag(path: Path, alt: str) -> str:
     )
 
 
-def html_report(
-    study_id: str,
-    n_runs: int,
-    missing: list[str],
-    superseded: dict[str, list[str]],
-    t2: pd.DataFrame | None,
-    t3: pd.DataFrame | None,
-    heatmap: Path | None,
-    summary: pd.DataFrame | None,
-    grids: list[Path],
-    metric: str,
-) -> str:
-    """The study's self-contained HTML page: tables, heatmap and sample grids inlined."""
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _banner(r: ReportInputs) -> list[str]:
+    doc = f'<a href="{_e(r.deviations_doc)}">docs/deviations.md</a> (in the thyroaug repository)'
+    items = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in r.deviations.items())
+    body = f"<ul>{items}</ul>" if items else "<p>None recorded by these runs.</p>"
+    return [
+        "<div class='banner'><b>Deviations from the paper recorded by these runs</b>",
+        body,
+        f"<p>Why, the paper's words, and the option that selects the alternative: {doc}.</p>",
+        "</div>",
+    ]
+
+
+def _scope(r: ReportInputs) -> list[str]:
+    parts = [
+        f"<p>{len(r.compared)} scenario run(s) on the external centers: "
+        f"{_e(', '.join(r.compared))}. Expected scenarios: {_e(r.expected_source)}.</p>"
+    ]
+    if r.missing:
+        parts.append(
+            f"<p><b>Missing scenarios</b> (no finished run; grey in both heatmaps): "
+            f"{_e(', '.join(r.missing))}</p>"
+        )
+    if r.not_tested:
+        items = "; ".join(f"{s}: not tested ({why})" for s, why in r.not_tested.items())
+        parts.append(f"<p><b>Not tested</b> (in Table 2, grey in the heatmap): {_e(items)}</p>")
+    if r.no_bootstrap:
+        parts.append(
+            f"<p>Not in the paper method (no bootstrap file): {_e(', '.join(r.no_bootstrap))}</p>"
+        )
+    if r.superseded:
+        items = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in r.superseded.items())
+        parts.append(
+            f"<p>Superseded runs (an older finished run of the same scenario): {_e(items)}</p>"
+        )
+    if r.n_external and r.mdd:
+        text = (
+            f"<p>External set: {r.n_external} cases. Smallest accuracy difference a two-sided "
+            f"McNemar test detects with 80 % power at alpha 0.05 (Connor 1987): "
+            f"{_pct(r.mdd.get('acc_based'))} assuming independent errors at the mean accuracy "
+            f"{r.mdd.get('acc', math.nan):.3f}"
+        )
+        if np.isfinite(r.mdd.get("psi", math.nan)):
+            text += (
+                f"; {_pct(r.mdd.get('psi_based'))} with the measured discordance "
+                f"{r.mdd['psi']:.3f} (share of cases on which two scenarios disagree in "
+                "correctness, mean over pairs)"
+            )
+        parts.append(text + ". Smaller true differences are likely to be missed.</p>")
+    return parts
+
+
+def _pct(value: float | None) -> str:
+    if value is None or not np.isfinite(value):
+        return "not reachable (even with every discordant case favouring one model)"
+    return f"{100 * value:.1f} percentage points"
+
+
+def _paired_section(r: ReportInputs) -> list[str]:
+    parts = [f"<h2>Paired comparison on the same external cases ({_e(r.metric)})</h2>"]
+    if r.paired is None or r.paired.empty:
+        return [*parts, "<p>Fewer than two scenarios with predictions: no paired test.</p>"]
+    if r.heatmap is not None:
+        parts.append(_img_tag(r.heatmap, "paired difference heatmap"))
+    parts.append(
+        "<p>Cell = row minus column, 95 % CI in brackets (paired bootstrap over external cases, "
+        f"{r.n_resamples} resamples; DeLong for macro-AUC). Marked (*, bold border): significant "
+        f"by the valid test after Benjamini-Hochberg within the metric (p<sub>adj</sub> &lt; "
+        f"{r.alpha:g}). Grey: missing or not tested.</p>"
+    )
+    shown = r.paired.copy()
+    shown["difference (b - a)"] = [
+        format_ci(d, lo, hi) for d, lo, hi in zip(shown["diff"], shown["ci_low"], shown["ci_high"])
+    ]
+    cols = ["a", "b", "metric", "difference (b - a)", "test", "p", "p_adj", "significant"]
+    parts.append(shown[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}"))
+    return parts
+
+
+def _paper_section(r: ReportInputs) -> list[str]:
+    lo, hi = r.paper_resamples
+    count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+    parts = [f"<h2>Figure 3, {_e(PAPER_METHOD_NAME)} (B = {count} resamples)</h2>"]
+    if r.paper_long is None:
+        return [*parts, "<p>Fewer than two scenarios with bootstrap files: not computed.</p>"]
+    if r.paper_heatmap is not None:
+        parts.append(_img_tag(r.paper_heatmap, "paper method heatmap"))
+    parts.append(f"<p>Shown for comparison with the paper only. {_e(PAPER_METHOD_WHY)}</p>")
+    if r.paper_summary is not None:
+        parts.append(r.paper_summary.to_html())
+    return parts
+
+
+def html_report(r: ReportInputs) -> str:
+    """The study's self-contained HTML page (tables, heatmaps and sample grids inlined)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>thyroaug study {html.escape(study_id)}</title>",
+        f"<title>thyroaug study {_e(r.study_id)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "th{background:#eee}</style></head><body>",
-        f"<h1>thyroaug study <code>{html.escape(study_id)}</code></h1>",
-        f"<p>{n_runs} scenario run(s) compared on the external centers.</p>",
+        "th{background:#eee}.banner{background:#fff4d6;border:2px solid #d9a400;padding:0.6em 1em;"
+        "margin-bottom:1em}</style></head><body>",
+        *_banner(r),
+        f"<h1>thyroaug study <code>{_e(r.study_id)}</code></h1>",
+        *_scope(r),
+        "<h2>Table 2: external-set classification metrics, value [95 % CI]</h2>",
+        "<p>Point estimate on all external cases; 95 % percentile bootstrap interval over "
+        "external cases.</p>",
+        r.t2.to_html() if r.t2 is not None else "<p>none</p>",
+        *_paired_section(r),
+        *_paper_section(r),
+        "<h2>Table 3: image fidelity (FID / KID, KID std)</h2>",
+        r.t3.to_html(float_format=lambda v: f"{v:.4f}")
+        if r.t3 is not None
+        else "<p>No synthesis runs with fidelity metrics in this study.</p>",
     ]
-    if missing:
-        parts.append(
-            "<p><b>Missing scenarios</b> (no finished run): "
-            + html.escape(", ".join(missing))
-            + "</p>"
-        )
-    if superseded:
-        items = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in superseded.items())
-        parts.append(
-            "<p>Superseded runs (an older finished run of the same scenario): "
-            f"{html.escape(items)}</p>"
-        )
-    parts.append("<h2>Table 2: external-set classification metrics</h2>")
-    parts.append(t2.to_html(float_format=lambda v: f"{v:.3f}") if t2 is not None else "<p>none</p>")
-    parts.append(
-        f"<h2>Figure 3: pairwise Wilcoxon rank-sum on bootstrap {html.escape(metric)}</h2>"
-    )
-    if heatmap is not None:
-        parts.append(_img_tag(heatmap, "significance heatmap"))
-        parts.append(
-            "<p>Benjamini-Hochberg adjusted p-values; significant at p<sub>adj</sub> &lt; 0.05.</p>"
-        )
-        if summary is not None:
-            parts.append(summary.to_html(float_format=lambda v: f"{v:.4f}"))
-    else:
-        parts.append("<p>Fewer than two scenarios with bootstrap distributions: no test.</p>")
-    parts.append("<h2>Table 3: image fidelity (FID / KID)</h2>")
-    parts.append(
-        t3.to_html(float_format=lambda v: f"{v:.4f}")
-        if t3 is not None
-        else "<p>No synthesis runs with fidelity metrics in this study.</p>"
-    )
-    if grids:
+    if r.grids:
         parts.append("<h2>Sample grids</h2>")
-        parts += [f"<h3>{html.escape(g.stem)}</h3>{_img_tag(g, g.stem)}" for g in grids]
+        parts += [f"<h3>{_e(g.stem)}</h3>{_img_tag(g, g.stem)}" for g in r.grids]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -5,6 +5,13 @@ replacement), compares the accuracy distributions pairwise with the Wilcoxon ran
 adjusts the p-values for the false discovery rate with Benjamini-Hochberg (significant: adjusted
 p < 0.05).
 
+That rank-sum test is kept as "the paper method" for comparison only: it treats the B bootstrap
+replicates as independent observations, although they resample the same external cases, so its
+p-values shrink as B grows for the same predictions. The valid paired tests on the same cases
+(McNemar, paired bootstrap, DeLong) are ``thyroaug.evaluation.paired``; ``thyroaug compare`` uses
+those by default. ``bootstrap`` + ``summarize`` also give the percentile confidence intervals of
+every Table 2 number.
+
 ``bootstrap`` is vectorised: the resample index matrix ``[n_resamples, n_cases]`` is drawn once
 from ``numpy.random.default_rng(seed)``, turned into per-case multiplicities, and every metric is
 computed from those counts (confusion counts by one matrix product, AUCs as the Mann-Whitney

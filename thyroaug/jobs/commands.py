@@ -55,6 +55,39 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class CommandError(ThyroaugError):
+    """A command run in-process (``run_command``) stopped: its exit code and its own message."""
+
+    def __init__(self, argv: Sequence[str], code: int, message: str) -> None:
+        self.argv, self.code, self.message = list(argv), code, message
+        super().__init__(message or f"thyroaug {' '.join(argv)} exited with {code}")
+
+
+def run_command(argv: Sequence[str]) -> int:
+    """Run ``thyroaug <argv>`` in this process; raise ``CommandError`` instead of printing.
+
+    Argument errors (argparse exits) become ``CommandError`` too, with argparse's message.
+    """
+    import contextlib
+    import io
+
+    argv = list(argv)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            parser = build_parser(only=argv[0] if argv else None)
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+        if code:
+            raise CommandError(argv, code, stderr.getvalue().strip().splitlines()[-1]) from None
+        return 0
+    try:
+        return int(args._run(args) or 0)
+    except ThyroaugError as exc:
+        raise CommandError(argv, 2, str(exc)) from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script. Returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)

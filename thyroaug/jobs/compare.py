@@ -1,18 +1,31 @@
 """The comparison job: read a study's scenario runs back from the tracking server and compare them.
 
-For a study id it searches the experiment (MlflowClient) for finished ``train_classifier`` runs,
-keeps one run per scenario, downloads their bootstrap distributions, runs pairwise Wilcoxon
-rank-sum tests with one Benjamini-Hochberg correction (``thyroaug.evaluation.stats``), and logs as
-its own run:
-the significance heatmap (paper Figure 3 style), Table 2 (CSV + Markdown), Table 3 (FID/KID) when
-synthesis runs with fidelity metrics exist, and one self-contained HTML report.
+For a study id it searches the tracking store for finished ``train_classifier`` runs (every
+experiment, or only ``--experiment``), keeps one run per scenario, downloads each run's per-case
+predictions (``predictions/predictions.csv``) and bootstrap file, and logs as its own run:
+
+- ``compare/paired_tests.csv``: the default comparison, valid paired tests on the same external
+  cases (``thyroaug.evaluation.paired.paired_comparisons``: exact McNemar for accuracy, paired
+  bootstrap for macro-F1, DeLong for macro-AUC, Benjamini-Hochberg within each metric), columns
+  ``a, b, metric, diff, ci_low, ci_high, test, p, p_adj, significant, ...``;
+- ``compare/significance_heatmap.png``: the paired difference (row minus column) with its 95 % CI
+  in every cell, only what the paired test calls significant marked;
+- ``compare/paper_method.csv`` + ``compare/paper_method_heatmap.png``: the paper's method,
+  Wilcoxon rank-sum on bootstrap replicates + one BH correction (shown for comparison only);
+- Table 2 with a 95 % CI on every number (``table2.csv``, ``table2_ci.csv``, ``table2.md``),
+  Table 3 (FID / KID / KID std per extractor) when synthesis runs have fidelity metrics, and one
+  self-contained HTML report that opens with the deviations from the paper the runs record (also
+  set as ``deviation.<key>`` tags on the compare run).
 
 Rules:
 - Duplicate runs per scenario: the most recently *finished* run wins (largest ``end_time``); the
-  others are listed in the report as superseded. Only runs with status FINISHED count.
-- Missing scenarios (of the study's requested list, or of the paper's 18 when none is recorded) are
-  listed in the report and logged as a tag; they are never fatal. Fewer than two scenarios with
-  bootstraps -> no heatmap (stated in the report), tables still written.
+  others are listed as superseded. Only runs with status FINISHED count. No run at all: an error.
+- Missing scenarios are relative to the study's own list: ``expected`` (the study passes it), else
+  the ``scenarios`` param of the study's parent run, else the scenarios found (nothing missing).
+  The report says which. Missing scenarios are grey rows / columns in both heatmaps.
+- A scenario without predictions stays in Table 2 and is listed as "not tested (no
+  predictions)"; one without a bootstrap file is listed as not in the paper method.
+- Two runs scored on different external case sets: an error (paired tests need the same cases).
 """
 
 from __future__ import annotations
@@ -24,77 +37,287 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from thyroaug.contract import (
     BOOTSTRAP_ARTIFACT,
+    PREDICTIONS_ARTIFACT,
     STEP_COMPARE,
     TAG_STEP,
     TAG_STUDY_ID,
-    synthetic_artifact,
 )
-from thyroaug.errors import TrackingError
-from thyroaug.evaluation.report import html_report, table3
+from thyroaug.errors import ConfigError
+from thyroaug.evaluation.report import RunFacts
+from thyroaug.jobs.compare_runs import (
+    AlignedPredictions,
+    CompareError,
+    StudyRuns,
+    align_predictions,
+    download_csvs,
+    download_grids,
+    external_rows,
+    find_runs,
+)
+
+__all__ = [
+    "AlignedPredictions",
+    "CompareError",
+    "Comparison",
+    "StudyRuns",
+    "align_predictions",
+    "analyse",
+    "compare_study",
+    "find_runs",
+]
 
 log = logging.getLogger(__name__)
 
 METRIC_PREFIX = "external_"
+PAIRED_NAME = {
+    "accuracy": "accuracy",
+    "f1_macro": "macro_f1",
+    "macro_f1": "macro_f1",
+    "auc_macro": "macro_auc",
+    "macro_auc": "macro_auc",
+}
+"""``--metric`` (a bootstrap column or a paired metric name) -> the paired metric name."""
+BOOTSTRAP_NAME = {"accuracy": "accuracy", "macro_f1": "f1_macro", "macro_auc": "auc_macro"}
+DEVIATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "deviations.md"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The comparison's own settings (logged as params of the compare run)."""
+
+    study_id: str
+    metric: str = "accuracy"  # paired metric name
+    alpha: float = 0.05
+    n_resamples: int = 2000
+    seed: int = 0
 
 
 @dataclass
-class StudyRuns:
-    """The runs a comparison is built from."""
+class Comparison:
+    """Everything computed from the downloaded files."""
 
-    chosen: dict[str, Any] = field(default_factory=dict)  # scenario -> mlflow Run
-    superseded: dict[str, list[str]] = field(default_factory=dict)  # scenario -> run ids
-    missing: list[str] = field(default_factory=list)
-    synth: dict[str, Any] = field(default_factory=dict)  # method -> mlflow Run
-
-
-def _experiment_ids(client: Any, experiment: str | None) -> list[str]:
-    if experiment:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise TrackingError(f"experiment {experiment!r} not found in the tracking store")
-        return [exp.experiment_id]
-    return [e.experiment_id for e in client.search_experiments()]
+    aligned: AlignedPredictions | None = None
+    not_tested: dict[str, str] = field(default_factory=dict)
+    paired: pd.DataFrame | None = None
+    t2: pd.DataFrame | None = None  # numeric Table 2
+    t2_ci: pd.DataFrame | None = None  # formatted
+    t2_long: pd.DataFrame | None = None
+    mdd: dict[str, float] = field(default_factory=dict)
+    paper: Any = None  # stats.ComparisonResult
+    paper_summary: pd.DataFrame | None = None
+    resamples: tuple[int, int] = (0, 0)
+    bootstrapped: list[str] = field(default_factory=list)  # scenarios with a bootstrap file
 
 
-def find_runs(
-    client: Any, study_id: str, experiment: str | None = None, expected: list[str] | None = None
-) -> StudyRuns:
-    """Latest finished run per scenario (and per synthesis method) of a study."""
-    from thyroaug.scenarios import PAPER_SCENARIOS, canonical
+def _points_and_intervals(
+    runs: StudyRuns,
+    aligned: AlignedPredictions | None,
+    boots: dict[str, pd.DataFrame],
+    n: int,
+    seed: int,
+) -> tuple[dict[str, dict[str, float]], dict[str, pd.DataFrame | None]]:
+    """Table 2 point estimates and 95 % percentile-bootstrap intervals per scenario."""
+    from thyroaug.evaluation import stats
+    from thyroaug.evaluation.metrics import compute_metrics
 
-    ids = _experiment_ids(client, experiment)
-    base = f"tags.study_id = '{study_id}' and attributes.status = 'FINISHED'"
-    runs = client.search_runs(
-        ids,
-        f"{base} and tags.step = 'train_classifier'",
-        max_results=5000,
-        order_by=["attributes.end_time DESC"],
-    )
-    out = StudyRuns()
-    for run in runs:
-        scenario = canonical(run.data.tags.get("scenario", ""))
-        if scenario in out.chosen:
-            out.superseded.setdefault(scenario, []).append(run.info.run_id)
-        else:
-            out.chosen[scenario] = run
-    wanted = [canonical(s) for s in (expected or list(PAPER_SCENARIOS))]
-    out.missing = [s for s in wanted if s not in out.chosen]
-    order = {s: i for i, s in enumerate(wanted)}
-    out.chosen = dict(sorted(out.chosen.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
-    for run in client.search_runs(
-        ids,
-        f"{base} and tags.step = 'synthesize'",
-        max_results=1000,
-        order_by=["attributes.end_time DESC"],
-    ):
-        method = run.data.tags.get("method", "")
-        if method and method not in out.synth:
-            out.synth[method] = run
+    points, intervals = {}, {}
+    for scenario, run in runs.chosen.items():
+        if aligned is not None and scenario in aligned.probas:
+            p = aligned.probas[scenario]
+            points[scenario] = compute_metrics(aligned.y, p)
+            intervals[scenario] = stats.summarize(
+                stats.bootstrap(aligned.y, p, n_resamples=n, seed=seed, metrics="all")
+            )
+            continue
+        points[scenario] = {
+            k[len(METRIC_PREFIX) :]: v
+            for k, v in run.data.metrics.items()
+            if k.startswith(METRIC_PREFIX)
+        }
+        intervals[scenario] = stats.summarize(boots[scenario]) if scenario in boots else None
+    return {s: m for s, m in points.items() if m}, intervals
+
+
+def _mdd(aligned: AlignedPredictions, alpha: float) -> dict[str, float]:
+    """Minimal detectable accuracy difference (80 % power) for this external-set size."""
+    from itertools import combinations
+
+    from thyroaug.evaluation.paired import minimal_detectable_difference
+
+    n = len(aligned.y)
+    correct = {s: p.argmax(1) == aligned.y for s, p in aligned.probas.items()}
+    acc = float(np.mean([c.mean() for c in correct.values()]))
+    out = {"n": float(n), "acc": acc, "psi": np.nan, "psi_based": np.nan, "acc_based": np.nan}
+    if 0 < acc < 1:
+        out["acc_based"] = minimal_detectable_difference(n, acc=acc, alpha=alpha)
+    psi = [float(np.mean(correct[a] != correct[b])) for a, b in combinations(correct, 2)]
+    if psi and np.mean(psi) > 0:
+        out["psi"] = float(np.mean(psi))
+        out["psi_based"] = minimal_detectable_difference(n, p_discordant=out["psi"], alpha=alpha)
     return out
+
+
+def _paper_method(
+    boots: dict[str, pd.DataFrame], metric: str, alpha: float, cmp: Comparison
+) -> None:
+    """The paper's rank-sum on bootstrap replicates + BH, with a median [95 %] summary."""
+    from thyroaug.evaluation import stats
+    from thyroaug.evaluation.report import format_ci
+
+    column = BOOTSTRAP_NAME[metric]
+    usable = {s: b for s, b in boots.items() if column in b.columns}
+    cmp.bootstrapped = list(usable)
+    if len(usable) < 2:
+        return
+    cmp.paper = stats.compare_bootstraps(usable, metric=column, alpha=alpha)
+    sizes = [len(b) for b in usable.values()]
+    cmp.resamples = (min(sizes), max(sizes))
+    summary = cmp.paper.summary()
+    spread = {s: stats.summarize(b[[column]]).loc[column] for s, b in usable.items()}
+    summary.insert(
+        0,
+        f"median {column} [95 % of replicates]",
+        [
+            format_ci(spread[s]["median"], spread[s]["lower"], spread[s]["upper"])
+            for s in summary.index
+        ],
+    )
+    cmp.paper_summary = summary.drop(columns="median")
+
+
+def analyse(
+    runs: StudyRuns,
+    predictions: dict[str, pd.DataFrame],
+    boots: dict[str, pd.DataFrame],
+    metric: str = "accuracy",
+    alpha: float = 0.05,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """Paired tests, Table 2 with CIs, the MDD and the paper method from downloaded files."""
+    from thyroaug.evaluation import metrics as M
+    from thyroaug.evaluation.paired import paired_comparisons
+    from thyroaug.evaluation.report import table2_ci
+
+    cmp = Comparison()
+    usable = {}
+    for scenario in runs.chosen:
+        ext = external_rows(predictions[scenario]) if scenario in predictions else None
+        if ext is None:
+            cmp.not_tested[scenario] = "no predictions"
+        else:
+            usable[scenario] = ext
+    if usable:
+        run_ids = {s: r.info.run_id for s, r in runs.chosen.items()}
+        cmp.aligned = align_predictions(usable, run_ids)
+    if cmp.aligned is not None:
+        cmp.mdd = _mdd(cmp.aligned, alpha)
+        if len(usable) >= 2:
+            cmp.paired = paired_comparisons(
+                cmp.aligned.y, cmp.aligned.probas, n_resamples=n_resamples, seed=seed, alpha=alpha
+            )
+    points, intervals = _points_and_intervals(runs, cmp.aligned, boots, n_resamples, seed)
+    complete = {}
+    for scenario, values in points.items():
+        try:
+            M.metrics_table(values, scenario)
+            complete[scenario] = values
+        except M.MetricInputError as exc:
+            log.warning("Table 2 without %s: %s", scenario, exc)
+    if complete:
+        cmp.t2 = M.table2(complete)
+        cmp.t2_ci, cmp.t2_long = table2_ci(complete, intervals)
+    _paper_method(boots, metric, alpha, cmp)
+    return cmp
+
+
+# --------------------------------------------------------------------------------------------
+# the job
+# --------------------------------------------------------------------------------------------
+def _facts(run: Any) -> RunFacts:
+    return RunFacts(dict(run.data.params), dict(run.data.tags), dict(run.data.metrics))
+
+
+def _doc_link() -> str:
+    return DEVIATIONS_DOC.as_uri() if DEVIATIONS_DOC.exists() else "docs/deviations.md"
+
+
+def _tracking_experiment(client: Any, runs: StudyRuns, experiment: str | None) -> str | None:
+    """Where the compare run is logged: ``experiment``, else where most scenario runs are."""
+    if experiment:
+        return experiment
+    ids = [r.info.experiment_id for r in runs.chosen.values()]
+    top = max(set(ids), key=ids.count)
+    return client.get_experiment(top).name
+
+
+def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) -> list[Path]:
+    from thyroaug.evaluation import metrics as M
+    from thyroaug.evaluation.report import table3_markdown
+
+    files = []
+    if cmp.paired is not None:
+        cmp.paired.to_csv(tmp / "paired_tests.csv", index=False)
+        files.append(tmp / "paired_tests.csv")
+    if cmp.paper is not None:
+        cmp.paper.to_long().to_csv(tmp / "paper_method.csv", index=False)
+        cmp.paper.p_adj.to_csv(tmp / "paper_method_p_adjusted.csv")
+        files += [tmp / "paper_method.csv", tmp / "paper_method_p_adjusted.csv"]
+    if cmp.t2 is not None:
+        cmp.t2.to_csv(tmp / "table2.csv")
+        cmp.t2_long.to_csv(tmp / "table2_ci.csv", index=False)
+        (tmp / "table2.md").write_text(
+            M.to_markdown(cmp.t2_ci)
+            + "\n\n"
+            + M.to_markdown(M.format_table2(cmp.t2))
+            + "\n\n"
+            + M.to_markdown(cmp.t2, ".3f")
+        )
+        files += [tmp / "table2.csv", tmp / "table2_ci.csv", tmp / "table2.md"]
+    if t3 is not None:
+        t3.to_csv(tmp / "table3.csv")
+        t3_long.to_csv(tmp / "table3_long.csv", index=False)
+        (tmp / "table3.md").write_text(table3_markdown(t3))
+        files += [tmp / "table3.csv", tmp / "table3_long.csv", tmp / "table3.md"]
+    return files
+
+
+def _figures(
+    tmp: Path, cmp: Comparison, runs: StudyRuns, settings: Settings
+) -> tuple[Path | None, Path | None]:
+    from thyroaug.evaluation import plots
+    from thyroaug.evaluation.report import PAPER_METHOD_NAME
+
+    heatmap = paper_heatmap = None
+    missing = dict.fromkeys(runs.missing, "missing")
+    if cmp.paired is not None:
+        heatmap = plots.plot_paired_heatmap(
+            cmp.paired,
+            tmp / "significance_heatmap.png",
+            names=runs.expected,
+            metric=settings.metric,
+            alpha=settings.alpha,
+            status={**missing, **dict.fromkeys(cmp.not_tested, "not tested")},
+        )
+    if cmp.paper is not None:
+        lo, hi = cmp.resamples
+        count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        paper_heatmap = plots.plot_significance_heatmap(
+            cmp.paper,
+            tmp / "paper_method_heatmap.png",
+            title=f"Study {settings.study_id}: {PAPER_METHOD_NAME} (B = {count}), BH-adjusted p",
+            order=runs.expected,
+            status={
+                **missing,
+                **dict.fromkeys(set(runs.chosen) - set(cmp.bootstrapped), "no bootstrap"),
+            },
+        )
+    return heatmap, paper_heatmap
 
 
 def compare_study(
@@ -103,145 +326,218 @@ def compare_study(
     metric: str = "accuracy",
     expected: list[str] | None = None,
     alpha: float = 0.05,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Build and log the comparison run; returns {run_id, report, missing, compared}."""
+    """Build and log the comparison run.
+
+    Args:
+        study_id: the ``study_id`` tag of the runs.
+        experiment: search only this experiment (must exist; never created here); default: all
+            experiments. The compare run is logged there, or where most scenario runs are.
+        metric: metric of the heatmaps: ``accuracy``, ``macro_f1`` / ``f1_macro``,
+            ``macro_auc`` / ``auc_macro``.
+        expected: the study's scenario list (missing scenarios are relative to it).
+        alpha: FDR level of both methods.
+        n_resamples: paired bootstrap and Table 2 CI resamples.
+        seed: seed of those resamples.
+        progress: one progress bar per multi-file download.
+
+    Returns:
+        {run_id, report, missing, compared, not_tested, deviations}.
+
+    Raises:
+        TrackingError: ``experiment`` does not exist.
+        CompareError: no finished classifier run of the study, or runs on different cases.
+        ConfigError: an unknown ``metric``.
+    """
     import mlflow
     from mlflow import MlflowClient
 
-    from thyroaug.evaluation import metrics as M
-    from thyroaug.evaluation import plots, stats
-    from thyroaug.tracking.setup import configure_tracking, start_run
+    from thyroaug.tracking.setup import resolve_uris
 
-    configure_tracking(experiment=experiment)
+    if metric not in PAIRED_NAME:
+        raise ConfigError(f"metric {metric!r}: choose one of {sorted(PAIRED_NAME)}")
+    settings = Settings(study_id, PAIRED_NAME[metric], alpha, n_resamples, seed)
+    mlflow.set_tracking_uri(resolve_uris()[0])  # search first: create nothing before that
     client = MlflowClient()
     runs = find_runs(client, study_id, experiment, expected)
+    if not runs.chosen:
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise CompareError(
+            f"no finished train_classifier run with study_id {study_id!r} in {where} of "
+            f"{mlflow.get_tracking_uri()}; check --study-id (and THYROAUG_TRACKING / "
+            "MLFLOW_TRACKING_URI)"
+        )
     log.info("study %s: %d scenario runs, missing %s", study_id, len(runs.chosen), runs.missing)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        rows: dict[str, dict[str, float]] = {}
-        boots: dict[str, pd.DataFrame] = {}
-        for scenario, run in runs.chosen.items():
-            rows[scenario] = {
-                k[len(METRIC_PREFIX) :]: v
-                for k, v in run.data.metrics.items()
-                if k.startswith(METRIC_PREFIX)
-            }
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id,
-                    artifact_path=BOOTSTRAP_ARTIFACT,
-                    dst_path=str(tmp / scenario),
-                )
-                boots[scenario] = pd.read_csv(path)
-            except Exception as exc:  # report it; never fail the comparison
-                log.warning(
-                    "scenario %s (run %s): no bootstrap artifact (%s)",
-                    scenario,
-                    run.info.run_id,
-                    exc,
-                )
-        t2 = None
-        complete = {s: m for s, m in rows.items() if m}
-        if complete:
-            try:
-                t2 = M.table2(complete)
-            except M.MetricInputError as exc:
-                log.warning("Table 2 incomplete: %s", exc)
-        heatmap = summary = None
-        result = None
-        if len(boots) >= 2:
-            result = stats.compare_bootstraps(boots, metric=metric, alpha=alpha)
-            heatmap = plots.plot_significance_heatmap(
-                result,
-                tmp / "significance_heatmap.png",
-                title=f"Study {study_id}: Wilcoxon rank-sum + BH on bootstrap {metric}",
-            )
-            summary = result.summary()
-        t3 = table3(runs.synth)
-        grids: list[Path] = []
-        for method, run in runs.synth.items():
-            for art in client.list_artifacts(run.info.run_id, synthetic_artifact(method)):
-                if art.path.endswith(".png"):
-                    local = mlflow.artifacts.download_artifacts(
-                        run_id=run.info.run_id, artifact_path=art.path, dst_path=str(tmp / "grids")
-                    )
-                    grids.append(Path(local))
-        report = html_report(
-            study_id,
-            len(runs.chosen),
-            runs.missing,
-            runs.superseded,
-            t2,
-            t3,
-            heatmap,
-            summary,
-            grids,
-            metric,
+        preds = download_csvs(runs.chosen, PREDICTIONS_ARTIFACT, tmp / "p", "predictions", progress)
+        boots = download_csvs(
+            runs.chosen, BOOTSTRAP_ARTIFACT, tmp / "b", "bootstrap files", progress
         )
-        with start_run(
-            run_name=f"compare-{study_id}", tags={TAG_STEP: STEP_COMPARE, TAG_STUDY_ID: study_id}
-        ) as run:
-            mlflow.log_params(
-                {
-                    "study_id": study_id,
-                    "metric": metric,
-                    "alpha": alpha,
-                    "n_scenarios": len(runs.chosen),
-                }
-            )
-            mlflow.set_tag("missing_scenarios", ",".join(runs.missing) or "none")
-            mlflow.log_dict({s: r.info.run_id for s, r in runs.chosen.items()}, "compare/runs.json")
-            if t2 is not None:
-                t2.to_csv(tmp / "table2.csv")
-                (tmp / "table2.md").write_text(
-                    M.to_markdown(M.format_table2(t2)) + "\n\n" + M.to_markdown(t2, ".3f")
-                )
-                mlflow.log_artifact(str(tmp / "table2.csv"), "compare")
-                mlflow.log_artifact(str(tmp / "table2.md"), "compare")
-            if result is not None:
-                result.p_adj.to_csv(tmp / "p_adjusted.csv")
-                result.to_long().to_csv(tmp / "pairwise.csv", index=False)
-                mlflow.log_artifact(str(tmp / "p_adjusted.csv"), "compare")
-                mlflow.log_artifact(str(tmp / "pairwise.csv"), "compare")
-                mlflow.log_artifact(str(heatmap), "compare")
-            if t3 is not None:
-                t3.to_csv(tmp / "table3.csv")
-                flat = t3.copy()
-                flat.columns = [f"{m} {k}" for m, k in flat.columns]
-                (tmp / "table3.md").write_text(M.to_markdown(flat, ".3f"))
-                mlflow.log_artifact(str(tmp / "table3.csv"), "compare")
-                mlflow.log_artifact(str(tmp / "table3.md"), "compare")
-            (tmp / "report.html").write_text(report)
-            mlflow.log_artifact(str(tmp / "report.html"), "compare")
-            run_id = run.info.run_id
-            artifact_uri = mlflow.get_artifact_uri("compare/report.html")
+        cmp = analyse(runs, preds, boots, settings.metric, alpha, n_resamples, seed)
+        grids = download_grids(client, runs.synth, tmp / "grids")
+        deviations = _deviations(runs)
+        files = _outputs(tmp, runs, cmp, grids, deviations, settings)
+        configure = _tracking_experiment(client, runs, experiment)
+        return _log_run(runs, cmp, files, deviations, settings, configure)
+
+
+def _deviations(runs: StudyRuns) -> dict[str, str]:
+    from thyroaug.evaluation.report import find_deviations
+
+    return find_deviations(
+        {s: _facts(r) for s, r in runs.chosen.items()},
+        {k: _facts(r) for k, r in runs.generators.items()},
+        {m: _facts(r) for m, r in runs.synth.items()},
+    )
+
+
+def _outputs(
+    tmp: Path,
+    runs: StudyRuns,
+    cmp: Comparison,
+    grids: list[Path],
+    deviations: dict[str, str],
+    settings: Settings,
+) -> list[Path]:
+    """Write tables, figures and the HTML report under ``tmp``; return the files to log."""
+    from thyroaug.evaluation import report as R
+
+    t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
+    t3 = R.table3_from_long(t3_long)
+    heatmap, paper_heatmap = _figures(tmp, cmp, runs, settings)
+    page = R.html_report(
+        R.ReportInputs(
+            study_id=settings.study_id,
+            compared=list(runs.chosen),
+            expected_source=runs.expected_source,
+            missing=runs.missing,
+            not_tested=cmp.not_tested,
+            no_bootstrap=[s for s in runs.chosen if s not in cmp.bootstrapped],
+            superseded=runs.superseded,
+            deviations=deviations,
+            deviations_doc=_doc_link(),
+            n_external=len(cmp.aligned.y) if cmp.aligned is not None else 0,
+            mdd=cmp.mdd,
+            t2=cmp.t2_ci,
+            paired=cmp.paired,
+            heatmap=heatmap,
+            metric=settings.metric,
+            alpha=settings.alpha,
+            n_resamples=settings.n_resamples,
+            paper_long=cmp.paper.to_long() if cmp.paper is not None else None,
+            paper_heatmap=paper_heatmap,
+            paper_resamples=cmp.resamples,
+            paper_summary=cmp.paper_summary,
+            t3=t3,
+            grids=grids,
+        )
+    )
+    files = _write_tables(tmp, cmp, t3_long, t3)
+    files += [p for p in (heatmap, paper_heatmap) if p is not None]
+    (tmp / "report.html").write_text(page)
+    return [*files, tmp / "report.html"]
+
+
+def _log_run(
+    runs: StudyRuns,
+    cmp: Comparison,
+    files: list[Path],
+    deviations: dict[str, str],
+    settings: Settings,
+    experiment: str | None,
+) -> dict[str, Any]:
+    """Log the compare run: params, tags (one ``deviation.<key>`` per deviation), artifacts."""
+    import mlflow
+
+    from thyroaug.tracking.setup import configure_tracking, start_run
+
+    configure_tracking(experiment=experiment)
+    tags = {TAG_STEP: STEP_COMPARE, TAG_STUDY_ID: settings.study_id}
+    with start_run(run_name=f"compare-{settings.study_id}", tags=tags) as run:
+        mlflow.log_params(
+            {
+                "study_id": settings.study_id,
+                "metric": settings.metric,
+                "alpha": settings.alpha,
+                "n_scenarios": len(runs.chosen),
+                "n_external": len(cmp.aligned.y) if cmp.aligned is not None else 0,
+                "n_resamples": settings.n_resamples,
+                "seed": settings.seed,
+                "expected_source": runs.expected_source,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "missing_scenarios": ",".join(runs.missing) or "none",
+                "not_tested": ",".join(cmp.not_tested) or "none",
+                **{f"deviation.{k}": v for k, v in deviations.items()},
+            }
+        )
+        mlflow.log_dict({s: r.info.run_id for s, r in runs.chosen.items()}, "compare/runs.json")
+        mlflow.log_dict(deviations, "compare/deviations.json")
+        for path in files:
+            mlflow.log_artifact(str(path), "compare")
+        run_id = run.info.run_id
+        artifact_uri = mlflow.get_artifact_uri("compare/report.html")
     return {
         "run_id": run_id,
         "report": artifact_uri,
         "missing": runs.missing,
         "compared": list(runs.chosen),
+        "not_tested": dict(cmp.not_tested),
+        "deviations": deviations,
     }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `thyroaug compare`."""
     parser.add_argument("--study-id", default="default", help="tag study_id of the runs")
-    parser.add_argument("--experiment", default=None, help="experiment name (default: all)")
-    parser.add_argument("--metric", default="accuracy", help="bootstrap column to compare")
+    parser.add_argument(
+        "--experiment", default=None, help="only this experiment (default: search all)"
+    )
+    parser.add_argument(
+        "--metric",
+        default="accuracy",
+        choices=sorted(PAIRED_NAME),
+        help="metric of the heatmaps (default accuracy)",
+    )
     parser.add_argument(
         "--scenarios",
         default=None,
-        help="comma-separated expected scenarios (default: the paper's 18)",
+        help="comma-separated expected scenarios (default: the study's own list, else the "
+        "scenarios found)",
     )
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument(
+        "--resamples", type=int, default=2000, help="paired / CI bootstrap resamples (2000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     """`thyroaug compare`."""
     expected = [s for s in args.scenarios.split(",") if s] if args.scenarios else None
-    out = compare_study(args.study_id, args.experiment, args.metric, expected, args.alpha)
+    out = compare_study(
+        args.study_id,
+        args.experiment,
+        args.metric,
+        expected,
+        args.alpha,
+        n_resamples=args.resamples,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     print(f"compared {len(out['compared'])} scenario(s): {', '.join(out['compared'])}")
     if out["missing"]:
         print(f"missing (no finished run): {', '.join(out['missing'])}")
+    if out["not_tested"]:
+        print(f"not tested (no predictions): {', '.join(out['not_tested'])}")
+    for key, text in out["deviations"].items():
+        print(f"deviation {key}: {text}")
     print(f"report: {out['report']}  (run {out['run_id']})")
     return 0

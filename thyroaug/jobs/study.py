@@ -1,17 +1,25 @@
 """`thyroaug study`: the whole study as one parent MLflow run with a child run per step.
 
-Steps, in order (each is an ordinary `thyroaug <command>` run in this process, so it logs exactly
-what it logs when run alone):
+Steps (each an ordinary `thyroaug <command>` run, so it logs exactly what it logs when run alone),
+in batches of steps that do not depend on each other:
 
-  prepare_data -> train_fm / train_sd (only if a scenario needs them) -> synthesize (per method)
-  -> train_classifier (one per scenario) -> compare
+  1. prepare_data
+  2. classifier_O (its penultimate layer is the domain feature extractor of synthesis FID/KID)
+     together with train_<family> for every generator family a scenario needs
+  3. synthesize_<METHOD> for every generator method a scenario needs
+  4. classifier_<scenario> for every other scenario
+  5. compare
+
+``--executor sequential`` (default) runs the steps of a batch one after another in this process;
+``--executor ray`` runs them as Ray tasks (``thyroaug.jobs.executors``) on a local Ray instance
+using this machine's cores and GPUs, or on an existing cluster (``--ray-address``).
+``--backend kubernetes`` dispatches the classifier runs to MLflow's Kubernetes backend instead.
 
 Restarts: every step has a config hash (its command line + the hashes of the steps it consumes).
 A step whose FINISHED run with the same study id and hash exists is skipped and its outputs are
-read back from that run, so a killed study restarts where it stopped. The parent run is found again
-by its study id. ``--scenarios`` picks a subset (``default``: the five quick scenarios; ``all``: the
-paper's 18; or a comma-separated list). ``--backend kubernetes`` dispatches the independent
-classifier runs to MLflow's Kubernetes backend (docker/kubernetes_job_template.yaml) instead.
+read back from that run, so a killed study restarts where it stopped, with either executor. The
+parent run is found again by its study id. ``--scenarios``: ``default`` (the five quick
+scenarios), ``all`` (the paper's 18) or a comma-separated list.
 """
 
 from __future__ import annotations
@@ -27,15 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thyroaug.contract import EXPERIMENT, synthetic_artifact
+from thyroaug.contract import CHAMPION, EXPERIMENT, synthetic_artifact
 from thyroaug.errors import ThyroaugError
 from thyroaug.generators import registry
-from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_home
+from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
+from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_home, resolve_uris
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCENARIOS: tuple[str, ...] = ("O", "CA", "FM", "O+FM", "O+FM+CA")
 PER_CLASS = {"paper": 1000, "quick": 100, "smoke": 8}
+PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
 
 
 def parse_scenarios(text: str) -> list[str]:
@@ -69,14 +79,26 @@ def _hash(obj: Any) -> str:
 
 
 @dataclass
+class Planned:
+    """A step the study wants: its spec, config hash and the finished run to reuse, if any."""
+
+    spec: StepSpec
+    config_hash: str
+    found: Any = None
+
+
+@dataclass
 class Study:
-    """State of one study execution: the parent run and the steps done so far."""
+    """State of one study execution: the parent run, the executor and the steps done so far."""
 
     study_id: str
     profile: str
     client: Any
     experiment_id: str
+    executor: Executor
+    env: dict[str, str] = field(default_factory=dict)
     parent_id: str = ""
+    gpus: float = 0.0
     done: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
 
@@ -91,45 +113,48 @@ class Study:
         )
         return runs[0] if runs else None
 
-    def step(self, key: str, argv: list[str], depends: list[str] | None = None) -> tuple[Any, str]:
-        """Run ``thyroaug <argv>`` as a child run unless an identical finished one exists.
-
-        Returns (the step's mlflow Run, its config hash).
-        """
-        from thyroaug.jobs.commands import main
-
+    def plan(
+        self, key: str, argv: list[str], depends: list[str] | None = None, kind: str = "cpu"
+    ) -> Planned:
+        """A step with its hash; ``found`` is set when an identical finished run exists."""
         config_hash = _hash({"argv": argv, "depends": depends or [], "profile": self.profile})
-        found = self.find_step(key, config_hash)
-        if found is not None:
-            log.info(
-                "study %s: step %s already finished (run %s), reused",
-                self.study_id,
-                key,
-                found.info.run_id,
-            )
-            self.reused.append(key)
-            return found, config_hash
-        log.info("study %s: step %s -> thyroaug %s", self.study_id, key, " ".join(argv))
         tags = {"study_id": self.study_id, "study_step": key, "config_hash": config_hash}
-        previous = os.environ.get(RUN_TAGS_ENV)
-        os.environ[RUN_TAGS_ENV] = json.dumps(tags)
-        try:
-            code = main(argv)
-        finally:
-            if previous is None:
-                os.environ.pop(RUN_TAGS_ENV, None)
-            else:
-                os.environ[RUN_TAGS_ENV] = previous
-        if code != 0:
-            raise ThyroaugError(f"study step {key} failed (exit {code}); rerun the study to resume")
-        found = self.find_step(key, config_hash)
-        if found is None:
+        env = {**self.env, RUN_TAGS_ENV: json.dumps(tags)}
+        gpus = {"train": 1.0, "synthesize": 1.0, "classifier": 0.25}.get(kind, 0.0)
+        spec = StepSpec(key, argv, env, num_cpus=1.0, num_gpus=gpus if self.gpus >= 1 else 0.0)
+        return Planned(spec, config_hash, self.find_step(key, config_hash))
+
+    def execute(self, batch: list[Planned]) -> dict[str, tuple[Any, str]]:
+        """Run the batch's unfinished steps (in parallel with Ray); {key: (run, config hash)}.
+
+        Raises:
+            ThyroaugError: a step failed; the message is the step's own reason.
+        """
+        todo = [p for p in batch if p.found is None]
+        for p in batch:
+            if p.found is not None:
+                log.info("study %s: step %s already finished, reused", self.study_id, p.spec.key)
+                self.reused.append(p.spec.key)
+        errors = self.executor.run([p.spec for p in todo]) if todo else {}
+        failed = {k: m for k, m in errors.items() if m is not None}
+        if failed:
+            lines = "\n".join(f"  {k}: {m}" for k, m in failed.items())
             raise ThyroaugError(
-                f"study step {key} finished but left no FINISHED run tagged "
-                f"config_hash={config_hash}"
+                f"study step(s) failed:\n{lines}\nFix the cause above and run the same command "
+                "again: finished steps are reused, the failed ones run again."
             )
-        self.done.append(key)
-        return found, config_hash
+        out = {}
+        for p in batch:
+            run = p.found or self.find_step(p.spec.key, p.config_hash)
+            if run is None:
+                raise ThyroaugError(
+                    f"study step {p.spec.key} ended without a FINISHED run tagged "
+                    f"config_hash={p.config_hash} (was it killed?); run the study again"
+                )
+            if p.found is None:
+                self.done.append(p.spec.key)
+            out[p.spec.key] = (run, p.config_hash)
+        return out
 
 
 def _registered_uri(client: Any, name: str, run_id: str) -> str:
@@ -137,6 +162,132 @@ def _registered_uri(client: Any, name: str, run_id: str) -> str:
     if not versions:
         raise ThyroaugError(f"run {run_id} registered no version of {name}")
     return f"models:/{name}/{max(int(v.version) for v in versions)}"
+
+
+@dataclass
+class StudyPlan:
+    """What one run of ``run_study`` is asked to do."""
+
+    profile: str
+    names: list[str]
+    study_id: str
+    seed: int
+    cohort_dir: Path
+    backend: str = "local"
+    synthetic: dict[str, str] = field(default_factory=dict)
+    method_hash: dict[str, str] = field(default_factory=dict)
+    feature_args: list[str] = field(default_factory=list)
+
+    def classifier_argv(self, scenario: str) -> list[str]:
+        from thyroaug.scenarios import Scenario
+
+        argv = ["train-classifier", "--scenario", scenario, "--profile", self.profile]
+        argv += ["--cohort", str(self.cohort_dir), "--seed", str(self.seed)]
+        argv += ["--study-id", self.study_id]
+        for m in Scenario.parse(scenario).generator_methods:
+            argv += ["--synthetic", f"{m}={self.synthetic[m]}"]
+        return argv
+
+    def classifier_depends(self, scenario: str, prep_hash: str) -> list[str]:
+        from thyroaug.scenarios import Scenario
+
+        return [
+            prep_hash,
+            *(self.method_hash[m] for m in Scenario.parse(scenario).generator_methods),
+        ]
+
+
+def _prepare(st: Study, plan: StudyPlan, out: Path, scale: float, manifest: str | None) -> str:
+    """Batch 1: the cohort; returns its content hash (what later steps depend on)."""
+    if manifest:
+        argv = ["prepare", "--manifest", manifest, "--out", str(plan.cohort_dir)]
+    else:
+        argv = ["prepare", "--phantom-scale", str(scale), "--phantom-dir", str(out / "phantom")]
+        argv += ["--out", str(plan.cohort_dir)]
+    argv += ["--seed", str(plan.seed)]
+    # A manifest's bytes enter the hash so that an edited manifest is prepared again; the
+    # cohort's content hash (logged by prepare) is what downstream steps depend on.
+    manifest_hash = _hash(Path(manifest).read_bytes().hex()) if manifest else ""
+    ((run, _),) = st.execute([st.plan("prepare_data", argv, [manifest_hash])]).values()
+    return run.data.tags.get("cohort.content_hash") or run.info.run_id
+
+
+def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, str]:
+    """Batch 2 (classifier O + every needed family's training) and batch 3 (synthesis)."""
+    methods = methods_needed(plan.names)
+    families = [f for f in registry.families() if any(m in methods for m in f.methods)]
+    batch = []
+    if "O" in plan.names and plan.backend == "local":
+        batch.append(
+            st.plan("classifier_O", plan.classifier_argv("O"), [prep_hash], kind="classifier")
+        )
+    for fam in families:
+        argv = [fam.train_command, "--profile", plan.profile, "--cohort", str(plan.cohort_dir)]
+        argv += ["--seed", str(plan.seed), "--register", "--alias", CHAMPION]
+        batch.append(st.plan(fam.entry_point, argv, [prep_hash], kind="train"))
+    runs = st.execute(batch)
+    if "classifier_O" in runs:
+        o_run = runs["classifier_O"][0]
+        plan.feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/model"]
+    synth = []
+    for fam in families:
+        gen_run, gen_hash = runs[fam.entry_point]
+        model_uri = _registered_uri(st.client, fam.registered_name, gen_run.info.run_id)
+        for method in (m for m in fam.methods if m in methods):
+            argv = ["synthesize", "--generator", model_uri, *fam.mode_args(method)]
+            argv += ["--per-class", str(PER_CLASS[plan.profile]), "--cohort", str(plan.cohort_dir)]
+            argv += ["--seed", str(plan.seed), *plan.feature_args]
+            synth.append(st.plan(f"synthesize_{method}", argv, [gen_hash], kind="synthesize"))
+    for key, (run, config_hash) in st.execute(synth).items():
+        method = key.removeprefix("synthesize_")
+        plan.synthetic[method] = f"runs:/{run.info.run_id}/{synthetic_artifact(method)}"
+        plan.method_hash[method] = config_hash
+    return {k: r.info.run_id for k, (r, _) in runs.items()}
+
+
+def _classifiers(st: Study, plan: StudyPlan, prep_hash: str, done: set[str]) -> None:
+    """Batch 4: one classifier per remaining scenario (or Kubernetes jobs)."""
+    rest = [s for s in plan.names if f"classifier_{s}" not in done]
+    if plan.backend == "kubernetes":
+        for scenario in rest:
+            _dispatch_kubernetes(scenario, plan)
+        return
+    st.execute(
+        [
+            st.plan(
+                f"classifier_{s}",
+                plan.classifier_argv(s),
+                plan.classifier_depends(s, prep_hash),
+                kind="classifier",
+            )
+            for s in rest
+        ]
+    )
+
+
+def _open_parent(st: Study, names: list[str], seed: int, echo: Callable[[str], None]) -> None:
+    """Find the study's parent run again (resume) or create it."""
+    parents = st.client.search_runs(
+        [st.experiment_id],
+        f"tags.study_id = '{st.study_id}' and tags.step = 'study'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if parents:
+        st.parent_id = parents[0].info.run_id
+        st.client.update_run(st.parent_id, status="RUNNING")
+        echo(f"resuming study {st.study_id} (parent run {st.parent_id})")
+        return
+    parent = st.client.create_run(
+        st.experiment_id,
+        run_name=f"study-{st.study_id}",
+        tags={"step": "study", "study_id": st.study_id, "profile": st.profile},
+    )
+    st.parent_id = parent.info.run_id
+    st.client.log_param(st.parent_id, "profile", st.profile)
+    st.client.log_param(st.parent_id, "scenarios", ",".join(names))
+    st.client.log_param(st.parent_id, "seed", seed)
+    st.client.log_param(st.parent_id, "executor", st.executor.name)
 
 
 def run_study(
@@ -148,165 +299,47 @@ def run_study(
     seed: int = 0,
     backend: str = "local",
     echo: Callable[[str], None] = print,
+    executor: str | Executor = "sequential",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study; returns {study_id, parent_run_id, report, steps_run, reused}."""
     import mlflow
     from mlflow import MlflowClient
 
-    from thyroaug.scenarios import Scenario
-
     names = parse_scenarios(scenarios)
-    scale = (
-        phantom_scale
-        if phantom_scale is not None
-        else {"paper": 1.0, "quick": 0.25, "smoke": 0.03}[profile]
-    )
+    scale = phantom_scale if phantom_scale is not None else PHANTOM_SCALE[profile]
     study_id = study_id or f"{profile}-s{seed}"
+    runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor
     uri = configure_tracking()
-    client = MlflowClient()
     exp = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
-    st = Study(study_id, profile, client, exp.experiment_id)
-    parents = client.search_runs(
-        [exp.experiment_id],
-        f"tags.study_id = '{study_id}' and tags.step = 'study'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if parents:
-        st.parent_id = parents[0].info.run_id
-        client.update_run(st.parent_id, status="RUNNING")
-        echo(f"resuming study {study_id} (parent run {st.parent_id})")
-    else:
-        parent = client.create_run(
-            exp.experiment_id,
-            run_name=f"study-{study_id}",
-            tags={"step": "study", "study_id": study_id, "profile": profile},
-        )
-        st.parent_id = parent.info.run_id
-        client.log_param(st.parent_id, "profile", profile)
-        client.log_param(st.parent_id, "scenarios", ",".join(names))
-        client.log_param(st.parent_id, "seed", seed)
-    os.environ["MLFLOW_PARENT_RUN_ID"] = st.parent_id
+    st = Study(study_id, profile, MlflowClient(), exp.experiment_id, runner)
+    st.gpus = runner.capacity()["GPU"] if hasattr(runner, "capacity") else 0.0
+    _open_parent(st, names, seed, echo)
     home = project_home()
+    st.env = {
+        "MLFLOW_TRACKING_URI": resolve_uris()[0],
+        "MLFLOW_EXPERIMENT_NAME": exp.name,
+        "MLFLOW_PARENT_RUN_ID": st.parent_id,
+        "THYROAUG_HOME": str(home),
+    }
     out = home / "outputs" / study_id
+    plan = StudyPlan(profile, names, study_id, seed, out / "cohort", backend)
     t0 = time.monotonic()
     status = "FAILED"
     try:
-        cohort_dir = out / "cohort"
-        if manifest:
-            prep_argv = ["prepare", "--manifest", manifest, "--out", str(cohort_dir)]
-        else:
-            prep_argv = [
-                "prepare",
-                "--phantom-scale",
-                str(scale),
-                "--phantom-dir",
-                str(out / "phantom"),
-                "--out",
-                str(cohort_dir),
-            ]
-        prep_argv += ["--seed", str(seed)]
-        # A manifest's bytes enter the hash so that an edited manifest is prepared again; the
-        # cohort's content hash (logged by prepare) is what downstream steps depend on.
-        manifest_hash = _hash(Path(manifest).read_bytes().hex()) if manifest else ""
-        prep_run, _ = st.step("prepare_data", prep_argv, [manifest_hash])
-        prep_hash = prep_run.data.tags.get("cohort.content_hash") or prep_run.info.run_id
+        prep_hash = _prepare(st, plan, out, scale, manifest)
         echo(f"[study] cohort ready ({time.monotonic() - t0:.0f} s)")
-
-        def classifier(scenario: str, synthetic: dict[str, str], hashes: dict[str, str]) -> Any:
-            needed = list(Scenario.parse(scenario).generator_methods)
-            argv = [
-                "train-classifier",
-                "--scenario",
-                scenario,
-                "--profile",
-                profile,
-                "--cohort",
-                str(cohort_dir),
-                "--seed",
-                str(seed),
-                "--study-id",
-                study_id,
-            ]
-            for m in needed:
-                argv += ["--synthetic", f"{m}={synthetic[m]}"]
-            if backend == "kubernetes":
-                _dispatch_kubernetes(scenario, profile, study_id, synthetic, needed, seed)
-                return None
-            run, _ = st.step(
-                f"classifier_{scenario}", argv, [prep_hash, *(hashes[m] for m in needed)]
-            )
-            echo(f"[study] {scenario} done ({time.monotonic() - t0:.0f} s)")
-            return run
-
-        synthetic: dict[str, str] = {}
-        method_hash: dict[str, str] = {}
-        methods = methods_needed(names)
-        # The O classifier comes first when the study has it: its penultimate layer is the domain
-        # feature extractor of the synthesis steps' FID/KID (paper Table 3 analogue).
-        feature_args: list[str] = []
-        if "O" in names and backend == "local":
-            o_run = classifier("O", synthetic, method_hash)
-            feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/model"]
-        # One generator per family: train + register once, then one synthesize step per method.
-        for fam in registry.families():
-            family_methods = [m for m in fam.methods if m in methods]
-            if not family_methods:
-                continue
-            gen_run, gen_hash = st.step(
-                fam.entry_point,
-                [
-                    fam.train_command,
-                    "--profile",
-                    profile,
-                    "--cohort",
-                    str(cohort_dir),
-                    "--seed",
-                    str(seed),
-                    "--register",
-                ],
-                [prep_hash],
-            )
-            model_uri = _registered_uri(client, fam.registered_name, gen_run.info.run_id)
-            for method in family_methods:
-                mode = fam.mode_args(method)
-                syn_run, method_hash[method] = st.step(
-                    f"synthesize_{method}",
-                    [
-                        "synthesize",
-                        "--generator",
-                        model_uri,
-                        *mode,
-                        "--per-class",
-                        str(PER_CLASS[profile]),
-                        "--cohort",
-                        str(cohort_dir),
-                        "--seed",
-                        str(seed),
-                        *feature_args,
-                    ],
-                    [gen_hash],
-                )
-                synthetic[method] = f"runs:/{syn_run.info.run_id}/{synthetic_artifact(method)}"
-            echo(f"[study] {fam.name.upper()} trained and sampled ({time.monotonic() - t0:.0f} s)")
-
-        for scenario in names:
-            if scenario == "O" and feature_args:
-                continue  # already trained above
-            classifier(scenario, synthetic, method_hash)
-
-        from thyroaug.jobs.compare import compare_study
-
-        os.environ[RUN_TAGS_ENV] = json.dumps({"study_step": "compare"})
-        try:
-            result = compare_study(study_id, exp.name, expected=names)
-        finally:
-            os.environ.pop(RUN_TAGS_ENV, None)
+        done = _generators_and_o(st, plan, prep_hash)
+        echo(f"[study] O and generators done ({time.monotonic() - t0:.0f} s)")
+        _classifiers(st, plan, prep_hash, set(done))
+        echo(f"[study] {len(names)} classifier(s) done ({time.monotonic() - t0:.0f} s)")
+        result = _compare(study_id, exp.name, names, st.parent_id)
         status = "FINISHED"
     finally:
-        os.environ.pop("MLFLOW_PARENT_RUN_ID", None)
-        client.log_metric(st.parent_id, "study_seconds", time.monotonic() - t0)
-        client.set_terminated(st.parent_id, status=status)
+        st.client.log_metric(st.parent_id, "study_seconds", time.monotonic() - t0)
+        st.client.set_terminated(st.parent_id, status=status)
+        if hasattr(runner, "shutdown") and isinstance(executor, str):
+            runner.shutdown()
     return {
         "study_id": study_id,
         "parent_run_id": st.parent_id,
@@ -316,20 +349,34 @@ def run_study(
         "steps_run": st.done,
         "reused": st.reused,
         "tracking_uri": uri,
+        "seconds": time.monotonic() - t0,
     }
 
 
-def _dispatch_kubernetes(
-    scenario: str,
-    profile: str,
-    study_id: str,
-    synthetic: dict[str, str],
-    needed: list[str],
-    seed: int,
-) -> None:
+def _compare(study_id: str, experiment: str, names: list[str], parent_id: str) -> dict[str, Any]:
+    """The compare step, in this process, as a child run of the study."""
+    from thyroaug.jobs.compare import compare_study
+
+    saved = {k: os.environ.get(k) for k in (RUN_TAGS_ENV, "MLFLOW_PARENT_RUN_ID")}
+    os.environ[RUN_TAGS_ENV] = json.dumps({"study_step": "compare"})
+    os.environ["MLFLOW_PARENT_RUN_ID"] = parent_id
+    try:
+        return compare_study(study_id, experiment, expected=names)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _dispatch_kubernetes(scenario: str, plan: StudyPlan) -> None:
     """Submit one classifier run to MLflow's Kubernetes backend (asynchronous)."""
     import mlflow.projects
 
+    from thyroaug.scenarios import Scenario
+
+    needed = Scenario.parse(scenario).generator_methods
     root = Path(__file__).resolve().parents[2]
     mlflow.projects.run(
         str(root),
@@ -339,17 +386,19 @@ def _dispatch_kubernetes(
         synchronous=False,
         parameters={
             "scenario": scenario,
-            "profile": profile,
-            "study_id": study_id,
-            "seed": seed,
-            "synthetic": ",".join(f"{m}={synthetic[m]}" for m in needed),
+            "profile": plan.profile,
+            "study_id": plan.study_id,
+            "seed": plan.seed,
+            "synthetic": ",".join(f"{m}={plan.synthetic[m]}" for m in needed),
         },
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `thyroaug study`."""
-    parser.add_argument("--profile", default="quick", choices=("paper", "quick", "smoke"))
+    from thyroaug.jobs.common import add_profile
+
+    add_profile(parser)
     parser.add_argument(
         "--scenarios",
         default="default",
@@ -364,6 +413,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--manifest", default=None, help="use a real cohort instead of the phantom")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--executor",
+        default="sequential",
+        choices=EXECUTORS,
+        help="run independent steps one by one here (sequential) or as Ray tasks (ray)",
+    )
+    parser.add_argument("--ray-address", help="existing Ray cluster (default: a local one)")
     parser.add_argument("--backend", default="local", choices=("local", "kubernetes"))
 
 
@@ -377,6 +433,8 @@ def run(args: argparse.Namespace) -> int:
         args.manifest,
         args.seed,
         args.backend,
+        executor=args.executor,
+        ray_address=args.ray_address,
     )
     print_summary(out)
     return 0
@@ -384,7 +442,10 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(out: dict[str, Any]) -> None:
     """Where the results are and how to look at them."""
-    print(f"\nstudy {out['study_id']} finished (parent run {out['parent_run_id']})")
+    print(
+        f"\nstudy {out['study_id']} finished in {out['seconds'] / 60:.1f} min "
+        f"(parent run {out['parent_run_id']})"
+    )
     if out["reused"]:
         print(f"reused finished steps: {', '.join(out['reused'])}")
     if out["missing"]:

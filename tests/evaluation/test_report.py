@@ -1,0 +1,160 @@
+"""The report's layouts: Table 2 with CIs, Table 3 from run metrics, deviations, the HTML page."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from thyroaug.contract import CLASSES
+from thyroaug.evaluation import fidelity
+from thyroaug.evaluation.metrics import compute_metrics
+from thyroaug.evaluation.report import (
+    FIDELITY_COLUMNS,
+    PAPER_METHOD_NAME,
+    ReportInputs,
+    RunFacts,
+    fidelity_long,
+    find_deviations,
+    format_ci,
+    html_report,
+    table2_ci,
+    table3_from_long,
+    table3_markdown,
+)
+from thyroaug.evaluation.stats import bootstrap, summarize
+
+CI = re.compile(r"^\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]$")
+
+
+def _fidelity_metrics(fid: float) -> dict[str, float]:
+    out = {"n_real_DG": 200.0, "fid_resnet18-O_bogus": 1.0, "train_seconds": 3.0}
+    for group in (*CLASSES, "overall"):
+        out[f"fid_resnet18-O_{group}"] = fid
+        out[f"kid_resnet18-O_{group}"] = fid / 100
+        out[f"kid_std_resnet18-O_{group}"] = fid / 1000
+    out["fid_inception_overall"] = 10 * fid
+    out["kid_inception_overall"] = fid / 10
+    out["kid_std_inception_overall"] = fid / 50
+    return out
+
+
+def test_format_ci() -> None:
+    assert format_ci(0.78234, 0.7012, 0.8549) == "0.782 [0.70, 0.85]"
+    assert format_ci(math.nan, 0.1, 0.2) == "NA"
+    assert format_ci(0.5, math.nan, 0.6) == "0.500 [no CI]"
+    assert format_ci(0.0001, -0.004, 0.02) == "0.000 [0.00, 0.02]"  # no "-0.00"
+    assert format_ci(-0.02, -0.05, 0.01) == "-0.020 [-0.05, 0.01]"
+
+
+def test_table2_ci_every_number_has_an_interval() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 80)
+    p = rng.dirichlet(np.ones(4), 80)
+    p[np.arange(80), y] += 1.0
+    p /= p.sum(1, keepdims=True)
+    points = {"O": compute_metrics(y, p), "CA": compute_metrics(y, p[::-1])}
+    intervals = {"O": summarize(bootstrap(y, p, n_resamples=200, metrics="all")), "CA": None}
+    formatted, long = table2_ci(points, intervals)
+    assert list(formatted.index) == ["O", "CA"]
+    assert formatted.columns[0] == "Accuracy" and len(formatted.columns) == 25
+    assert all(CI.match(v) for v in formatted.loc["O"]), formatted.loc["O"].tolist()
+    assert all(v.endswith("[no CI]") for v in formatted.loc["CA"])
+    assert list(long.columns) == [
+        "scenario",
+        "column",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "level",
+    ]
+    o = long[long["scenario"] == "O"]
+    assert (o["ci_low"] <= o["value"] + 1e-12).all() and (o["value"] <= o["ci_high"] + 1e-12).all()
+
+
+def test_fidelity_long_kid_std_is_a_column_not_an_extractor() -> None:
+    long = fidelity_long({"FM": _fidelity_metrics(1.0), "SD1": _fidelity_metrics(4.0)})
+    assert list(long.columns) == list(FIDELITY_COLUMNS)
+    assert set(long["extractor"]) == {"resnet18-O", "inception"}
+    assert not long["extractor"].str.startswith("std_").any()
+    row = long.query("mode == 'SD1' and extractor == 'resnet18-O' and group == 'TI'").iloc[0]
+    assert (row["fid"], row["kid"], row["kid_std"]) == pytest.approx((4.0, 0.04, 0.004))
+    assert fidelity_long({"FM": {"train_seconds": 1.0}}).empty
+
+
+def test_table3_one_layout_with_kid_std() -> None:
+    long = fidelity_long({"FM": _fidelity_metrics(1.0), "SD1": _fidelity_metrics(4.0)})
+    t3 = table3_from_long(long)
+    assert t3 is not None
+    assert list(t3.index) == [*CLASSES, "overall"]
+    assert t3.columns.names == ["extractor", "method", "metric"]
+    res = t3["resnet18-O"]
+    assert list(res.columns) == [(m, k) for m in ("FM", "SD1") for k in ("FID", "KID", "KID std")]
+    # FID / KID are exactly fidelity.table3's layout of the same long frame
+    same = fidelity.table3(long[long["extractor"] == "resnet18-O"], "resnet18-O")
+    pd.testing.assert_frame_equal(res[same.columns], same, check_names=False)
+    assert res[("SD1", "KID std")].tolist() == pytest.approx([0.004] * 5)
+    assert t3["inception"].loc["DG"].isna().all() and t3["inception"].loc["overall"].notna().all()
+    md = table3_markdown(t3)
+    assert "FM [resnet18-O] KID std" in md and "[std_" not in md
+    assert table3_from_long(fidelity_long({})) is None
+
+
+def test_find_deviations_reads_what_runs_record() -> None:
+    quick = {"pretrained": "False", "image_size": "64", "epochs": "8", "bootstrap": "200"}
+    classifier = {
+        "O": RunFacts(params={**quick, "per_class_synthetic": "100", "seed": "0"}),
+        "O+FM": RunFacts(params={**quick, "per_class_synthetic": "100", "seed": "0"}),
+    }
+    generators = {
+        "train_sd": RunFacts(tags={"source": "scratch"}),
+        "train_fm": RunFacts(params={"epochs": "20"}),
+    }
+    synth = {"FM": RunFacts(metrics={"fid_resnet18-random_overall": 3.0})}
+    dev = find_deviations(classifier, generators, synth)
+    assert dev["classifier_init"] == "ResNet18 from random init, not ImageNet (all scenarios)"
+    assert dev["image_size"] == "classifier input 64 px, paper 128 px"
+    assert dev["epochs"] == "classifier trained 8 epochs, paper 300"
+    assert "100" in dev["per_class_synthetic"] and "200" in dev["bootstrap"]
+    assert "SD v1.4" in dev["sd_source"] and "20 epochs" in dev["fm_epochs"]
+    assert "resnet18-random" in dev["fidelity_no_inception"]
+    assert set(dev) >= {"single_seed", "statistics"}
+
+    paper = {"pretrained": "True", "image_size": "128", "epochs": "300", "bootstrap": "1000"}
+    faithful = {
+        "O": RunFacts(params={**paper, "per_class_synthetic": "1000", "seed": "0"}),
+        "O+FM": RunFacts(params={**paper, "per_class_synthetic": "1000", "seed": "1"}),
+    }
+    synth = {"FM": RunFacts(metrics={"fid_inception_overall": 3.0})}
+    generators = {"train_sd": RunFacts(tags={"source": "finetune"})}
+    assert find_deviations(faithful, generators, synth, paired_statistics=False) == {}
+
+
+def test_html_report_opens_with_banner_and_lists_gaps(tmp_path: Path) -> None:
+    page = html_report(
+        ReportInputs(
+            study_id="s1",
+            compared=["O", "CA", "O+FM"],
+            expected_source="the study's scenario list",
+            missing=["O+FM+CA"],
+            not_tested={"CA": "no predictions"},
+            deviations={"classifier_init": "ResNet18 from random init, not ImageNet"},
+            n_external=101,
+            mdd={"acc": 0.72, "acc_based": 0.174, "psi": 0.02, "psi_based": math.inf},
+            paper_long=pd.DataFrame({"a": ["O"], "b": ["CA"]}),
+            paper_resamples=(1000, 1000),
+        )
+    )
+    assert page.index("Deviations from the paper") < page.index("<h1>")
+    assert "docs/deviations.md" in page
+    assert "CA: not tested (no predictions)" in page
+    assert "O+FM+CA" in page and "the study&#x27;s scenario list" in page
+    assert "17.4 percentage points" in page and "80 % power" in page
+    assert f"{PAPER_METHOD_NAME} (B = 1000 resamples)" in page
+    assert "shrink as the number of resamples grows" in page
+    assert "no paired test" in page

@@ -1,0 +1,270 @@
+"""Reading a study's runs back from the tracking store, for ``thyroaug compare``.
+
+``find_runs`` searches every experiment (or one named, which must exist) for a study's finished
+runs by the ``study_id`` tag: the latest classifier run per scenario, the synthesis runs and the
+generator training runs. ``download_csvs`` fetches one artifact of many runs under a single
+progress bar (MLflow's per-file bars off). ``align_predictions`` lines the runs' external
+predictions up by ``case_id`` and refuses runs scored on different cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from thyroaug.contract import (
+    CLASSES,
+    STEP_CLASSIFIER,
+    STEP_STUDY,
+    STEP_SYNTHESIZE,
+    TAG_STEP,
+    TAG_STUDY_ID,
+    synthetic_artifact,
+    train_step,
+)
+from thyroaug.errors import ThyroaugError, TrackingError
+
+log = logging.getLogger(__name__)
+
+
+class CompareError(ThyroaugError):
+    """The study's runs cannot be compared (none found, different external case sets, ...)."""
+
+
+@dataclass
+class StudyRuns:
+    """The runs a comparison is built from."""
+
+    chosen: dict[str, Any] = field(default_factory=dict)  # scenario -> mlflow Run
+    superseded: dict[str, list[str]] = field(default_factory=dict)  # scenario -> run ids
+    missing: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)  # axis order of the heatmaps
+    expected_source: str = ""
+    synth: dict[str, Any] = field(default_factory=dict)  # method -> mlflow Run
+    generators: dict[str, Any] = field(default_factory=dict)  # train_<family> step -> mlflow Run
+
+
+def _experiment_ids(client: Any, experiment: str | None) -> list[str]:
+    """The named experiment (an error when it does not exist; never created), else all."""
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise TrackingError(
+                f"experiment {experiment!r} not found in the tracking store; leave out "
+                "--experiment to search every experiment for the study's runs"
+            )
+        return [exp.experiment_id]
+    ids, token = [], None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        ids += [e.experiment_id for e in page]
+        token = getattr(page, "token", None)
+        if not token:
+            return ids
+
+
+def _search(client: Any, ids: list[str], query: str) -> list[Any]:
+    """Every run matching ``query`` (all pages), most recently finished first."""
+    if not ids:
+        return []
+    out, token = [], None
+    while True:
+        page = client.search_runs(
+            ids, query, max_results=1000, order_by=["attributes.end_time DESC"], page_token=token
+        )
+        out += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return out
+
+
+def _study_scenarios(client: Any, ids: list[str], study_id: str) -> list[str] | None:
+    """The ``scenarios`` param of the study's parent run, if one was logged."""
+    for run in _search(
+        client, ids, f"tags.{TAG_STUDY_ID} = '{study_id}' and tags.{TAG_STEP} = '{STEP_STUDY}'"
+    ):
+        text = run.data.params.get("scenarios")
+        if text:
+            return [s for s in text.split(",") if s]
+    return None
+
+
+def find_runs(
+    client: Any, study_id: str, experiment: str | None = None, expected: list[str] | None = None
+) -> StudyRuns:
+    """Latest finished run per scenario (and per synthesis method / generator) of a study."""
+    from thyroaug.scenarios import canonical
+
+    if "'" in study_id or "\\" in study_id:
+        raise CompareError(f"study id {study_id!r}: quotes and backslashes are not supported")
+    ids = _experiment_ids(client, experiment)
+    base = f"tags.{TAG_STUDY_ID} = '{study_id}' and attributes.status = 'FINISHED'"
+    out = StudyRuns()
+    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_CLASSIFIER}'"):
+        try:
+            scenario = canonical(run.data.tags.get("scenario", ""))
+        except ThyroaugError as exc:
+            log.warning("run %s: unusable scenario tag (%s), skipped", run.info.run_id, exc)
+            continue
+        if scenario in out.chosen:
+            out.superseded.setdefault(scenario, []).append(run.info.run_id)
+        else:
+            out.chosen[scenario] = run
+    if expected:
+        wanted, out.expected_source = expected, "the study's scenario list"
+    elif (recorded := _study_scenarios(client, ids, study_id)) is not None:
+        wanted, out.expected_source = recorded, "the study run's scenarios param"
+    else:
+        wanted = list(out.chosen)
+        out.expected_source = "the scenarios found (no scenario list recorded for this study)"
+    wanted = list(dict.fromkeys(canonical(s) for s in wanted))
+    out.missing = [s for s in wanted if s not in out.chosen]
+    out.expected = wanted + sorted(s for s in out.chosen if s not in wanted)
+    order = {s: i for i, s in enumerate(out.expected)}
+    out.chosen = dict(sorted(out.chosen.items(), key=lambda kv: order[kv[0]]))
+    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_SYNTHESIZE}'"):
+        method = run.data.tags.get("method", "")
+        if method and method not in out.synth:
+            out.synth[method] = run
+    for step in (train_step("sd"), train_step("fm")):
+        found = _search(client, ids, f"{base} and tags.{TAG_STEP} = '{step}'")
+        if found:
+            out.generators[step] = found[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# downloads
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def _quiet_mlflow_downloads() -> Iterator[None]:
+    """No per-file "Downloading artifacts" bars from MLflow (restored afterwards)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def download_csvs(
+    runs: dict[str, Any], artifact: str, dst: Path, what: str, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """``artifact`` of every run as a DataFrame (one progress bar for all); failures logged."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    out: dict[str, pd.DataFrame] = {}
+    with _quiet_mlflow_downloads():
+        for scenario, run in tqdm(
+            runs.items(), desc=f"downloading {what}", unit="run", disable=not progress
+        ):
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=artifact, dst_path=str(dst / scenario)
+                )
+                out[scenario] = pd.read_csv(path)
+            except Exception as exc:  # reported in the comparison, never fatal here
+                log.warning(
+                    "scenario %s (run %s): no %s (%s)", scenario, run.info.run_id, what, exc
+                )
+    return out
+
+
+def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> list[Path]:
+    import mlflow
+
+    grids: list[Path] = []
+    with _quiet_mlflow_downloads():
+        for method, run in synth.items():
+            for art in client.list_artifacts(run.info.run_id, synthetic_artifact(method)):
+                if art.path.endswith(".png"):
+                    local = mlflow.artifacts.download_artifacts(
+                        run_id=run.info.run_id, artifact_path=art.path, dst_path=str(dst)
+                    )
+                    grids.append(Path(local))
+    return grids
+
+
+# --------------------------------------------------------------------------------------------
+# predictions
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AlignedPredictions:
+    """External predictions of several runs on one common, sorted list of cases."""
+
+    case_ids: list[str]
+    y: np.ndarray  # class indices [n]
+    probas: dict[str, np.ndarray]  # scenario -> [n, K]
+
+
+def external_rows(frame: pd.DataFrame) -> pd.DataFrame | None:
+    """The external rows of a predictions.csv with usable columns, else None."""
+    need = ["case_id", "split", "true", *(f"prob_{c}" for c in CLASSES)]
+    if any(c not in frame.columns for c in need):
+        return None
+    ext = frame[frame["split"].astype(str) == "external"]
+    return ext if len(ext) else None
+
+
+def _case_list(ids: set[str]) -> str:
+    shown = sorted(ids)[:5]
+    return ", ".join(shown) + (" ..." if len(ids) > 5 else "")
+
+
+def align_predictions(
+    frames: dict[str, pd.DataFrame], run_ids: dict[str, str] | None = None
+) -> AlignedPredictions:
+    """Align several runs' external predictions by ``case_id``.
+
+    Raises:
+        CompareError: two runs' external case sets differ, a case id repeats, or the runs
+            disagree on a case's true class.
+    """
+    run_ids = run_ids or {}
+    names = list(frames)
+    ref = names[0]
+    ref_ids = set(frames[ref]["case_id"].astype(str))
+    for name in names:
+        ids = frames[name]["case_id"].astype(str)
+        if ids.duplicated().any():
+            dup = set(ids[ids.duplicated()])
+            raise CompareError(f"{name}: external case id(s) repeat in its predictions: {dup}")
+        if set(ids) != ref_ids:
+            only_ref, only_this = ref_ids - set(ids), set(ids) - ref_ids
+            raise CompareError(
+                f"runs {ref} ({run_ids.get(ref, '?')}) and {name} ({run_ids.get(name, '?')}) "
+                f"were scored on different external cases: {len(only_ref)} only in {ref} "
+                f"({_case_list(only_ref)}), {len(only_this)} only in {name} "
+                f"({_case_list(only_this)}); paired tests need the same cases - compare runs "
+                "of one prepared cohort"
+            )
+    order = sorted(ref_ids)
+    truth = frames[ref].set_index(frames[ref]["case_id"].astype(str))["true"].loc[order]
+    probas = {}
+    cols = [f"prob_{c}" for c in CLASSES]
+    for name in names:
+        df = frames[name].set_index(frames[name]["case_id"].astype(str)).loc[order]
+        if not (df["true"].astype(str).to_numpy() == truth.astype(str).to_numpy()).all():
+            raise CompareError(f"{ref} and {name} disagree on the true class of some cases")
+        p = df[cols].to_numpy(dtype=np.float64)
+        probas[name] = p / p.sum(axis=1, keepdims=True)  # undo CSV rounding of the row sums
+    y = np.array([CLASSES.index(str(t)) for t in truth], dtype=np.int64)
+    return AlignedPredictions(order, y, probas)
+
+
+# --------------------------------------------------------------------------------------------
+# the comparison
+# --------------------------------------------------------------------------------------------
