@@ -1,8 +1,9 @@
 """Shared by the entry-point scripts: MLproject parameter strings -> `thyroaug` CLI arguments.
 
-MLproject parameters always arrive as strings. Three conventions keep MLproject simple: an empty
-value (MLflow passes it as ``''``) means "not given" (the flag is dropped), ``true`` / ``false``
-switch a flag on / off, and whole-number floats (``1000.0``, from ``type: float``) become integers.
+MLproject parameters always arrive as strings. Three conventions keep MLproject simple: ``auto`` /
+``none`` (or an empty value, which MLflow passes as ``''``) mean "not given" (the flag is dropped,
+so the job uses the profile's or generator's own value), ``true`` / ``false`` switch a flag on /
+off, and whole-number floats (``1000.0``, from ``type: float``) become integers.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def normalise(argv: list[str]) -> list[str]:
         value = argv[i + 1] if i + 1 < len(argv) else None
         if arg.startswith("--") and value is not None and not value.startswith("--"):
             i += 2
-            if value in ("", "''", '""'):  # MLflow quotes an empty default as ''
+            if value in ("", "''", '""', "auto", "none"):  # "not given": the job's default
                 continue
             if value.lower() in ("true", "false"):
                 if value.lower() == "true":

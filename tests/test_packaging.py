@@ -27,6 +27,13 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject() -> None:
     assert "python=3.11.7" in conda["dependencies"]  # exact: an offline pyenv can satisfy it
 
 
+def test_python_env_lists_the_same_dependencies_as_pyproject() -> None:
+    env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
+    assert sorted(env["dependencies"]) == sorted(_pyproject()["project"]["dependencies"])
+    assert env["python"] == "3.11.7"  # exact: `mlflow run` builds it offline with pyenv
+    assert yaml.safe_load((ROOT / "MLproject").read_text())["python_env"] == "python_env.yaml"
+
+
 def test_torch_pins() -> None:
     deps = _pyproject()["project"]["dependencies"]
     assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps

@@ -258,9 +258,11 @@ def test_resolve_local_folder_and_checks(
         resolve_synthetic("FM", str(tmp_path / "missing"))
 
     other = resolve_synthetic("FM", str(fake_set("FM", 1, cohort_hash="x").save(tmp_path / "x")))
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(ScenarioError, match=r"trained on cohort x, but this cohort is \w+"):
         check_compatible(other, tiny_cohort)
-    assert "was made for cohort x" in caplog.text
+    with caplog.at_level(logging.WARNING):
+        check_compatible(other, tiny_cohort, allow_other_cohort=True)
+    assert "trained on cohort x" in caplog.text
     small = resolve_synthetic("FM", str(fake_set("FM", 1, size=16).save(tmp_path / "small")))
     with pytest.raises(ScenarioError, match="has images"):
         check_compatible(small, tiny_cohort)

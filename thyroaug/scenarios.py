@@ -223,17 +223,23 @@ def resolve_synthetic(
 
 
 def check_compatible(
-    loaded: LoadedSynthetic, cohort: PreparedCohort, train_size: int | None = None
+    loaded: LoadedSynthetic,
+    cohort: PreparedCohort,
+    train_size: int | None = None,
+    allow_other_cohort: bool = False,
 ) -> None:
-    """A set must reach the training resolution; a different cohort hash is only warned about.
+    """A set must reach the training resolution and come from this cohort.
 
     The classifier trains at ``train_size = min(cohort size, profile image_size)``; cohort and
     synthetic images larger than that are downsampled once (antialiased). A set whose images are
     smaller than the training size would need upsampling and is refused. Without ``train_size``
     the set must match the cohort's size exactly.
 
+    A set made by a generator trained on another cohort (its ``cohort_hash`` differs) is refused
+    unless ``allow_other_cohort``: its conditions and training images belong to other cases.
+
     Raises:
-        ScenarioError: channel or image size mismatch.
+        ScenarioError: channel or image size mismatch, or another cohort's set.
     """
     data = loaded.data
     target = min(cohort.size, train_size) if train_size else cohort.size
@@ -251,13 +257,16 @@ def check_compatible(
             )
     set_hash = data.info.get("cohort_hash")
     if set_hash and cohort.content_hash and set_hash != cohort.content_hash:
-        log.warning(
-            "synthetic set %s (%s) was made for cohort %s, but this cohort is %s",
-            loaded.method,
-            loaded.ref,
-            set_hash,
-            cohort.content_hash,
+        message = (
+            f"synthetic set {loaded.method} ({loaded.ref}) was made by a generator trained on "
+            f"cohort {set_hash}, but this cohort is {cohort.content_hash}"
         )
+        if not allow_other_cohort:
+            raise ScenarioError(
+                f"{message}; use a set made for this cohort (train the generator on it, or pass "
+                "the cohort it was made for with --cohort), or --allow-other-cohort"
+            )
+        log.warning("%s (allowed by --allow-other-cohort)", message)
 
 
 def check_no_leakage(sets: Mapping[str, SyntheticSet], cohort: PreparedCohort) -> None:
@@ -470,6 +479,7 @@ def prepare_scenario_data(
     per_class: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    allow_other_cohort: bool = False,
 ) -> ScenarioData:
     """Load and check synthetic sets, resize once to the input size, assemble, check eval sets.
 
@@ -482,6 +492,7 @@ def prepare_scenario_data(
         per_class: synthetic / CA images per class (None: all of each set).
         seed: seed of the subsampling and of CA.
         progress: show progress bars.
+        allow_other_cohort: accept sets made for another cohort (see ``check_compatible``).
 
     Raises:
         ScenarioError: missing / incompatible / leaking synthetic sets, or an empty split.
@@ -489,7 +500,7 @@ def prepare_scenario_data(
     sc = Scenario.parse(scenario)
     loaded = _load_synthetic(sc, synthetic)
     for item in loaded.values():
-        check_compatible(item, cohort, image_size)
+        check_compatible(item, cohort, image_size, allow_other_cohort)
     check_no_leakage({m: item.data for m, item in loaded.items()}, cohort)
     if cohort.size < image_size:
         log.warning(

@@ -174,7 +174,7 @@ def test_fm_without_a_set_is_a_scenario_error(tiny_cohort: PreparedCohort) -> No
     assert "mlflow run . -e synthesize -P generator=models:/thyroaug-fm@champion" in message
 
 
-def test_cli_fm_without_set_exits_2(
+def test_cli_fm_without_champion_names_the_train_command(
     local_store: Path, tiny_cohort: PreparedCohort, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from thyroaug.cli import main
@@ -182,7 +182,9 @@ def test_cli_fm_without_set_exits_2(
     tiny_cohort.save(local_store / "outputs" / "cohort")
     code = main(["train-classifier", "--scenario", "FM+O", "--profile", "smoke", "--no-progress"])
     assert code == 2
-    assert "thyroaug synthesize" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no thyroaug-fm@champion is registered" in err
+    assert "`mlflow run . -e train_fm -P profile=smoke`" in err
 
 
 # --- the MLflow run -------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_cli_smoke_run_logged_to_mlflow(local_store: Path, tiny_cohort: Prepared
     assert len(ext) == int((tiny_cohort.table["split"] == "external").sum())
     assert np.isclose((ext["true"] == ext["pred"]).mean(), metrics["external_accuracy"])
 
-    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/classifier-O-CA")
     out = model(torch.rand(3, 1, 32, 32))
     assert tuple(out.shape) == (3, len(CLASSES))
 

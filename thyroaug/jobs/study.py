@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thyroaug.contract import CHAMPION, EXPERIMENT, synthetic_artifact
+from thyroaug.contract import CHAMPION, DEFAULT_COHORT_DIR, EXPERIMENT, synthetic_artifact
 from thyroaug.errors import ThyroaugError
 from thyroaug.generators import registry
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
@@ -228,7 +228,7 @@ def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, s
     runs = st.execute(batch)
     if "classifier_O" in runs:
         o_run = runs["classifier_O"][0]
-        plan.feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/model"]
+        plan.feature_args = ["--feature-model", f"runs:/{o_run.info.run_id}/classifier-O"]
     synth = []
     for fam in families:
         gen_run, gen_hash = runs[fam.entry_point]
@@ -323,7 +323,9 @@ def run_study(
         "THYROAUG_HOME": str(home),
     }
     out = home / "outputs" / study_id
-    plan = StudyPlan(profile, names, study_id, seed, out / "cohort", backend)
+    # the one default cohort of every entry point, so that `mlflow run . -e train_classifier
+    # -P scenario=O+FM` after a study uses the cohort its generators were trained on
+    plan = StudyPlan(profile, names, study_id, seed, home / DEFAULT_COHORT_DIR, backend)
     t0 = time.monotonic()
     status = "FAILED"
     try:

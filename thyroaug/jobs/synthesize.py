@@ -21,10 +21,17 @@ import logging
 import tempfile
 from pathlib import Path
 
-from thyroaug.contract import STEP_SYNTHESIZE, TAG_METHOD, TAG_STEP, synthetic_artifact
+from thyroaug.contract import (
+    STEP_SYNTHESIZE,
+    TAG_COHORT_HASH,
+    TAG_METHOD,
+    TAG_STEP,
+    synthetic_artifact,
+)
 from thyroaug.errors import ConfigError
 from thyroaug.generators.registry import family
 from thyroaug.jobs.common import add_experiment
+from thyroaug.tracking.runs import describe_run, log_params_safely
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--per-class {args.per_class}: need at least 1")
     configure_tracking(experiment=args.experiment)
     handle = open_generator(args.generator)
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: seeds are integers >= 0")
     mode = args.mode or None
     method = handle.generator.method(mode)
     if args.fast:
@@ -109,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     with start_run(run_name=f"synthesize-{method}", tags=tags) as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
-        mlflow.log_params(
+        log_params_safely(
             {
                 "generator_uri": handle.uri,
                 "generator_version": handle.version,
@@ -133,6 +142,14 @@ def run(args: argparse.Namespace) -> int:
         described = sset.info.get("generator", {})
         sset.info["created_by_run"] = run_id
         sset.info["cohort_hash"] = described.get("content_hash", described.get("cohort_hash", ""))
+        name = handle.uri.removeprefix("models:/").split("@")[0].split("/")[0]
+        mlflow.set_tags(
+            {
+                TAG_COHORT_HASH: sset.info["cohort_hash"],
+                "generator.name": name if handle.uri.startswith("models:/") else "",
+                "generator.version": handle.version,
+            }
+        )
         with tempfile.TemporaryDirectory(prefix="thyroaug-synth-") as tmp:
             folder = sset.save(Path(tmp) / method, grids)
             mlflow.log_artifacts(str(folder), artifact_path=synthetic_artifact(method))
@@ -147,6 +164,12 @@ def run(args: argparse.Namespace) -> int:
                 for key in sorted(k for k in metrics if k.endswith("_overall")):
                     print(f"{key}: {metrics[key]:.4f}")
         artifact_uri = mlflow.get_artifact_uri(synthetic_artifact(method))
+        counts = ", ".join(f"{k} {v}" for k, v in sset.class_counts().items())
+        describe_run(
+            f"Synthetic set {method} from {handle.uri} (version {handle.version or '-'}), seed "
+            f"{args.seed}: {counts} images, in `{synthetic_artifact(method)}/` "
+            f"(images.safetensors + provenance manifest.csv)."
+        )
     print(f"run id: {run_id}")
     print(f"synthetic set: runs:/{run_id}/{synthetic_artifact(method)}")
     print(f"artifact URI: {artifact_uri}")

@@ -13,7 +13,6 @@ folder), where ``thyroaug prepare`` writes by default.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -30,8 +29,14 @@ from thyroaug.config import resolve, to_dict
 from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
-from thyroaug.jobs.common import add_cohort, add_experiment, add_profile
+from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
 from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
+from thyroaug.tracking.runs import (
+    describe_run,
+    log_cohort_input,
+    log_params_safely,
+    log_synthetic_input,
+)
 from thyroaug.tracking.setup import project_home
 from thyroaug.utils.atomic import write_json
 
@@ -51,7 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="METHOD=REF",
         help="synthetic set for a scenario part: local folder, runs:/<id>/synthetic/FM, "
-        "mlflow-artifacts:/... or a run id (repeatable)",
+        "mlflow-artifacts:/... or a run id (repeatable; default: the @champion generator's "
+        "newest set for this cohort, synthesized now if there is none)",
+    )
+    parser.add_argument(
+        "--allow-other-cohort",
+        action="store_true",
+        help="accept synthetic sets made by a generator trained on another cohort",
     )
     parser.add_argument("--seed", type=int, help="seed (weights, batches, CA, bootstrap)")
     parser.add_argument("--epochs", type=int, help="training epochs (paper 300)")
@@ -147,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
 
     scenario = Scenario.parse(args.scenario)
     synthetic = parse_synthetic_args(args.synthetic)
-    require_synthetic(scenario, synthetic)  # before touching the tracking store
     explicit = {k: v for k, v in _overrides(args).items() if v is not None}
-    resolve(ClassifierConfig, args.profile, **explicit)  # validate flags early, too
-    if args.cohort is None:
+    resolve(ClassifierConfig, args.profile, **explicit)  # validate flags before any run exists
+    cohort_file = cohort_path(args)
+    if cohort_file.resolve() == (project_home() / DEFAULT_COHORT_DIR).resolve():
         ensure_default_cohort(args.profile)
     configure_tracking(experiment=args.experiment)
     overrides: dict[str, Any] = {}
@@ -162,8 +173,24 @@ def run(args: argparse.Namespace) -> int:
         tags["params_from"] = args.params_from
     overrides.update(explicit)
     cfg = resolve(ClassifierConfig, args.profile, **overrides)
+    cohort = PreparedCohort.load(cohort_file)
+    missing = [m for m in scenario.generator_methods if m not in synthetic]
+    if missing:
+        from thyroaug.jobs.champion import resolve_generator_sets
+
+        synthetic.update(
+            resolve_generator_sets(
+                missing,
+                cohort_file,
+                cohort.content_hash,
+                args.profile,
+                cfg.per_class_synthetic,
+                cfg.seed,
+            )
+        )
+    require_synthetic(scenario, synthetic)
     out = train_and_evaluate(
-        args.cohort,
+        cohort,
         scenario,
         cfg,
         synthetic,
@@ -173,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
         tags=tags,
         log_model=not args.no_model,
         progress=not args.no_progress,
+        cohort_source=cohort_file,
+        allow_other_cohort=args.allow_other_cohort,
     )
     m = out["metrics"]
     print(
@@ -193,6 +222,7 @@ def scenario_data(
     synthetic: Mapping[str, SyntheticInput] | None = None,
     *,
     progress: bool = True,
+    allow_other_cohort: bool = False,
 ) -> ScenarioData:
     """``scenarios.prepare_scenario_data`` with the classifier config's size, counts and seed."""
     return prepare_scenario_data(
@@ -203,33 +233,16 @@ def scenario_data(
         per_class=cfg.per_class_synthetic,
         seed=cfg.seed,
         progress=progress,
+        allow_other_cohort=allow_other_cohort,
     )
 
 
-def _log_params_safely(params: Mapping[str, Any]) -> None:
-    """``mlflow.log_params`` that survives params `mlflow run` already set with other strings.
-
-    An entry point's ``-P`` values are logged by `mlflow run` before our code runs (e.g.
-    ``epochs=""`` meaning "profile default"); MLflow forbids changing a param, so a resolved value
-    that differs is logged as ``<key>_resolved`` instead.
-    """
-    import mlflow
-
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        text = text[:6000]
-        if key in existing and existing[key] != text:
-            key = f"{key}_resolved"
-        if key not in existing:
-            out[key] = text
-    if out:
-        mlflow.log_params(out)
+def model_name(scenario: str | Scenario) -> str:
+    """Logged-model name of a scenario's classifier (``classifier-O-FM-CA``)."""
+    return "classifier-" + Scenario.parse(scenario).name.replace("+", "-")
 
 
-def _log_model(model: torch.nn.Module, input_size: int) -> str | None:
+def _log_model(model: torch.nn.Module, input_size: int, name: str) -> str | None:
     """``mlflow.pytorch.log_model`` with a signature and a small float32 input example."""
     import mlflow
     import mlflow.pytorch
@@ -246,7 +259,7 @@ def _log_model(model: torch.nn.Module, input_size: int) -> str | None:
     ]
     info = mlflow.pytorch.log_model(
         model,
-        name="model",
+        name=name,
         signature=infer_signature(example, out),
         input_example=example,
         pip_requirements=requirements,
@@ -269,6 +282,8 @@ def train_and_evaluate(
     tags: Mapping[str, str] | None = None,
     progress: bool = True,
     on_epoch: EpochCallback | None = None,
+    cohort_source: str | Path | None = None,
+    allow_other_cohort: bool = False,
 ) -> dict[str, Any]:
     """Train the ResNet18 for one scenario, evaluate it on the external centers, log to MLflow.
 
@@ -291,6 +306,9 @@ def train_and_evaluate(
             a search trial out of ``thyroaug compare``, which reads step=train_classifier runs).
         progress: tqdm progress bars.
         on_epoch: extra per-epoch callback (after MLflow logging), e.g. Optuna pruning.
+        cohort_source: the cohort's file, logged as the run's dataset input (default: the
+            default cohort folder when ``cohort`` is an object).
+        allow_other_cohort: accept synthetic sets made for another cohort.
 
     The run gets tags scenario / profile / study_id / step=train_classifier / cohort_hash; params
     = the resolved config, profile, scenario, cohort hash, input size, pretrained, training-set
@@ -311,10 +329,13 @@ def train_and_evaluate(
         ScenarioError: bad scenario or synthetic sets (see ``prepare_scenario_data``).
     """
     if cohort is None or isinstance(cohort, (str, Path)):
-        cohort = PreparedCohort.load(cohort or project_home() / DEFAULT_COHORT_DIR)
+        cohort_source = cohort or project_home() / DEFAULT_COHORT_DIR
+        cohort = PreparedCohort.load(cohort_source)
     sc = Scenario.parse(scenario)
     name = run_name or f"{sc.name}-{cfg.profile}-s{cfg.seed}"
-    data = scenario_data(cohort, sc, cfg, synthetic_sets, progress=progress)
+    data = scenario_data(
+        cohort, sc, cfg, synthetic_sets, progress=progress, allow_other_cohort=allow_other_cohort
+    )
 
     if not tracking:
         return _execute(
@@ -336,9 +357,29 @@ def train_and_evaluate(
     nested = mlflow.active_run() is not None
     with start_run(run_name=name, tags=run_tags, nested=nested) as run:
         mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
-        return _execute(
+        log_cohort_input(cohort, cohort_source or project_home() / DEFAULT_COHORT_DIR)
+        for method, item in data.synthetic.items():
+            log_synthetic_input(item.data, item.ref, method, item.sha256)
+        out = _execute(
             data, cohort, cfg, out_dir, name, run, on_epoch, progress, log_model, evaluate_external
         )
+        describe_run(_description(out, cfg, len(data.train)))
+        return out
+
+
+def _description(out: dict[str, Any], cfg: ClassifierConfig, n_train: int) -> str:
+    """The run's description: what was trained, on what, and the headline numbers."""
+    m = out["metrics"]
+    text = (
+        f"ResNet18 ({cfg.profile} profile, {cfg.image_size} px, best of {cfg.epochs} epochs: "
+        f"{out['best_epoch']}) trained on scenario {out['scenario']} ({n_train} images)."
+    )
+    if "external_accuracy" in m:
+        text += (
+            f" External centers: accuracy {m['external_accuracy']:.3f}, macro-F1 "
+            f"{m['external_f1_macro']:.3f}, macro-AUC {m['external_auc_macro']:.3f}."
+        )
+    return text
 
 
 def _execute(
@@ -399,7 +440,7 @@ def _execute(
             params[f"synthetic_{method}_generator"] = gen
         if data.scenario.uses_ca and "CA" not in data.synthetic:
             params["synthetic_CA"] = f"generated in this run (seed {cfg.seed})"
-        _log_params_safely(params)
+        log_params_safely(params)
 
         def callback(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics(metrics, step=epoch)
@@ -431,7 +472,7 @@ def _execute(
     if run is not None:
         import mlflow
 
-        _log_params_safely({"pretrained": result.pretrained, "device": result.device})
+        log_params_safely({"pretrained": result.pretrained, "device": result.device})
         mlflow.set_tag("pretrained", str(result.pretrained).lower())
         mlflow.log_metrics(metrics)
         for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
@@ -439,7 +480,7 @@ def _execute(
                 mlflow.log_artifacts(str(out / sub), artifact_path=sub)
         if log_model:
             with torch_threads(cfg.num_threads):
-                model_uri = _log_model(result.model, data.input_size)
+                model_uri = _log_model(result.model, data.input_size, model_name(data.scenario))
     if evaluate_external:
         log.info(
             "%s: external accuracy %.3f, F1 macro %.3f, AUC macro %.3f (best epoch %d)",

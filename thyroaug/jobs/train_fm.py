@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from thyroaug.config import resolve, to_dict
-from thyroaug.contract import TAG_METHOD, TAG_STEP, generator_workdir, train_step
-from thyroaug.errors import ConfigError
+from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
 from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
+from thyroaug.tracking.runs import describe_run, log_cohort_input
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     parser.add_argument("--register", action="store_true", help="register as thyroaug-fm")
-    parser.add_argument("--alias", help="registry alias for the new version, e.g. champion")
+    parser.add_argument(
+        "--alias",
+        default=CHAMPION,
+        help=f"registry alias the new version gets with --register (default {CHAMPION}; "
+        "'none' for no alias)",
+    )
     parser.add_argument("--max-count", type=int, help="largest image count per served request")
     add_experiment(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -91,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from thyroaug.generators.flow_matching.train import train_flow_matching
     from thyroaug.tracking.setup import configure_tracking, project_home, start_run
 
-    if args.alias and not args.register:
-        raise ConfigError("--alias needs --register (an alias points at a registered version)")
+    alias = None if (args.alias or "none").lower() == "none" or not args.register else args.alias
     home = project_home()
     cohort_file = cohort_path(args)
     cohort = PreparedCohort.load(cohort_file)
@@ -131,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             to_dict(cfg),
             {"cohort": str(cohort_file), "cohort_hash": cohort.content_hash, "output": str(output)},
         )
+        log_cohort_input(cohort, cohort_file)
         result = train_flow_matching(
             cfg,
             cohort,
@@ -144,11 +149,18 @@ def run(args: argparse.Namespace) -> int:
         logged = log_fm_generator(
             folder,
             registered_name=FM_REGISTERED_NAME if args.register else None,
-            alias=args.alias,
+            alias=alias,
             max_count=cfg.max_count,
         )
         if logged.version:
             mlflow.set_tag("registered_version", logged.version)
+        describe_run(
+            f"Flow-matching generator ({cfg.profile} profile, {cfg.image_size} px, conditioning "
+            f"{cfg.conditioning}) trained {result.epochs_done} epoch(s) on the "
+            f"{result.info.get('train_cases', '?')} training cases of cohort "
+            f"{cohort.content_hash}; final loss {result.losses[-1]:.4f}. Model: "
+            f"{logged.registry_uri or logged.model_uri}."
+        )
     print(f"run id: {run_id}")
     print(f"model URI: {logged.model_uri}")
     if logged.registry_uri:

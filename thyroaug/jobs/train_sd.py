@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from thyroaug.config import resolve, to_dict
-from thyroaug.contract import TAG_METHOD, TAG_STEP, generator_workdir, train_step
+from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
 from thyroaug.errors import ConfigError
 from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
+from thyroaug.tracking.runs import describe_run, log_cohort_input, log_params_safely
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="any other SDConfig field, e.g. --set guidance_scale=5 (repeatable)",
     )
     parser.add_argument("--register", action="store_true", help="register as thyroaug-sd")
-    parser.add_argument("--alias", help="registry alias for the new version, e.g. champion")
+    parser.add_argument(
+        "--alias",
+        default=CHAMPION,
+        help=f"registry alias the new version gets with --register (default {CHAMPION}; "
+        "'none' for no alias)",
+    )
     parser.add_argument("--max-count", type=int, default=16, help="served request image cap")
     parser.add_argument("--run-name", help="MLflow run name (default train_sd-<profile>)")
     add_experiment(parser)
@@ -99,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from thyroaug.generators.stable_diffusion.train import train_sd
     from thyroaug.tracking.setup import configure_tracking, project_home, start_run
 
-    if args.alias and not args.register:
-        raise ConfigError("--alias needs --register")
+    alias = None if (args.alias or "none").lower() == "none" or not args.register else args.alias
     if args.num_threads:
         import torch
 
@@ -117,10 +122,11 @@ def run(args: argparse.Namespace) -> int:
     configure_tracking(experiment=args.experiment)
     tags = {TAG_STEP: train_step("sd"), TAG_METHOD: "SD", "profile": cfg.profile}
     with start_run(run_name=args.run_name or f"train_sd-{cfg.profile}", tags=tags) as run:
-        mlflow.log_params(to_dict(cfg))
-        mlflow.log_params(
+        log_params_safely(to_dict(cfg))
+        log_params_safely(
             {"cohort": str(cohort_file), "cohort_hash": cohort.content_hash, "resume": args.resume}
         )
+        log_cohort_input(cohort, cohort_file)
         result = train_sd(
             cohort,
             cfg,
@@ -141,10 +147,16 @@ def run(args: argparse.Namespace) -> int:
         logged = log_sd_generator(
             result.model_dir,
             registered_name=SD_REGISTERED_NAME if args.register else None,
-            alias=args.alias,
+            alias=alias,
             max_count=args.max_count,
         )
         where = logged.registry_uri or logged.model_uri
+        describe_run(
+            f"Stable Diffusion generator ({result.source}, {cfg.profile} profile, "
+            f"{cfg.resolution} px) trained {result.train_steps} steps on cohort "
+            f"{cohort.content_hash}; final loss {final.get('final_loss', float('nan')):.4f}. "
+            f"Modes SD1-SD4. Model: {where}."
+        )
         print(
             f"SD ({result.source}, {cfg.profile}): {result.train_steps} steps in "
             f"{result.seconds:.0f} s, final loss {final.get('final_loss', float('nan')):.4f}; "

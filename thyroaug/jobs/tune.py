@@ -23,7 +23,6 @@ from thyroaug.tracking.runs import BEST_PARAMS_ARTIFACT
 log = logging.getLogger(__name__)
 
 
-
 def default_storage() -> str | None:
     """The Optuna storage URL derived from the tracking profile (None -> in memory)."""
     from thyroaug.tracking.setup import resolve_uris

@@ -1,8 +1,9 @@
-"""Reading things back from finished runs (artifacts other jobs hand over)."""
+"""Run helpers every job shares: safe param logging, descriptions, dataset inputs, read-backs."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +22,74 @@ def load_best_params(source: str) -> dict[str, Any]:
         )
     data = json.loads(path.read_text())
     return dict(data.get("params", data))
+
+
+def log_params_safely(params: Mapping[str, Any]) -> None:
+    """``mlflow.log_params`` that survives params `mlflow run` (or a resumed run) already set.
+
+    An entry point's ``-P`` values are logged by `mlflow run` before our code runs (e.g.
+    ``mode=auto`` meaning "the generator's default"); MLflow forbids changing a param, so a resolved
+    value that differs is logged as ``<key>_resolved`` instead, and an equal one is skipped.
+    """
+    import mlflow
+
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = text[:6000]
+        if key in existing and existing[key] != text:
+            key = f"{key}_resolved"
+        if key not in existing:
+            out[key] = text
+    if out:
+        mlflow.log_params(out)
+
+
+def describe_run(text: str) -> None:
+    """The run's description in the MLflow UI (``mlflow.note.content``): what it did, headlines."""
+    import mlflow
+
+    mlflow.set_tag("mlflow.note.content", text.strip())
+
+
+def log_cohort_input(cohort: Any, source: str | Path, context: str = "training") -> None:
+    """Log a prepared cohort as a dataset input of the active run (digest = its content hash).
+
+    Only the table's schema and size reach MLflow (never report text); ``source`` is the cache
+    file.
+    """
+    import warnings
+
+    import mlflow
+
+    table = cohort.table.drop(columns=["report", "prompt", "patient_id"], errors="ignore")
+    with warnings.catch_warnings():  # ambiguous local source / integer-column schema hints
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            table,
+            source=str(Path(source).resolve()),
+            name=f"thyroaug-cohort-{cohort.size}px",
+            digest=cohort.content_hash,
+            targets="label",
+        )
+        mlflow.log_input(dataset, context=context)
+
+
+def log_synthetic_input(data: Any, ref: str, method: str, sha256: str = "") -> None:
+    """Log a consumed synthetic set as a dataset input (context ``synthetic-<METHOD>``)."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            data.manifest[["index", "label", "method", "seed"]],
+            source=ref if "://" in ref or ref.startswith("runs:") else str(ref),
+            name=f"thyroaug-synthetic-{method}",
+            digest=(sha256 or "")[:32] or None,
+            targets="label",
+        )
+        mlflow.log_input(dataset, context=f"synthetic-{method}")

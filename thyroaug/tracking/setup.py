@@ -90,6 +90,14 @@ def configure_tracking(profile: str | None = None, experiment: str | None = None
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     if os.environ.get("MLFLOW_RUN_ID"):
+        chosen = os.environ.get("THYROAUG_TRACKING")
+        if chosen and chosen != "local" and os.environ.get("THYROAUG_TRACKING_URI", uri) != uri:
+            log.warning(
+                "THYROAUG_TRACKING=%s is ignored under `mlflow run`, which logs to its own store "
+                "(%s): set MLFLOW_TRACKING_URI=<server URI> before `mlflow run` instead",
+                chosen,
+                uri,
+            )
         return uri  # `mlflow run` already created the run (and chose its experiment)
     try:
         exp = mlflow.get_experiment_by_name(name)
@@ -132,4 +140,9 @@ def start_run(
         tags=all_tags,
         **kwargs,
     ) as run:
+        if run_id:  # `mlflow run` made the run: give it the name and tags a CLI run gets
+            if run_name:
+                mlflow.set_tag("mlflow.runName", run_name)
+            if all_tags:
+                mlflow.set_tags(all_tags)
         yield run

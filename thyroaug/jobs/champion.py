@@ -1,0 +1,116 @@
+"""Synthetic sets a scenario needs, found (or made) without the user naming them.
+
+For a generator method (``FM``, ``SD2``...) with no ``--synthetic`` given: the newest FINISHED
+``synthesize`` run of the family's registered ``@champion`` version made for this cohort (tags
+``generator.name``, ``generator.version``, ``cohort.content_hash``), in any experiment; if there is
+none, a synthesize step is run now from the champion (a nested run of the current one); if no
+champion is registered, the error names the exact `mlflow run` command that trains one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from thyroaug.contract import CHAMPION, STEP_SYNTHESIZE, synthetic_artifact
+from thyroaug.errors import ScenarioError
+from thyroaug.generators import registry
+
+log = logging.getLogger(__name__)
+
+
+def champion_version(family: registry.GeneratorFamily, profile: str) -> str:
+    """The registered version behind ``@champion``.
+
+    Raises:
+        ScenarioError: none registered; the message gives the command that trains one.
+    """
+    from mlflow import MlflowClient
+
+    try:
+        return str(
+            MlflowClient().get_model_version_by_alias(family.registered_name, CHAMPION).version
+        )
+    except Exception:  # the registry raises several types for a missing model / alias
+        raise ScenarioError(
+            f"no {family.registered_name}@{CHAMPION} is registered in "
+            f"{_tracking_uri()}; train one with `mlflow run . -e {family.entry_point} "
+            f"-P profile={profile}` (registers and aliases it), then run this again"
+        ) from None
+
+
+def _tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def newest_set(method: str, name: str, version: str, cohort_hash: str) -> str | None:
+    """``runs:/<id>/synthetic/<METHOD>`` of the newest matching finished synthesize run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        ids,
+        f"tags.step = '{STEP_SYNTHESIZE}' and tags.method = '{method}' and "
+        f"tags.`generator.name` = '{name}' and tags.`generator.version` = '{version}' and "
+        f"tags.`cohort.content_hash` = '{cohort_hash}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    return f"runs:/{runs[0].info.run_id}/{synthetic_artifact(method)}" if runs else None
+
+
+@contextmanager
+def _nested_env() -> Iterator[None]:
+    """Run a step as a child of the current `mlflow run` run instead of continuing it."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")}
+    if saved["MLFLOW_RUN_ID"]:
+        os.environ["MLFLOW_PARENT_RUN_ID"] = saved["MLFLOW_RUN_ID"]
+        del os.environ["MLFLOW_RUN_ID"]
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def resolve_generator_sets(
+    methods: Sequence[str], cohort: Path, cohort_hash: str, profile: str, per_class: int, seed: int
+) -> dict[str, str]:
+    """{method: set reference} for every method, found or synthesized now from the champion."""
+    from thyroaug.jobs.commands import run_command
+
+    out: dict[str, str] = {}
+    for method in methods:
+        fam = registry.family_of(method)
+        version = champion_version(fam, profile)
+        ref = newest_set(method, fam.registered_name, version, cohort_hash)
+        if ref is None:
+            log.info(
+                "no %s set of %s v%s for this cohort: synthesizing it now",
+                method,
+                fam.registered_name,
+                version,
+            )
+            argv = ["synthesize", "--generator", fam.champion_uri(), *fam.mode_args(method)]
+            argv += ["--per-class", str(per_class), "--cohort", str(cohort), "--seed", str(seed)]
+            with _nested_env():
+                run_command(argv)
+            ref = newest_set(method, fam.registered_name, version, cohort_hash)
+            if ref is None:
+                raise ScenarioError(
+                    f"synthesizing {method} from {fam.champion_uri()} left no set for cohort "
+                    f"{cohort_hash}: the champion was trained on another cohort; retrain it "
+                    f"with `mlflow run . -e {fam.entry_point} -P profile={profile}`"
+                )
+        log.info("synthetic set %s: %s", method, ref)
+        out[method] = ref
+    return out
