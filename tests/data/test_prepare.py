@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -293,6 +294,7 @@ def test_cli_prepare_logs_to_mlflow(cohort_dir: Path, tracking_home: Path, capsy
     assert run.data.params["content_hash"] == cohort.content_hash
     assert run.data.params["size"] == "16" and run.data.params["seed"] == "3"
     assert run.data.params["n_external"] == "12"
+    assert run.data.params["val_carved_from_train"] == "false"  # no split column: by center
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == cohort.content_hash
     assert dataset_input.tags[0].value == "prepared"
@@ -340,3 +342,48 @@ def test_cli_phantom_default_path(tmp_path: Path, caplog) -> None:
         assert main([*argv, "--no-mlflow", "--no-progress"]) == 0
     assert manifest.stat().st_mtime_ns == stamp and "reusing the phantom cohort" in caplog.text
     assert "up to date" in caplog.text
+
+
+def test_clinical_export_naming_train_and_external_only_gets_a_val_set(
+    cohort_dir: Path, tracking_home: Path
+) -> None:
+    """A split column with train / external cases only: val carved 9:1 from train, and logged."""
+    from mlflow.tracking import MlflowClient
+
+    from thyroaug.cli import main
+
+    manifest = cohort_dir / "manifest.csv"
+    table = pd.read_csv(manifest, keep_default_na=False)
+    table["split"] = np.where(table["center"] == "G", "test", "training")  # export spellings
+    table["center"] = table["center"].map({"A": "Tehran", "B": "Kashan", "G": "Shiraz"})
+    table.loc[1, "patient_id"] = table.loc[0, "patient_id"]  # one patient with two DG cases
+    table.to_csv(manifest, index=False)
+    out = tracking_home / "cohort"
+    argv = ["prepare", "--manifest", str(manifest), "--out", str(out), "--size", "16"]
+    assert main([*argv, "--seed", "4", "--no-progress"]) == 0
+    cohort = PreparedCohort.load(out)
+    splits = cohort.table.set_index("case_id")["split"]
+    given = table.set_index("case_id")["split"]
+    assert (splits[given == "test"] == "external").all()
+    assert set(splits[given == "training"]) == {"train", "val"}
+    assert len(cohort.indices("val")) == 4  # round(0.1 x 6) of each class's 24 train cases
+    assert (cohort.table.groupby("patient_id")["split"].nunique() == 1).all()
+    settings = cohort.settings
+    assert settings["val_carved_from_train"] is True
+    assert settings["val_carve_fraction"] == 0.1 and settings["val_carve_seed"] == 4
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("thyroaug").experiment_id])
+    params = run.data.params
+    assert params["val_carved_from_train"] == "true" and params["n_val"] == "4"
+    assert params["val_fraction"] == "0.1" and params["seed"] == "4"
+    logged = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "cohort/settings.json")).read_text()
+    )
+    assert logged["val_carved_from_train"] is True
+    # the same export with its own val cases keeps them exactly (and nothing is carved)
+    table.loc[table["center"] == "Tehran", "split"] = "val"
+    table.to_csv(manifest, index=False)
+    kept = prepare(manifest, tracking_home / "kept", PrepareConfig(size=16), progress=False)
+    assert "val_carved_from_train" not in kept.cohort.settings
+    expected = table["split"].replace({"test": "external", "training": "train"})
+    assert kept.cohort.table["split"].tolist() == expected.tolist()

@@ -1,4 +1,5 @@
-"""thyroaug.data.splits: center split, stratified grouped 9:1, determinism, leaks refused."""
+"""thyroaug.data.splits: center split, stratified grouped 9:1, determinism, leaks refused,
+val carved from the train cases of a manifest that names none."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from thyroaug.contract import CLASSES
 from thyroaug.data.splits import (
     assign_splits,
+    carves_val,
     check_splits,
     parse_centers,
     stratified_group_split,
@@ -121,3 +123,46 @@ def test_centers_checks() -> None:
     assert parse_centers("ABC") == ("A", "B", "C")
     assert parse_centers("Kashan, Tehran") == ("Kashan", "Tehran")
     assert parse_centers(["G", "H"]) == ("G", "H")
+
+
+def _train_external_manifest(seed: int) -> pd.DataFrame:
+    """A clinical export: the split column names train and external cases only (any centers)."""
+    table = make_table(seed, centers="KLMNOPQ")
+    table["split"] = np.where(table["center"].isin(list("KLMNO")), "train", "external")
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_manifest_without_val_gets_val_carved_from_its_train_cases(seed: int) -> None:
+    table = _train_external_manifest(seed)
+    assert carves_val(table, 0.1)
+    out = assign_splits(table, seed=seed)  # the default center lists do not apply here
+    given_train = table["split"] == "train"
+    assert out.loc[~given_train, "split"].eq("external").all()  # external kept exactly
+    assert set(out.loc[given_train, "split"]) == {"train", "val"}
+    assert (out.groupby("patient_id")["split"].nunique() == 1).all()  # no patient in two splits
+    n_train, n_val = int(given_train.sum()), int((out["split"] == "val").sum())
+    assert abs(n_val - 0.1 * n_train) <= len(CLASSES)  # ~10 % of the train cases
+    for cls in CLASSES:  # stratified: every class within +-1 of 10 % of its train cases
+        n = int((given_train & (table["label"] == cls)).sum())
+        got = int(((out["split"] == "val") & (out["label"] == cls)).sum())
+        assert abs(got - 0.1 * n) <= 1, (cls, got, n)
+    again = assign_splits(table, seed=seed)["split"]
+    assert again.equals(out["split"])  # deterministic per seed
+    assert not assign_splits(table, seed=seed + 10)["split"].equals(out["split"])
+    assert table["split"].isin(["train", "external"]).all()  # the input is not modified
+
+
+def test_manifest_splits_with_val_or_val_fraction_zero_are_kept() -> None:
+    table = _train_external_manifest(0)
+    assert not carves_val(table, 0.0)
+    assert assign_splits(table, val_fraction=0.0)["split"].equals(table["split"])
+    named = table.copy()
+    first_patient = named["patient_id"] == named["patient_id"].iloc[0]
+    named.loc[first_patient, "split"] = "val"
+    assert not carves_val(named, 0.1)
+    assert assign_splits(named, seed=7)["split"].equals(named["split"])
+    assert not carves_val(named.assign(split=""), 0.1)  # no splits: the center path instead
+    assert not carves_val(named.drop(columns="split"), 0.1)
+    with pytest.raises(ConfigError, match=r"val_fraction=1\.5"):
+        assign_splits(table, val_fraction=1.5)

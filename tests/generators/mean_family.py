@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         log_generator(
             MeanGeneratorModel(),
             folder,
+            name="generator-mean",
             registered_name=FAMILY.registered_name if args.register else None,
             alias=args.alias,
         )

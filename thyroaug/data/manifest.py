@@ -16,7 +16,8 @@ A manifest has one row per case. Canonical columns (see ``CANONICAL_COLUMNS``):
   ``prompt``        optional text prompt for Stable Diffusion
   ``split``         optional train / val / external ("training", "validation", "valid", "test"
                     and "ext" are read as those; test = external, as in the paper). Either every
-                    row has one (the manifest's splits are kept and validated) or none does
+                    row has one (the manifest's splits are kept and validated; with no val
+                    row, val is carved 9:1 from the train rows) or none does
                     (``thyroaug.data.splits.assign_splits`` makes them).
   ``age``, ``sex``, ``manufacturer``, ``model``  optional descriptive columns (sex M / F).
 

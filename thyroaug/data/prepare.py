@@ -40,7 +40,7 @@ from thyroaug.data.manifest import (
     validate_manifest,
 )
 from thyroaug.data.preprocess import PreprocessSettings, preprocess_case
-from thyroaug.data.splits import SPLITS, assign_splits, parse_centers
+from thyroaug.data.splits import SPLITS, assign_splits, carves_val, parse_centers
 from thyroaug.errors import ImageReadError, PromptError, ThyroaugError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ class PrepareConfig:
         non_square: ``pad`` (zero-pad, centred) or ``error``.
         train_centers: training centers (split into train / val).
         external_centers: external test centers.
-        val_fraction: fraction of each class of the training centers held out for validation.
+        val_fraction: fraction of each class of the training cases held out for validation
+            (from the training centers, or from the train cases of a manifest whose split
+            column names no val case).
         seed: seed of the train / val split.
         workers: worker processes for reading (0 or 1 = in this process).
     """
@@ -216,6 +218,21 @@ def _settings(cfg: PrepareConfig, class_map: dict[str, str] | None) -> dict[str,
     return settings
 
 
+def _carve_settings(table: pd.DataFrame, cfg: PrepareConfig) -> dict[str, Any]:
+    """Settings recording a val set carved from the manifest's train cases ({} otherwise).
+
+    Added only when it happens, so every other cohort keeps its content hash; for such a
+    manifest they change the hash, so a cache prepared earlier (with no val case) is rebuilt.
+    """
+    if not carves_val(table, cfg.val_fraction):
+        return {}
+    return {
+        "val_carved_from_train": True,
+        "val_carve_fraction": float(cfg.val_fraction),
+        "val_carve_seed": int(cfg.seed),
+    }
+
+
 def prepare(
     manifest: ManifestInput,
     out: str | Path,
@@ -234,6 +251,7 @@ def prepare(
     builder, builder_record = _prompt_builder(table)
     if builder_record:
         settings["prompt_builder"] = builder_record
+    settings.update(_carve_settings(table, cfg))
     chash = content_hash(table, settings)  # rows as given: assigned splits follow the settings
     table = assign_splits(
         table, cfg.train_centers, cfg.external_centers, cfg.val_fraction, cfg.seed
@@ -305,9 +323,10 @@ def prepare(
     )
     saved = cohort.save(path)
     log.info(
-        "prepared %d cases (%s) -> %s in %.1f s (hash %s)",
+        "prepared %d cases (%s%s) -> %s in %.1f s (hash %s)",
         len(cohort),
         ", ".join(f"{s} {len(cohort.indices(s))}" for s in SPLITS),
+        "; val carved from the manifest's train cases" * bool(carved_from_train(cohort)),
         saved,
         time.perf_counter() - started,
         chash,
@@ -354,7 +373,8 @@ def prepare_cohort(
         non_square: ``pad`` or ``error``.
         train_centers: training centers, e.g. ``"ABCDEF"`` or ``"A,B"``.
         external_centers: external test centers.
-        val_fraction: val share of each class of the training centers.
+        val_fraction: val share of each class of the training cases (training centers, or the
+            train cases of a manifest that names no val case; see ``splits.carves_val``).
         seed: seed of the train / val split.
         workers: reader processes (0 = this process).
         root: folder relative paths in manifest files resolve against (default: each manifest's
@@ -447,6 +467,11 @@ def example_grid(cohort: PreparedCohort, per_class: int = 6, seed: int = 0) -> A
     return fig
 
 
+def carved_from_train(cohort: PreparedCohort) -> bool:
+    """Whether the cohort's val set was carved from the train cases its manifest named."""
+    return bool(cohort.settings.get("val_carved_from_train", False))
+
+
 def log_cohort(
     outcome: PrepareOutcome,
     config: PrepareConfig,
@@ -454,7 +479,9 @@ def log_cohort(
 ) -> None:
     """Log a prepared cohort to the active MLflow run.
 
-    Params: the settings, the content hash, case counts per split; tags: the content hash and
+    Params: the settings, the content hash, case counts per split, ``val_carved_from_train``
+    (val carved ``val_fraction`` : rest from the train cases a manifest named, with ``seed``;
+    false when the manifest named val cases or had no splits); tags: the content hash and
     whether the cache was reused; the cohort as an MLflow dataset input (context ``prepared``,
     digest = content hash; report text left out); counts per center x class as a table and as
     CSV; an example grid image. Patient ids and report text are never logged as params / tags.
@@ -467,6 +494,7 @@ def log_cohort(
         content_hash=cohort.content_hash,
         n_cases=len(cohort),
         **{f"n_{split}": len(cohort.indices(split)) for split in SPLITS},
+        val_carved_from_train=str(carved_from_train(cohort)).lower(),
     )
     if sources:
         params["sources"] = ",".join(Path(s).name for s in sources)[:500]

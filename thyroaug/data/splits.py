@@ -12,7 +12,10 @@ quota, i.e. within 0.5 of the ideal; patients with several cases can leave a cla
 so the contract is "within +-1 of the ideal per class", checked and logged. (scikit-learn's
 ``StratifiedGroupKFold`` only offers 1/k fractions and balances folds less tightly.)
 
-If a manifest gives splits in every row, they are kept and only validated.
+If a manifest gives splits in every row, they are kept and only validated - except that a
+manifest naming no val case (clinical exports often name only train and external cases) gets its
+val set carved from its train cases by the same stratified, patient-grouped ``val_fraction`` split
+(``carves_val`` says whether that happens; ``val_fraction=0`` keeps the manifest as it is).
 """
 
 from __future__ import annotations
@@ -107,11 +110,14 @@ def assign_splits(
 ) -> pd.DataFrame:
     """A copy of ``table`` with ``split`` set to train / val / external.
 
+    Splits given in every row are kept; if none of them is val, val is carved from the given
+    train cases (``carves_val``). Without splits: by center, then val from the training centers.
+
     Args:
         table: validated manifest (case_id, patient_id, center, label; optional split).
         train_centers: centers used for training (split into train / val).
         external_centers: centers held out as the external test set.
-        val_fraction: fraction of every class of the training centers that goes to val.
+        val_fraction: fraction of every class of the training cases that goes to val.
         seed: seed of the train / val choice.
 
     Raises:
@@ -120,17 +126,27 @@ def assign_splits(
         ConfigError: overlapping center lists or a bad ``val_fraction``.
     """
     out = table.copy()
-    given = out["split"].astype(str).str.len() > 0 if "split" in out.columns else None
-    if given is not None and given.all():
-        check_splits(out)
-        log.info("using the splits given in the manifest")
-        return out
-    if given is not None and given.any():
+    given = _given_splits(out)
+    if given is not None and given.any() and not given.all():
         raise SplitError(
             "the split column is filled for some cases only; fill it for all or for none"
         )
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction={val_fraction}: expected a value in [0, 1)")
+    if given is not None and given.all():
+        check_splits(out)
+        if not carves_val(out, val_fraction):
+            log.info("using the splits given in the manifest")
+            return out
+        train_rows = np.flatnonzero((out["split"] == "train").to_numpy())
+        log.info(
+            "the manifest names no val case: carving val from its %d train case(s) "
+            "(fraction %g, stratified by class, grouped by patient, seed %d)",
+            len(train_rows),
+            float(val_fraction),
+            int(seed),
+        )
+        return _carve_val(out, train_rows, val_fraction, seed)
     train_set, ext_set = set(parse_centers(train_centers)), set(parse_centers(external_centers))
     if train_set & ext_set:
         raise ConfigError(
@@ -153,11 +169,38 @@ def assign_splits(
             f"no case comes from a training center ({''.join(sorted(train_set))}); "
             "check the center column or --train-centers"
         )
-    train_rows = np.flatnonzero(is_train_center)
+    return _carve_val(out, np.flatnonzero(is_train_center), val_fraction, seed)
+
+
+def _given_splits(table: pd.DataFrame) -> pd.Series | None:
+    """Which rows have a split in the manifest (None: no split column)."""
+    if "split" not in table.columns:
+        return None
+    return table["split"].fillna("").astype(str).str.len() > 0
+
+
+def carves_val(table: pd.DataFrame, val_fraction: float) -> bool:
+    """Whether ``assign_splits`` carves val out of the train cases a manifest names.
+
+    True when every row has a split, none is ``val``, some are ``train`` and ``val_fraction`` > 0
+    (clinical exports often name only train and external cases). A manifest without splits gets
+    its val set from the training centers instead, one that names val cases keeps them.
+    """
+    given = _given_splits(table)
+    if given is None or len(table) == 0 or not given.all() or float(val_fraction) <= 0:
+        return False
+    splits = table["split"].astype(str)
+    return bool((splits == "train").any() and not (splits == "val").any())
+
+
+def _carve_val(
+    out: pd.DataFrame, train_rows: np.ndarray, fraction: float, seed: int
+) -> pd.DataFrame:
+    """Move a stratified, patient-grouped ``fraction`` of ``train_rows`` to val (in place)."""
     sub = out.iloc[train_rows]
-    val = stratified_group_split(sub["label"], sub["patient_id"], val_fraction, seed)
+    val = stratified_group_split(sub["label"], sub["patient_id"], fraction, seed)
     out.iloc[train_rows[val], out.columns.get_loc("split")] = "val"
-    _log_stratification(sub["label"].to_numpy(), val, val_fraction)
+    _log_stratification(sub["label"].to_numpy(), val, fraction)
     check_splits(out)
     return out
 
@@ -174,4 +217,4 @@ def _log_stratification(labels: np.ndarray, val: np.ndarray, fraction: float) ->
                 cls,
                 ideal,
             )
-    log.info("split: %d train, %d val (of the training centers)", int((~val).sum()), int(val.sum()))
+    log.info("split: %d train, %d val (of the training cases)", int((~val).sum()), int(val.sum()))

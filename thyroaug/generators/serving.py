@@ -24,13 +24,21 @@ on some rows only can be refused by MLflow with its own message rather than ours
 
 Serving needs the ``thyroaug`` package importable in the serving environment
 (``--env-manager local`` from this project's virtualenv).
+
+``log_generator`` logs a generator folder (one logged model per family, named e.g.
+``generator-fm``) and, when it registers it, writes the family's model card (``model_card``: the
+cohort's content hash and training-case count - never patient ids, pixels or report text -,
+profile, training metrics, intended use and what it must not be used for) as the description of
+the registered model and of the new version, which is what the MLflow UI shows.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,6 +59,8 @@ log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "generator"
 REQUEST_FIELDS: tuple[str, ...] = ("label", "count", "seed", "mask")
+TYPE_HINT_WARNING = "Add type hints to the `predict` method"
+"""Start of the UserWarning MLflow 3 raises for a ``predict`` without type hints."""
 
 
 def _invalid(message: str) -> MlflowException:
@@ -87,7 +97,36 @@ def _as_int(value: Any, name: str, row: int, minimum: int) -> int:
     return int(value)
 
 
-class GeneratorModel(mlflow.pyfunc.PythonModel):
+@contextmanager
+def _without_type_hint_warning() -> Iterator[None]:
+    """Drop MLflow's "Add type hints to the `predict` method" UserWarning; pass on all others.
+
+    MLflow warns (with raw ANSI colour codes) when a ``PythonModel`` subclass defines ``predict``
+    without type hints, i.e. whenever this module is imported - on every model load in a new
+    process. Ours are unannotated on purpose: with type hints MLflow validates inputs itself
+    (before our 400 messages) and may derive a schema of its own. A plain
+    ``warnings.filterwarnings("ignore", ...)`` does not reach that warning (MLflow checks inside
+    its own ``simplefilter("once")``), so the warnings of the block are recorded, that one is
+    dropped and every other one is shown as usual.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for item in caught:
+        if TYPE_HINT_WARNING not in str(item.message):
+            warnings.showwarning(
+                item.message, item.category, item.filename, item.lineno, item.file, item.line
+            )
+
+
+class _UntypedPythonModel(mlflow.pyfunc.PythonModel):
+    """A ``PythonModel`` whose subclasses may define an unannotated ``predict`` without warning."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        with _without_type_hint_warning():
+            super().__init_subclass__(**kwargs)
+
+
+class GeneratorModel(_UntypedPythonModel):
     """Base pyfunc for thyroaug generators: count cap, seeds, masks, output format.
 
     Args:
@@ -267,6 +306,69 @@ def pip_requirements(*packages: str) -> list[str]:
     return out
 
 
+INTENDED_USE = (
+    "research data augmentation for thyroid scintigraphy classifiers; synthetic images are not "
+    "for diagnosis"
+)
+MUST_NOT = (
+    "diagnosis, treatment decisions or any other clinical use; presenting its images as real "
+    "patients' scans; evaluating a classifier in place of real external cases"
+)
+MAX_DESCRIPTION = 5000
+"""Characters of a registry description MLflow's SQL stores keep."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "unknown" if value is None or value == "" else str(value)
+
+
+def model_card(
+    title: str,
+    *,
+    method: str,
+    profile: str,
+    content_hash: str,
+    train_cases: int | str | None,
+    metrics: Mapping[str, Any] | None = None,
+    details: Sequence[str] = (),
+) -> str:
+    """Markdown for the registry: data, profile, training metrics, intended use and limits.
+
+    Only aggregates go in: the cohort's content hash and case count - never patient or case ids,
+    pixels or report text (the caller passes nothing else).
+
+    Args:
+        title: heading, e.g. ``thyroaug flow-matching generator (FM)``.
+        method: the augmentation method(s) it serves, e.g. ``FM`` or ``SD1-SD4``.
+        profile: the config profile it was trained with.
+        content_hash: the prepared cohort's content hash (its MLflow dataset digest).
+        train_cases: number of training cases it saw.
+        metrics: training metrics at registration (``None`` values are left out).
+        details: further Markdown bullet texts (architecture, sampling defaults...).
+    """
+    lines = [
+        f"# {title}",
+        "",
+        f"**Intended use:** {INTENDED_USE}.",
+        "",
+        f"**Must not be used for:** {MUST_NOT}.",
+        "",
+        "## Training data",
+        f"- prepared cohort, content hash `{_fmt(content_hash)}` (the digest of the cohort "
+        "dataset `thyroaug prepare` logs)",
+        f"- training cases: {_fmt(train_cases)}",
+        "- no patient or case ids, images or report text are part of this description",
+        "",
+        "## Training",
+        f"- method: {method}; profile: `{_fmt(profile)}`",
+        *(f"- {k}: {_fmt(v)}" for k, v in (metrics or {}).items() if v is not None),
+        *(f"- {d}" for d in details),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class LoggedGenerator:
     """Where a logged generator went."""
@@ -291,6 +393,7 @@ def log_generator(
     folder: str | Path,
     *,
     name: str = "generator",
+    card: str | None = None,
     registered_name: str | None = None,
     alias: str | None = None,
     params: list[tuple[str, str, Any]] | None = None,
@@ -305,7 +408,9 @@ def log_generator(
     Args:
         python_model: a ``GeneratorModel`` subclass instance (small: settings only).
         folder: the generator folder (becomes the ``generator`` artifact).
-        name: logged model name within the run.
+        name: logged model name within the run (one per family, e.g. ``generator-fm``).
+        card: model card (``model_card``); with ``registered_name`` it becomes the description
+            of the registered model and of the new version.
         registered_name: register under this name (e.g. ``thyroaug-fm``).
         alias: set this alias (e.g. ``champion``) on the new version; needs ``registered_name``.
         params: inference params ``(name, type, default)`` for the signature.
@@ -336,6 +441,8 @@ def log_generator(
         out.registered_name = registered_name
         out.version = str(info.registered_model_version)
         client = MlflowClient()
+        if card:
+            _describe(client, registered_name, out.version, card)
         for key, value in (tags or {}).items():
             client.set_model_version_tag(registered_name, out.version, key, str(value))
         if alias:
@@ -345,3 +452,13 @@ def log_generator(
             "registered %s version %s%s", registered_name, out.version, f" @{alias}" * bool(alias)
         )
     return out
+
+
+def _describe(client: Any, name: str, version: str, card: str) -> None:
+    """Set the version's and the registered model's description (what the MLflow UI shows)."""
+    note = (
+        f"\n_This describes version {version}, the latest registered; every version's own "
+        "description describes that version._\n"
+    )
+    client.update_model_version(name, version, description=card[:MAX_DESCRIPTION])
+    client.update_registered_model(name, description=card[: MAX_DESCRIPTION - len(note)] + note)

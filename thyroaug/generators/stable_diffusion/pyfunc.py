@@ -18,6 +18,9 @@ fields. Request rows (``{"inputs": [...]}`` when served):
 Params: ``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1). The answer has
 the shared columns (request, index, label, seed, source_id, image) plus ``mode``, ``prompt`` and
 ``retries`` (black-output regenerations). Invalid requests give HTTP 400 with the reason.
+
+The logged model is named ``generator-sd``; a registered version carries ``sd_card`` as its
+description.
 """
 
 from __future__ import annotations
@@ -43,13 +46,16 @@ from thyroaug.generators.serving import (
     _invalid,
     _missing,
     log_generator,
+    model_card,
     pip_requirements,
     request_signature,
 )
 from thyroaug.generators.stable_diffusion.checkpoint import read_card
-from thyroaug.generators.stable_diffusion.config import MODES
+from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, MODES
+from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE
 
 SD_REGISTERED_NAME = "thyroaug-sd"
+SD_MODEL_NAME = "generator-sd"
 SD_FIELDS: tuple[str, ...] = ("mode", "prompt", "image")
 MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
@@ -259,6 +265,42 @@ def sd_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs, params=shared.params)
 
 
+def _source_cases(model_dir: Path) -> int | None:
+    """Number of training cases in the source bank (``sources.csv`` rows; ids are not read out)."""
+    path = model_dir / SOURCES_TABLE
+    if not path.is_file():
+        return None
+    with path.open("rb") as fh:
+        return max(0, sum(1 for _ in fh) - 1)
+
+
+def sd_card(card: Mapping[str, Any], model_dir: str | Path) -> str:
+    """The registry description of a saved SD directory, from its ``thyroaug_sd.json``."""
+    cfg = card.get("config") or {}
+    base = Path(str(card.get("base_model") or "")).name or "none (trained from scratch)"
+    modes = "; ".join(f"{m}: {d}" for m, d in MODE_DESCRIPTIONS.items())
+    return model_card(
+        "thyroaug Stable Diffusion generator (SD1-SD4)",
+        method="SD1-SD4 (Stable Diffusion fine-tuned with report-derived prompts)",
+        profile=str(cfg.get("profile", "")),
+        content_hash=str(card.get("cohort_hash", "")),
+        train_cases=_source_cases(Path(model_dir)),
+        metrics={
+            "final training loss": card.get("final_loss"),
+            "optimizer steps": card.get("train_steps"),
+        },
+        details=[
+            f"source: {card.get('source', 'unknown')} (base model: {base}); text encoder: "
+            f"{card.get('text_encoder_training', 'unknown')}; EMA weights: {card.get('ema')}",
+            f"resolution: {card.get('resolution')} px (cohort images "
+            f"{card.get('cohort_image_size')} px)",
+            f"sampling defaults: {cfg.get('num_inference_steps')} steps, guidance "
+            f"{cfg.get('guidance_scale')}, strength {cfg.get('strength')}",
+            f"modes: {modes}",
+        ],
+    )
+
+
 def log_sd_generator(
     model_dir: str | Path,
     *,
@@ -267,6 +309,9 @@ def log_sd_generator(
     max_count: int = 16,
 ) -> LoggedGenerator:
     """Log (and optionally register + alias) a saved SD directory in the active run.
+
+    The model is logged as ``generator-sd``; a registered version (and the registered model) get
+    ``sd_card`` as their description.
 
     Args:
         model_dir: the ``model/`` folder written by ``train_sd``.
@@ -295,6 +340,8 @@ def log_sd_generator(
     return log_generator(
         SDGeneratorModel(max_count=max_count),
         model_dir,
+        name=SD_MODEL_NAME,
+        card=sd_card(card, model_dir),
         registered_name=registered_name,
         alias=alias,
         params=params,
