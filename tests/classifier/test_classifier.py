@@ -102,7 +102,7 @@ def test_config_profiles_and_validation() -> None:
     assert (paper.lr_factor, paper.lr_patience, paper.min_lr) == (0.8, 10, 2e-5)
     assert (paper.dropout, paper.per_class_synthetic, paper.bootstrap) == (0.2, 1000, 1000)
     quick = resolve(ClassifierConfig, "quick")
-    assert quick.image_size == 64 and quick.epochs < 20 and quick.profile == "quick"
+    assert quick.image_size == 32 and quick.epochs < 20 and quick.profile == "quick"
     smoke = resolve(ClassifierConfig, "smoke", epochs="1")
     assert smoke.image_size == 32 and smoke.epochs == 1 and smoke.bootstrap == 50
     with pytest.raises(ConfigError):

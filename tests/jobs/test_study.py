@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_parse_scenarios_and_methods() -> None:
-    assert parse_scenarios("default") == ["O", "CA", "FM", "O+FM", "O+FM+CA"]
+    assert parse_scenarios("default") == parse_scenarios("all")
     assert len(parse_scenarios("all")) == 18
     assert parse_scenarios("CA+O, O+CA,FM") == ["O+CA", "FM"]
     assert methods_needed(["O", "O+SD2+CA", "FM"]) == ["SD2", "FM"]  # registry order

@@ -36,6 +36,8 @@ class GeneratorFamily:
         description: one line for ``thyroaug --help``.
         pyfunc_class: ``module:Class`` of the family's MLflow pyfunc (documentation; loading goes
             through MLflow, which unpickles the class itself).
+        resumable: the training command takes ``--output DIR --resume`` (checkpoints in DIR; a
+            missing checkpoint starts afresh), so a killed study continues inside the step.
     """
 
     name: str
@@ -43,6 +45,7 @@ class GeneratorFamily:
     train_job: str
     description: str
     pyfunc_class: str = ""
+    resumable: bool = False
 
     @property
     def registered_name(self) -> str:
@@ -148,6 +151,7 @@ register_family(
         train_job="thyroaug.jobs.train_sd",
         description="train the Stable Diffusion generator",
         pyfunc_class="thyroaug.generators.stable_diffusion.pyfunc:SDGeneratorModel",
+        resumable=True,
     )
 )
 register_family(
@@ -157,5 +161,6 @@ register_family(
         train_job="thyroaug.jobs.train_fm",
         description="train the flow-matching generator",
         pyfunc_class="thyroaug.generators.flow_matching.pyfunc:FMGeneratorModel",
+        resumable=True,
     )
 )

@@ -18,8 +18,8 @@ using this machine's cores and GPUs, or on an existing cluster (``--ray-address`
 Restarts: every step has a config hash (its command line + the hashes of the steps it consumes).
 A step whose FINISHED run with the same study id and hash exists is skipped and its outputs are
 read back from that run, so a killed study restarts where it stopped, with either executor. The
-parent run is found again by its study id. ``--scenarios``: ``default`` (the five quick
-scenarios), ``all`` (the paper's 18) or a comma-separated list.
+parent run is found again by its study id. ``--scenarios``: ``all`` (the default: the paper's 18)
+or a comma-separated list (e.g. ``O,CA,FM,O+FM,O+FM+CA``).
 """
 
 from __future__ import annotations
@@ -43,18 +43,15 @@ from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_ho
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCENARIOS: tuple[str, ...] = ("O", "CA", "FM", "O+FM", "O+FM+CA")
 PER_CLASS = {"paper": 1000, "quick": 100, "smoke": 8}
 PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
 
 
 def parse_scenarios(text: str) -> list[str]:
-    """``default`` / ``all`` / a comma-separated list -> canonical scenario names, de-duplicated."""
+    """``all`` (= ``default``: the paper's 18) / a comma-separated list -> canonical names."""
     from thyroaug.scenarios import PAPER_SCENARIOS, canonical
 
-    if text in ("", "default"):
-        names = list(DEFAULT_SCENARIOS)
-    elif text == "all":
+    if text in ("", "default", "all"):
         names = list(PAPER_SCENARIOS)
     else:
         names = [s.strip() for s in text.split(",") if s.strip()]
@@ -174,6 +171,7 @@ class StudyPlan:
     seed: int
     cohort_dir: Path
     backend: str = "local"
+    workdir: Path = Path("outputs")
     synthetic: dict[str, str] = field(default_factory=dict)
     method_hash: dict[str, str] = field(default_factory=dict)
     feature_args: list[str] = field(default_factory=list)
@@ -224,6 +222,8 @@ def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, s
     for fam in families:
         argv = [fam.train_command, "--profile", plan.profile, "--cohort", str(plan.cohort_dir)]
         argv += ["--seed", str(plan.seed), "--register", "--alias", CHAMPION]
+        if fam.resumable:  # per-study checkpoints: a killed study continues inside the step
+            argv += ["--output", str(plan.workdir / fam.name), "--resume"]
         batch.append(st.plan(fam.entry_point, argv, [prep_hash], kind="train"))
     runs = st.execute(batch)
     if "classifier_O" in runs:
@@ -325,7 +325,7 @@ def run_study(
     out = home / "outputs" / study_id
     # the one default cohort of every entry point, so that `mlflow run . -e train_classifier
     # -P scenario=O+FM` after a study uses the cohort its generators were trained on
-    plan = StudyPlan(profile, names, study_id, seed, home / DEFAULT_COHORT_DIR, backend)
+    plan = StudyPlan(profile, names, study_id, seed, home / DEFAULT_COHORT_DIR, backend, out)
     t0 = time.monotonic()
     status = "FAILED"
     try:
@@ -403,8 +403,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile(parser)
     parser.add_argument(
         "--scenarios",
-        default="default",
-        help="default (O,CA,FM,O+FM,O+FM+CA), all (the 18), or a list",
+        default="all",
+        help="all (the paper's 18, default) or a comma-separated list, e.g. O,CA,O+FM",
     )
     parser.add_argument("--study-id", default=None, help="default: <profile>-s<seed>")
     parser.add_argument(

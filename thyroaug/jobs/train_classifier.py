@@ -359,7 +359,7 @@ def train_and_evaluate(
         mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
         log_cohort_input(cohort, cohort_source or project_home() / DEFAULT_COHORT_DIR)
         for method, item in data.synthetic.items():
-            log_synthetic_input(item.data, item.ref, method, item.sha256)
+            log_synthetic_input(item.data, item.ref, method, item.sha256, item.local_path)
         out = _execute(
             data, cohort, cfg, out_dir, name, run, on_epoch, progress, log_model, evaluate_external
         )

@@ -77,19 +77,32 @@ def log_cohort_input(cohort: Any, source: str | Path, context: str = "training")
         mlflow.log_input(dataset, context=context)
 
 
-def log_synthetic_input(data: Any, ref: str, method: str, sha256: str = "") -> None:
-    """Log a consumed synthetic set as a dataset input (context ``synthetic-<METHOD>``)."""
+def log_synthetic_input(
+    data: Any, ref: str, method: str, sha256: str = "", local_path: str | None = None
+) -> None:
+    """Log a consumed synthetic set as a dataset input (context ``synthetic-<METHOD>``).
+
+    The source is the set's local folder (MLflow resolves no ``runs:/`` dataset sources); the
+    reference the user gave is in the run's params. Never fails the run: a set MLflow cannot
+    describe is skipped with a warning.
+    """
+    import logging
     import warnings
 
     import mlflow
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            data.manifest[["index", "label", "method", "seed"]],
-            source=ref if "://" in ref or ref.startswith("runs:") else str(ref),
-            name=f"thyroaug-synthetic-{method}",
-            digest=(sha256 or "")[:32] or None,
-            targets="label",
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(
+                data.manifest[["index", "label", "method", "seed"]],
+                source=str(Path(local_path).resolve()) if local_path else None,
+                name=f"thyroaug-synthetic-{method}",
+                digest=(sha256 or "")[:32] or None,
+                targets="label",
+            )
+            mlflow.log_input(dataset, context=f"synthetic-{method}")
+    except Exception as exc:  # a dataset input is a convenience for browsing, never essential
+        logging.getLogger(__name__).warning(
+            "synthetic set %s (%s) not logged as a dataset input: %s", method, ref, exc
         )
-        mlflow.log_input(dataset, context=f"synthetic-{method}")
