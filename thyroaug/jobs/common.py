@@ -7,6 +7,7 @@ from pathlib import Path
 
 from thyroaug.config import PROFILE_NAMES
 from thyroaug.contract import DEFAULT_COHORT_DIR, EXPERIMENT
+from thyroaug.errors import ThyroaugError
 from thyroaug.tracking.setup import project_home
 
 DEFAULT_PROFILE = "quick"
@@ -38,3 +39,30 @@ def cohort_path(args: argparse.Namespace) -> Path:
 def add_experiment(parser: argparse.ArgumentParser) -> None:
     """``--experiment`` (default: ``$MLFLOW_EXPERIMENT_NAME`` or ``thyroaug``)."""
     parser.add_argument("--experiment", help=f"MLflow experiment (default {EXPERIMENT})")
+
+
+PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
+"""Phantom cohort size per profile (1 = the paper's 2954 cases)."""
+
+
+def ensure_default_cohort(cohort: Path, profile: str) -> None:
+    """At the default location and missing: prepare the embedded default (phantom) cohort.
+
+    So that every entry point works with its defaults on a fresh clone (`mlflow run . -e train_fm`);
+    the phantom scale follows the profile. Not logged as a run of its own (`mlflow run . -e
+    prepare_data` does that). Any other missing path is the caller's error to report.
+    """
+    from thyroaug.data.cohort import COHORT_FILE
+    from thyroaug.errors import ConfigError
+    from thyroaug.jobs.commands import run_command
+
+    folder = project_home() / DEFAULT_COHORT_DIR
+    if cohort.expanduser().resolve() != folder.resolve() or (folder / COHORT_FILE).exists():
+        return
+    scale = PHANTOM_SCALE[profile]
+    print(f"no cohort at {folder}: preparing the default phantom cohort (scale {scale})")
+    argv = ["prepare", "--phantom-scale", str(scale), "--out", str(folder)]
+    try:
+        run_command([*argv, "--no-mlflow", "--no-progress"])
+    except ThyroaugError as exc:
+        raise ConfigError(f"could not prepare the default cohort in {folder}: {exc}") from exc

@@ -38,13 +38,13 @@ from typing import Any
 from thyroaug.contract import CHAMPION, DEFAULT_COHORT_DIR, EXPERIMENT, synthetic_artifact
 from thyroaug.errors import ThyroaugError
 from thyroaug.generators import registry
+from thyroaug.jobs.common import PHANTOM_SCALE
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
 from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_home, resolve_uris
 
 log = logging.getLogger(__name__)
 
 PER_CLASS = {"paper": 1000, "quick": 100, "smoke": 8}
-PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
 
 
 def parse_scenarios(text: str) -> list[str]:

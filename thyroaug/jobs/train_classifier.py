@@ -29,7 +29,13 @@ from thyroaug.config import resolve, to_dict
 from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
-from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
+from thyroaug.jobs.common import (
+    add_cohort,
+    add_experiment,
+    add_profile,
+    cohort_path,
+    ensure_default_cohort,
+)
 from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
 from thyroaug.tracking.runs import (
     describe_run,
@@ -97,38 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-PHANTOM_SCALE = {"paper": 1.0, "quick": 0.25, "smoke": 0.03}
-
-
-def ensure_default_cohort(profile: str) -> None:
-    """Without ``--cohort``: prepare the embedded default (phantom) cohort if it is not there yet.
-
-    So that `mlflow run . -e train_classifier` works on a fresh clone; the phantom scale follows the
-    profile. It is not logged as a run of its own (`mlflow run . -e prepare_data` does that).
-    """
-    from thyroaug.data.cohort import COHORT_FILE
-    from thyroaug.jobs.commands import main
-
-    folder = project_home() / DEFAULT_COHORT_DIR
-    if (folder / COHORT_FILE).exists():
-        return
-    scale = PHANTOM_SCALE[profile]
-    print(f"no cohort at {folder}: preparing the default phantom cohort (scale {scale})")
-    code = main(
-        [
-            "prepare",
-            "--phantom-scale",
-            str(scale),
-            "--out",
-            str(folder),
-            "--no-mlflow",
-            "--no-progress",
-        ]
-    )
-    if code != 0:
-        raise ConfigError(f"could not prepare the default cohort in {folder} (exit {code})")
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {
         "seed": args.seed,
@@ -161,8 +135,7 @@ def run(args: argparse.Namespace) -> int:
     explicit = {k: v for k, v in _overrides(args).items() if v is not None}
     resolve(ClassifierConfig, args.profile, **explicit)  # validate flags before any run exists
     cohort_file = cohort_path(args)
-    if cohort_file.resolve() == (project_home() / DEFAULT_COHORT_DIR).resolve():
-        ensure_default_cohort(args.profile)
+    ensure_default_cohort(cohort_file, args.profile)
     configure_tracking(experiment=args.experiment)
     overrides: dict[str, Any] = {}
     tags: dict[str, str] = {}

@@ -22,7 +22,13 @@ from typing import Any
 
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
-from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
+from thyroaug.jobs.common import (
+    add_cohort,
+    add_experiment,
+    add_profile,
+    cohort_path,
+    ensure_default_cohort,
+)
 from thyroaug.tracking.runs import describe_run, log_cohort_input
 
 log = logging.getLogger(__name__)
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     alias = None if (args.alias or "none").lower() == "none" or not args.register else args.alias
     home = project_home()
     cohort_file = cohort_path(args)
+    ensure_default_cohort(cohort_file, args.profile)
     cohort = PreparedCohort.load(cohort_file)
     cfg = resolve(
         FMConfig,

@@ -22,7 +22,13 @@ from typing import Any
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
 from thyroaug.errors import ConfigError
-from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
+from thyroaug.jobs.common import (
+    add_cohort,
+    add_experiment,
+    add_profile,
+    cohort_path,
+    ensure_default_cohort,
+)
 from thyroaug.tracking.runs import describe_run, log_cohort_input, log_params_safely
 
 
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(SDConfig, args.profile, **_overrides(args))
     home = project_home()
     cohort_file = cohort_path(args)
+    ensure_default_cohort(cohort_file, args.profile)
     cohort = PreparedCohort.load(cohort_file)
     out = Path(args.output) if args.output else home / generator_workdir("sd", cfg.profile)
     if not PartialState().is_main_process:
