@@ -586,10 +586,10 @@ def study_steps(home: Path, profile: str, scale: float) -> list[tuple[str, list[
         "synthesize": "synthesize --generator @generator --per-class 4 --steps 2"
         " --cohort {cohort} --no-fidelity --out {synthetic} --no-progress",
         "train-classifier O": "train-classifier --scenario O --profile {profile} --cohort {cohort}"
-        " --epochs 1 --bootstrap 20 --study-id {study} --no-progress",
+        " --epochs 1 --bootstrap 20 --study-id {study} --no-progress --allow-substitutes",
         "train-classifier O+FM": "train-classifier --scenario O+FM --profile {profile}"
         " --cohort {cohort} --synthetic FM=@synthetic --per-class 4 --epochs 1 --bootstrap 20"
-        " --study-id {study} --no-progress",
+        " --study-id {study} --no-progress --allow-substitutes",
         "compare": "compare --study-id {study}",
     }
     return [(name, shlex.split(text.format(**q))) for name, text in commands.items()]

@@ -29,6 +29,7 @@ from thyroaug.config import resolve, to_dict
 from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
+from thyroaug.jobs import substitutes
 from thyroaug.jobs.common import (
     add_cohort,
     add_experiment,
@@ -65,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "mlflow-artifacts:/... or a run id (repeatable; default: the @champion generator's "
         "newest set for this cohort, synthesized now if there is none)",
     )
+    substitutes.add_argument(parser)
     parser.add_argument(
         "--allow-other-cohort",
         action="store_true",
@@ -146,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         tags["params_from"] = args.params_from
     overrides.update(explicit)
     cfg = resolve(ClassifierConfig, args.profile, **overrides)
+    needs = ["classifier_init"] if cfg.init == "imagenet" else []
+    subs = substitutes.check(cfg.profile, needs, args.allow_substitutes)
+    tags.update({f"deviation.{k}": v for k, v in subs.items()})
     cohort = PreparedCohort.load(cohort_file)
     missing = [m for m in scenario.generator_methods if m not in synthetic]
     if missing:

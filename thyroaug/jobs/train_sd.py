@@ -22,6 +22,7 @@ from typing import Any
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
 from thyroaug.errors import ConfigError
+from thyroaug.jobs import substitutes
 from thyroaug.jobs.common import (
     add_cohort,
     add_experiment,
@@ -69,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="any other SDConfig field, e.g. --set guidance_scale=5 (repeatable)",
     )
     parser.add_argument("--register", action="store_true", help="register as thyroaug-sd")
+    substitutes.add_argument(parser)
     parser.add_argument(
         "--alias",
         default=CHAMPION,
@@ -117,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.num_threads)
     cfg = resolve(SDConfig, args.profile, **_overrides(args))
+    needs = ["sd_source"] if cfg.source == "auto" else []
+    subs = substitutes.check(cfg.profile, needs, args.allow_substitutes, args.base_model)
     home = project_home()
     cohort_file = cohort_path(args)
     ensure_default_cohort(cohort_file, args.profile)
@@ -134,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             {"cohort": str(cohort_file), "cohort_hash": cohort.content_hash, "resume": args.resume}
         )
         log_cohort_input(cohort, cohort_file)
+        substitutes.tag(subs)
         result = train_sd(
             cohort,
             cfg,
