@@ -7,10 +7,21 @@ A synthetic set is a folder (a local path or a downloaded MLflow artifact direct
                           ``method`` (FM, SD1..SD4, CA), ``generator_uri``, ``generator_version``,
                           ``seed``, ``source_id`` (case or mask id the image was conditioned on,
                           empty if none), plus free method-specific columns (solver, steps, ...);
-  ``set.json``            summary: method, per-class counts, cohort hash, image size, created-by
-                          run id, and any generator settings;
+  ``set.json``            summary: method, ``count``, per-class counts, cohort hash, image size,
+                          created-by run id, any generator settings, and ``tensor_sha256`` (the
+                          hash ``tensor_sha256`` of images + labels), written last;
   ``grid_<CLASS>.png``    optional sample grids (not read back).
 Writes are atomic: everything goes to a temporary sibling folder that is renamed at the end.
+
+Loading refuses a set without complete provenance: ``set.json`` missing (a killed run or an
+interrupted upload), a count or tensor hash that does not match the tensors, or a truncated /
+corrupt file (``ScenarioError`` naming the file). Sets saved before the hash was recorded are
+refused with a message to regenerate them, unless ``trust_legacy=True`` (then only the count is
+checked and a warning logged): their tensors cannot be told apart from a damaged copy.
+
+``resolve_set`` downloads MLflow sets into a temporary ``thyroaug-synthetic-<METHOD>-*`` folder,
+removes it once the set is in memory (``LoadedSynthetic.local_path`` is then None; ``ref`` says
+where it came from), and on every call sweeps such folders older than a day left by crashed runs.
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +50,10 @@ log = logging.getLogger(__name__)
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+DOWNLOAD_PREFIX = "thyroaug-synthetic-"
+STALE_DOWNLOAD_S = 24 * 3600
+"""Age after which a leftover download folder (a crashed run's) is removed."""
+REGENERATE = "regenerate it with `thyroaug synthesize` (or `mlflow run . -e synthesize`)"
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "index",
     "label",
@@ -113,6 +130,7 @@ class SyntheticSet:
                 "count": len(self.manifest),
                 "class_counts": self.class_counts(),
                 "image_size": int(self.images.shape[-1]) if len(self.manifest) else None,
+                "tensor_sha256": tensor_sha256(self.images, self.labels),
             }
             (tmp / "set.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
             for name, grid in (grids or {}).items():
@@ -127,27 +145,92 @@ class SyntheticSet:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> SyntheticSet:
-        """Read a set written by ``save``; raises ScenarioError naming what is missing."""
-        from safetensors.torch import load_file
+    def load(cls, folder: str | Path, trust_legacy: bool = False) -> SyntheticSet:
+        """Read a set written by ``save`` and check its provenance (see the module docstring).
 
+        Args:
+            folder: the set's folder.
+            trust_legacy: accept a set whose ``set.json`` records no tensor hash (saved before
+                hashes were recorded); its count is still checked.
+
+        Raises:
+            ScenarioError: a file missing, truncated or corrupt, or count / hash not matching.
+        """
         folder = Path(folder)
-        for name in ("images.safetensors", "manifest.csv"):
-            if not (folder / name).exists():
+        for name in ("images.safetensors", "manifest.csv", "set.json"):
+            if not (folder / name).is_file():
+                why = " (an interrupted run or upload?)" if name == "set.json" else ""
                 raise ScenarioError(
-                    f"{folder} is not a synthetic set: {name} is missing (produce one with "
-                    "`thyroaug synthesize` / `mlflow run . -e synthesize`)"
+                    f"{folder} is not a complete synthetic set: {name} is missing{why}; "
+                    + REGENERATE
                 )
-        tensors = load_file(str(folder / "images.safetensors"))
-        manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)
-        info_path = folder / "set.json"
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        tensors = _read_tensors(folder / "images.safetensors")
+        try:
+            manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)
+            info = json.loads((folder / "set.json").read_text())
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise ScenarioError(
+                f"{folder}: manifest.csv or set.json unreadable ({exc}); {REGENERATE}"
+            ) from exc
+        if not isinstance(info, dict):
+            raise ScenarioError(f"{folder / 'set.json'} is not a JSON object; {REGENERATE}")
+        _check_provenance(folder, tensors, len(manifest), info, trust_legacy)
         return cls(tensors["images"], tensors["labels"], manifest, info)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """``images`` and ``labels`` of a set file; ScenarioError naming the file if damaged."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ScenarioError(f"{path} is truncated or corrupt ({exc}); {REGENERATE}") from exc
+    missing = [k for k in ("images", "labels") if k not in tensors]
+    if missing:
+        raise ScenarioError(f"{path} lacks tensor(s) {', '.join(missing)}; {REGENERATE}")
+    return tensors
+
+
+def _check_provenance(
+    folder: Path, tensors: dict[str, torch.Tensor], rows: int, info: dict[str, Any], trust: bool
+) -> None:
+    """set.json's count and tensor hash must describe these tensors (see ``SyntheticSet.load``)."""
+    n = int(tensors["images"].shape[0]) if tensors["images"].ndim else 0
+    if info.get("count") is not None and str(info["count"]) != str(n):
+        raise ScenarioError(
+            f"{folder}: set.json records {info['count']} images, images.safetensors holds {n}; "
+            f"the set is incomplete or mixed up: {REGENERATE}"
+        )
+    if rows != n:
+        raise ScenarioError(f"{folder}: manifest.csv has {rows} rows for {n} images; {REGENERATE}")
+    recorded = info.get("tensor_sha256")
+    if not recorded:
+        if not trust:
+            raise ScenarioError(
+                f"{folder}: set.json records no tensor hash (a set saved by an older thyroaug), "
+                f"so a damaged copy cannot be detected; {REGENERATE}, or accept it as is with "
+                "trust_legacy=True"
+            )
+        log.warning("%s: legacy synthetic set without a tensor hash, trusted as is", folder)
+        return
+    actual = tensor_sha256(tensors["images"], tensors["labels"])
+    if actual != recorded:
+        raise ScenarioError(
+            f"{folder}: images.safetensors does not match the hash in set.json (recorded "
+            f"{str(recorded)[:12]}..., found {actual[:12]}...): the set was changed or damaged; "
+            f"{REGENERATE}"
+        )
 
 
 @dataclass
 class LoadedSynthetic:
-    """A synthetic set plus where it came from (for logging exactly which set was used)."""
+    """A synthetic set plus where it came from (for logging exactly which set was used).
+
+    ``local_path`` is the set's folder on disk, or None when it was a temporary download (removed
+    once loaded: ``ref`` names the run / URI); ``sha256`` is the hash of ``images.safetensors``.
+    """
 
     method: str
     data: SyntheticSet
@@ -184,54 +267,110 @@ def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def sweep_stale_downloads(
+    max_age_s: float = STALE_DOWNLOAD_S, folder: str | Path | None = None
+) -> list[Path]:
+    """Remove this user's ``thyroaug-synthetic-*`` download folders older than ``max_age_s``.
+
+    ``resolve_set`` removes its downloads itself; what is left comes from runs that crashed.
+
+    Args:
+        max_age_s: age (seconds since the folder last changed) from which a folder is stale.
+        folder: where to look (default: the system temporary folder).
+
+    Returns:
+        The folders removed.
+    """
+    root = Path(folder) if folder is not None else Path(tempfile.gettempdir())
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    now, removed = time.time(), []
+    try:
+        candidates = list(root.glob(f"{DOWNLOAD_PREFIX}*"))
+    except OSError:
+        return []
+    for path in candidates:
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        mine = uid is None or st.st_uid == uid
+        if stat.S_ISDIR(st.st_mode) and mine and now - st.st_mtime >= max_age_s:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d stale synthetic download folder(s) in %s", len(removed), root)
+    return removed
+
+
+def _download(method: str, ref: str, dst: Path, hint: str) -> Path:
+    """Download the set ``ref`` (run id or artifact URI) into ``dst``; ScenarioError if not."""
+    import mlflow
+
+    try:
+        if _RUN_ID.match(ref):
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=ref, artifact_path=synthetic_artifact(method), dst_path=str(dst)
+                )
+            )
+        if _URI.match(ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=str(dst)))
+    except Exception as exc:  # MLflow raises many types for missing runs/artifacts
+        raise ScenarioError(
+            f"synthetic set {method}={ref!r} could not be downloaded: {exc}; check the "
+            f"run id / URI{', or ' + hint if hint else ''}"
+        ) from exc
+    raise ScenarioError(
+        f"synthetic set {method}={ref!r}: no such folder, and not a run id or an "
+        f"artifact URI{'; ' + hint if hint else ''}"
+    )
+
+
 def resolve_set(
-    method: str, ref: str, download_dir: str | Path | None = None, hint: str = ""
+    method: str,
+    ref: str,
+    download_dir: str | Path | None = None,
+    hint: str = "",
+    trust_legacy: bool = False,
 ) -> LoadedSynthetic:
     """Load the synthetic set that ``ref`` points to and check it is a ``method`` set.
 
     Args:
         method: the scenario part it stands for (FM, SD1..SD4, CA).
         ref: a local folder, an MLflow artifact URI, or a bare run id (-> ``synthetic/<method>``).
-        download_dir: where MLflow downloads go (default: a fresh temporary folder).
+        download_dir: where MLflow downloads go and stay (default: a temporary folder that is
+            removed once the set is loaded; ``local_path`` is then None).
         hint: how to produce a missing set (appended to the error message).
+        trust_legacy: accept a set saved without a tensor hash (``SyntheticSet.load``).
 
     Raises:
-        ScenarioError: nothing found at ``ref``, a download failure, or a set of another method.
+        ScenarioError: nothing found at ``ref``, a download failure, an incomplete or damaged
+            set, or a set of another method.
     """
+    sweep_stale_downloads()
     path = Path(ref).expanduser()
+    temporary = None
     if path.exists():
         local = path
     else:
-        import mlflow
-
-        dst = str(download_dir or tempfile.mkdtemp(prefix=f"thyroaug-synthetic-{method}-"))
+        if download_dir is None:
+            temporary = Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{method}-"))
         try:
-            if _RUN_ID.match(ref):
-                local = Path(
-                    mlflow.artifacts.download_artifacts(
-                        run_id=ref, artifact_path=synthetic_artifact(method), dst_path=dst
-                    )
-                )
-            elif _URI.match(ref) and not re.match(r"^[a-zA-Z]:[\\/]", ref):
-                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dst))
-            else:
-                raise ScenarioError(
-                    f"synthetic set {method}={ref!r}: no such folder, and not a run id or an "
-                    f"artifact URI{'; ' + hint if hint else ''}"
-                )
-        except ScenarioError:
+            local = _download(method, ref, temporary or Path(download_dir), hint)
+        except BaseException:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
             raise
-        except Exception as exc:  # MLflow raises many types for missing runs/artifacts
+    try:
+        data = SyntheticSet.load(local, trust_legacy=trust_legacy)
+        if data.method != method:
             raise ScenarioError(
-                f"synthetic set {method}={ref!r} could not be downloaded: {exc}; check the "
-                f"run id / URI{', or ' + hint if hint else ''}"
-            ) from exc
-    data = SyntheticSet.load(local)
-    if data.method != method:
-        raise ScenarioError(
-            f"synthetic set {ref!r} holds method {data.method!r} images, but was given as {method}"
-        )
-    images_file = local / "images.safetensors"
-    sha = _sha256_file(images_file) if images_file.exists() else ""
+                f"synthetic set {ref!r} holds method {data.method!r} images, but was given as "
+                f"{method}"
+            )
+        sha = _sha256_file(local / "images.safetensors")
+    finally:
+        if temporary is not None:  # the tensors are in memory: drop the ~260 MB download
+            shutil.rmtree(temporary, ignore_errors=True)
     log.info("synthetic %s: %d images from %s", method, len(data.manifest), ref)
-    return LoadedSynthetic(method, data, ref, str(local), sha)
+    return LoadedSynthetic(method, data, ref, None if temporary else str(local), sha)

@@ -23,6 +23,7 @@ from thyroaug.classifier.train import FitResult, predict_proba
 from thyroaug.contract import BOOTSTRAP_ARTIFACT, CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.utils.atomic import atomic_path, write_json
+from thyroaug.utils.csvsafe import to_csv_safe
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,10 @@ def _predictions_frame(part: PreparedCohort, probs: np.ndarray, split: str) -> p
 
 
 def write_csv(path: Path, df: pd.DataFrame, index: bool = False) -> Path:
-    """Write ``df`` to ``path`` atomically."""
+    """Write ``df`` to ``path`` atomically, formula-like text cells escaped (``utils.csvsafe``):
+    these CSVs are opened by people in spreadsheets."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=index)
+        to_csv_safe(df, tmp, index=index)
     return path
 
 

@@ -9,7 +9,9 @@ Layout of ``cohort.safetensors``:
            source_image; ``content_hash``: hash of the inputs + preparation settings;
            ``settings``: JSON of the preparation settings.
 
-Loading 3000 cases of 128x128 takes a few tens of milliseconds (memory-mapped read).
+Loading 3000 cases of 128x128 takes a few tens of milliseconds (memory-mapped read). A file that is
+truncated, has a damaged header, or lacks a tensor / the table raises ``CohortFileError`` naming
+the file and saying to prepare the cohort again.
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ from thyroaug.utils.resize import resize_images, resize_masks
 
 SPLITS: tuple[str, ...] = ("train", "val", "external")
 COHORT_FILE = "cohort.safetensors"
+TENSORS: tuple[str, ...] = ("images", "masks", "labels")
+
+
+class CohortFileError(ThyroaugError):
+    """A prepared cohort file is missing, truncated, corrupt or inconsistent (re-prepare it)."""
+
+
+def _damaged(path: Path, what: str) -> CohortFileError:
+    return CohortFileError(
+        f"{path}: {what}; the prepared cohort is damaged (an interrupted copy or download?). "
+        f"Delete it and run `thyroaug prepare` again (or `thyroaug prepare --force`)"
+    )
 
 
 @dataclass
@@ -122,30 +136,72 @@ class PreparedCohort:
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedCohort:
-        """Read a cohort written by ``save`` (a file, or a folder holding ``COHORT_FILE``)."""
-        from safetensors import safe_open
+        """Read a cohort written by ``save`` (a file, or a folder holding ``COHORT_FILE``).
 
+        Raises:
+            CohortFileError: no file there, or a truncated / corrupt / inconsistent one (the
+                message names the file and says to run ``thyroaug prepare`` again).
+        """
         path = Path(path)
         if path.is_dir():
             path = path / COHORT_FILE
-        if not path.exists():
-            raise ThyroaugError(
+        if not path.is_file():
+            raise CohortFileError(
                 f"no prepared cohort at {path}; run `thyroaug prepare` (or `mlflow run . -e "
                 "prepare_data`) first"
             )
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in ("images", "masks", "labels")}
-        classes = json.loads(meta.get("classes", "[]"))
+        meta, tensors = _read(path)
+        try:
+            classes = json.loads(meta.get("classes", "[]"))
+            table = pd.DataFrame.from_records(json.loads(meta["table"]))
+            settings = json.loads(meta.get("settings", "{}"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _damaged(path, f"its case table is missing or unreadable ({exc})") from exc
         if classes and tuple(classes) != CLASSES:
-            raise ThyroaugError(f"{path}: class order {classes} differs from {list(CLASSES)}")
-        records = json.loads(meta["table"])
-        table = pd.DataFrame.from_records(records)
+            raise CohortFileError(f"{path}: class order {classes} differs from {list(CLASSES)}")
+        _check_tensors(path, tensors, len(table))
         return cls(
             images=tensors["images"],
             masks=tensors["masks"],
             labels=tensors["labels"],
             table=table,
             content_hash=meta.get("content_hash", ""),
-            settings=json.loads(meta.get("settings", "{}")),
+            settings=settings,
         )
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and the three tensors of a cohort file; CohortFileError if it is damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            missing = [k for k in TENSORS if k not in set(f.keys())]
+            if missing:
+                raise _damaged(path, f"tensor(s) {', '.join(missing)} missing")
+            tensors = {k: f.get_tensor(k) for k in TENSORS}
+    except SafetensorError as exc:
+        raise _damaged(path, f"not a readable safetensors file ({exc})") from exc
+    except OSError as exc:
+        raise _damaged(path, f"cannot be read ({exc})") from exc
+    return meta, tensors
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], rows: int) -> None:
+    """Shapes and values ``save`` writes: [N, 1, S, S] images / masks, N labels in range."""
+    images, masks, labels = (tensors[k] for k in TENSORS)
+    problems = []
+    if images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        problems.append(f"images have shape {list(images.shape)}, expected [N, 1, S, S]")
+    if tuple(masks.shape) != tuple(images.shape):
+        problems.append(f"masks have shape {list(masks.shape)}, images {list(images.shape)}")
+    if labels.ndim != 1 or (
+        labels.numel() and not 0 <= int(labels.min()) <= int(labels.max()) < len(CLASSES)
+    ):
+        problems.append(f"labels are not class indices 0..{len(CLASSES) - 1}")
+    counts = {k: int(t.shape[0]) if t.ndim else 0 for k, t in tensors.items()}
+    if set(counts.values()) != {rows}:
+        problems.append(f"{counts} rows but the case table has {rows}")
+    if problems:
+        raise _damaged(path, "; ".join(problems))

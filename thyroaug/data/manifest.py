@@ -10,7 +10,7 @@ A manifest has one row per case. Canonical columns (see ``CANONICAL_COLUMNS``):
   ``label``         DG / NG / NL / TI (required). Also accepted, case-insensitively: the full
                     names of ``thyroaug.CLASS_NAMES`` ("diffuse goiter"...), and numbers when a
                     ``class_map`` says what they mean (the authors' sheets use class numbers).
-  ``image``         image file, absolute or relative to ``root`` (default: the manifest's folder)
+  ``image``         image file under ``root`` (default: the manifest's folder), relative or absolute
   ``mask``          optional thyroid mask file (same rules); empty = no mask for that case
   ``report``        optional physician report text (turned into a prompt when ``prompt`` is empty)
   ``prompt``        optional text prompt for Stable Diffusion
@@ -28,7 +28,10 @@ are accepted (``ID``, ``Class``, ``Prompt``, ``Image``, ``Mask``, ``Folder``, ``
 Validation collects every problem before raising one ``ManifestError`` whose lines each name the
 row (1-based data row, header not counted) and the case. The returned table has the canonical
 columns (strings, ``""`` when absent; ``age`` float) plus ``image_path`` / ``mask_path``: the
-resolved absolute file paths.
+resolved absolute file paths (trusted when a validated table is validated again; in a manifest
+*file* they are mere aliases of image / mask). Also refused: a case id or center starting with
+``= + - @``, tab or CR (a spreadsheet runs it as a formula), and an image / mask path leaving the
+root (absolute elsewhere, ``..``, a symlink out) unless ``allow_outside_root=True``.
 
 Registry layout (the authors' code): an Excel workbook with ``ID`` (or ``Folder``), ``Class`` (or
 ``Class3``) and ``Prompt`` columns, and the files ``IMAGES/<ID>.jpg`` and ``MASKS/<ID>.jpg`` next to
@@ -49,6 +52,7 @@ import pandas as pd
 
 from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.errors import ManifestError
+from thyroaug.utils.csvsafe import needs_escape
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +93,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 """Canonical column -> accepted names after lower-casing and removing non-alphanumerics."""
 
 _SPLIT_ALIASES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "external": "external",
-    "ext": "external",
-    "test": "external",
-    "testing": "external",
+    **dict.fromkeys(("train", "training"), "train"),
+    **dict.fromkeys(("val", "valid", "validation"), "val"),
+    **dict.fromkeys(("external", "ext", "test", "testing"), "external"),
 }
 _SEX_ALIASES: dict[str, str] = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F"}
 _SEX_ALIASES["woman"] = "F"
@@ -209,6 +207,20 @@ def _resolve(value: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def _outside(path: Path, root: Path) -> bool:
+    """True if ``path`` (symlinks and ``..`` resolved) does not lie under ``root``."""
+    try:
+        return not path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a symlink loop, an unreadable folder
+        return True
+
+
+def _file_columns(raw: pd.DataFrame) -> pd.DataFrame:
+    """A file's ``image_path`` / ``mask_path`` as mere aliases of image / mask (never trusted)."""
+    names = {c: c.replace("_", " ") for c in PATH_COLUMNS if c in raw.columns}
+    return raw.rename(columns=names) if names else raw
+
+
 def _parse_age(text: str) -> float | None:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*[yY]?", text)
     return float(match.group(1)) if match else None
@@ -222,6 +234,7 @@ def validate_manifest(
     center: str | None = None,
     class_map: Mapping[Any, str] | None = None,
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Canonicalise and validate a manifest table; return the clean canonical table.
 
@@ -233,6 +246,8 @@ def validate_manifest(
         class_map: meaning of label values that are not class codes / names, e.g.
             ``{0: "DG", 1: "NG", 2: "NL", 3: "TI"}``.
         check_files: check that every image / mask file exists.
+        allow_outside_root: accept image / mask paths outside ``root`` (absolute paths elsewhere,
+            ``..``); refused by default.
 
     Returns:
         The canonical table plus ``image_path`` / ``mask_path`` (absolute paths, ``""`` if none).
@@ -267,71 +282,108 @@ def validate_manifest(
         log.info("%s: no patient column; each case is its own patient", source)
     out["patient_id"] = [p or c for p, c in zip(out["patient_id"], out["case_id"])]
 
-    ages: list[float] = []
-    image_paths: list[str] = []
-    mask_paths: list[str] = []
-    for i in range(len(out)):
-        cid = out.at[i, "case_id"]
-        where = _where(i, cid)
-        if not cid:
-            problems.append(f"{where}: empty case_id")
-        if not out.at[i, "center"]:
-            problems.append(f"{where}: empty center")
-        raw_label = df["label"].iloc[i]
-        label = normalise_label(raw_label, class_map)
-        if label is None:
-            text = _text(raw_label)
-            hint = (
-                " (numeric labels need a class map, e.g. --class-map 0=DG,1=NG,2=NL,3=TI)"
-                if re.fullmatch(r"\d+", text) and class_map is None
-                else ""
-            )
+    ages = [_check_row(out, df, i, class_map, problems) for i in range(len(out))]
+    out["age"] = pd.Series(ages, dtype="float64")
+    for col in ("image", "mask"):
+        given = [_text(v) for v in table[f"{col}_path"]] if had_paths else [""] * len(out)
+        out[f"{col}_path"] = [
+            _row_path(out, i, col, given[i], root_path, problems, check_files, allow_outside_root)
+            for i in range(len(out))
+        ]
+    out = out[[*CANONICAL_COLUMNS, *PATH_COLUMNS]]
+    problems.extend(_table_problems(out))
+    if problems:
+        raise ManifestError(source, problems)
+    return out
+
+
+def _check_row(
+    out: pd.DataFrame,
+    df: pd.DataFrame,
+    i: int,
+    class_map: Mapping[Any, str] | None,
+    problems: list[str],
+) -> float:
+    """Check and normalise row ``i`` of ``out`` in place (problems appended); return its age."""
+    cid = out.at[i, "case_id"]
+    where = _where(i, cid)
+    if not cid:
+        problems.append(f"{where}: empty case_id")
+    for col in ("case_id", "center"):
+        if col in df.columns and (needs_escape(df[col].iloc[i]) or needs_escape(out.at[i, col])):
             problems.append(
-                f"{where}: unknown label {text!r}; expected one of {', '.join(CLASSES)}{hint}"
+                f"{where}: {col} {_text(df[col].iloc[i])!r} starts with a character a "
+                "spreadsheet runs as a formula (= + - @, tab, CR); rename it"
+            )
+    if not out.at[i, "center"]:
+        problems.append(f"{where}: empty center")
+    raw_label = df["label"].iloc[i]
+    label = normalise_label(raw_label, class_map)
+    if label is None:
+        text = _text(raw_label)
+        hint = (
+            " (numeric labels need a class map, e.g. --class-map 0=DG,1=NG,2=NL,3=TI)"
+            if re.fullmatch(r"\d+", text) and class_map is None
+            else ""
+        )
+        problems.append(
+            f"{where}: unknown label {text!r}; expected one of {', '.join(CLASSES)}{hint}"
+        )
+    else:
+        out.at[i, "label"] = label
+    split = out.at[i, "split"]
+    if split:
+        canon_split = _SPLIT_ALIASES.get(split.lower())
+        if canon_split is None:
+            problems.append(
+                f"{where}: bad split {split!r}; expected one of {', '.join(SPLIT_VALUES)}"
             )
         else:
-            out.at[i, "label"] = label
-        split = out.at[i, "split"]
-        if split:
-            canon_split = _SPLIT_ALIASES.get(split.lower())
-            if canon_split is None:
-                problems.append(
-                    f"{where}: bad split {split!r}; expected one of {', '.join(SPLIT_VALUES)}"
-                )
-            else:
-                out.at[i, "split"] = canon_split
-        sex = out.at[i, "sex"]
-        if sex:
-            out.at[i, "sex"] = _SEX_ALIASES.get(sex.lower(), sex)
-        age_text = _text(df["age"].iloc[i]) if "age" in df.columns else ""
-        age = _parse_age(age_text) if age_text else float("nan")
-        if age is None:
-            problems.append(f"{where}: age {age_text!r} is not a number")
-            age = float("nan")
-        ages.append(age)
+            out.at[i, "split"] = canon_split
+    sex = out.at[i, "sex"]
+    if sex:
+        out.at[i, "sex"] = _SEX_ALIASES.get(sex.lower(), sex)
+    age_text = _text(df["age"].iloc[i]) if "age" in df.columns else ""
+    age = _parse_age(age_text) if age_text else float("nan")
+    if age is None:
+        problems.append(f"{where}: age {age_text!r} is not a number")
+        age = float("nan")
+    return age
 
-        paths: dict[str, str] = {}
-        for col in ("image", "mask"):
-            value = out.at[i, col]
-            if had_paths and _text(table[f"{col}_path"].iloc[i]):
-                resolved = Path(_text(table[f"{col}_path"].iloc[i]))
-            elif value:
-                resolved = _resolve(value, root_path)
-            else:
-                paths[col] = ""
-                if col == "image":
-                    problems.append(f"{where}: empty image path")
-                continue
-            paths[col] = str(resolved.absolute())
-            if check_files and not resolved.is_file():
-                problems.append(f"{where}: {col} file not found: {resolved}")
-        image_paths.append(paths["image"])
-        mask_paths.append(paths["mask"])
-    out["age"] = pd.Series(ages, dtype="float64")
-    out["image_path"] = image_paths
-    out["mask_path"] = mask_paths
-    out = out[[*CANONICAL_COLUMNS, *PATH_COLUMNS]]
 
+def _row_path(
+    out: pd.DataFrame, i: int, col: str, given: str, root: Path, problems: list[str],
+    check_files: bool, allow_outside_root: bool,
+) -> str:  # fmt: skip
+    """The absolute ``image`` / ``mask`` path of row ``i`` ('' if none; problems appended).
+
+    ``given``: the row's ``image_path`` / ``mask_path`` of an already validated table (trusted).
+    """
+    where = _where(i, out.at[i, "case_id"])
+    value = out.at[i, col]
+    if given:
+        resolved = Path(given)
+    elif value:
+        resolved = _resolve(value, root)
+        if not allow_outside_root and _outside(resolved, root):
+            problems.append(
+                f"{where}: {col} path {value!r} points outside the manifest's folder {root}; "
+                "move the file under it, or allow it explicitly (allow_outside_root=True, "
+                "`thyroaug prepare --allow-outside-root`)"
+            )
+            return str(resolved.absolute())
+    else:
+        if col == "image":
+            problems.append(f"{where}: empty image path")
+        return ""
+    if check_files and not resolved.is_file():
+        problems.append(f"{where}: {col} file not found: {resolved}")
+    return str(resolved.absolute())
+
+
+def _table_problems(out: pd.DataFrame) -> list[str]:
+    """Problems spanning rows: duplicate case ids, splits given on some rows only, patients."""
+    problems = []
     ids = out["case_id"]
     for cid, rows in ids[ids != ""].groupby(ids).groups.items():
         if len(rows) > 1:
@@ -347,9 +399,7 @@ def validate_manifest(
             "fill every row or leave the column empty to have splits assigned"
         )
     problems.extend(patient_split_conflicts(out))
-    if problems:
-        raise ManifestError(source, problems)
-    return out
+    return problems
 
 
 def patient_split_conflicts(table: pd.DataFrame) -> list[str]:
@@ -374,6 +424,7 @@ def load_manifest(
     class_map: Mapping[Any, str] | None = None,
     sheet: str | int | None = 0,
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Load and validate a manifest file (CSV / TSV / Parquet / Excel).
 
@@ -384,6 +435,7 @@ def load_manifest(
         class_map: meaning of non-standard label values (e.g. class numbers).
         sheet: Excel sheet (name or index; None = all sheets concatenated).
         check_files: check that every referenced file exists.
+        allow_outside_root: accept image / mask paths outside ``root`` (default: refused).
 
     Returns:
         The validated canonical table (see the module docstring).
@@ -392,14 +444,14 @@ def load_manifest(
         ManifestError: listing every problem found.
     """
     path = Path(path)
-    raw = read_table(path, sheet=sheet)
     return validate_manifest(
-        raw,
+        _file_columns(read_table(path, sheet=sheet)),
         source=str(path),
         root=Path(root) if root is not None else path.parent,
         center=center,
         class_map=class_map,
         check_files=check_files,
+        allow_outside_root=allow_outside_root,
     )
 
 
@@ -442,6 +494,7 @@ def load_registry(
     suffix: str | None = None,
     class_map: Mapping[Any, str] | None = None,
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Load the authors' registry layout: an Excel sheet + ``IMAGES/<ID>.jpg`` + ``MASKS/<ID>.jpg``.
 
@@ -460,6 +513,7 @@ def load_registry(
         suffix: file suffix (e.g. ``".jpg"``); None picks the first existing of the usual ones.
         class_map: meaning of numeric class values, e.g. ``{0: "DG", 1: "NG", 2: "NL", 3: "TI"}``.
         check_files: check that every referenced file exists.
+        allow_outside_root: accept paths outside the folder holding ``IMAGES`` (default: refused).
 
     Returns:
         The validated canonical table, paths relative to the folder holding ``IMAGES``.
@@ -490,7 +544,7 @@ def load_registry(
         raw = pd.concat(frames, ignore_index=True)
     else:
         raw = read_table(xlsx, sheet=sheet)
-    df, problems = canonicalise_columns(raw)
+    df, problems = canonicalise_columns(_file_columns(raw))
     if problems:
         raise ManifestError(str(xlsx), problems)
     if "case_id" not in df.columns:
@@ -512,6 +566,7 @@ def load_registry(
         center=center,
         class_map=class_map,
         check_files=check_files,
+        allow_outside_root=allow_outside_root,
     )
 
 

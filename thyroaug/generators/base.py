@@ -11,13 +11,16 @@ Seeding scheme (shared by all generators): the image for (seed, label, mask) is 
 three alone, independent of the batch it is drawn in. ``synthesize`` derives the per-image seed of
 the j-th image of class c from the run seed s as ``SeedSequence([s, c, j])`` (first 32-bit word),
 records it in the manifest, so any single image can be regenerated from its manifest row.
+
+``model_card`` (with ``INTENDED_USE`` / ``MUST_NOT``) writes the registry description every family
+registers its generator with (``serving.log_generator`` sets it; ``serving`` re-exports them).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -86,8 +89,9 @@ def label_index(label: int | str) -> int:
             return CLASSES.index(key)
         if key.isdigit() and int(key) < len(CLASSES):
             return int(key)
+    shown = repr(label) if len(repr(label)) <= 40 else repr(label)[:37] + "..."
     raise GeneratorError(
-        f"unknown label {label!r}: use one of {', '.join(CLASSES)} (or 0..{len(CLASSES) - 1})"
+        f"unknown label {shown}: use one of {', '.join(CLASSES)} (or 0..{len(CLASSES) - 1})"
     )
 
 
@@ -286,3 +290,69 @@ def synthesize(
         if (labels == label_index(c)).any()
     }
     return SyntheticSet(all_images, labels, manifest, info), grids
+
+
+# ----------------------------------------------------------------------------------------------
+# Model cards (registry descriptions; ``serving.log_generator`` writes them)
+# ----------------------------------------------------------------------------------------------
+INTENDED_USE = (
+    "research data augmentation for thyroid scintigraphy classifiers; synthetic images are not "
+    "for diagnosis"
+)
+MUST_NOT = (
+    "diagnosis, treatment decisions or any other clinical use; presenting its images as real "
+    "patients' scans; evaluating a classifier in place of real external cases"
+)
+MAX_DESCRIPTION = 5000
+"""Characters of a registry description MLflow's SQL stores keep."""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "unknown" if value is None or value == "" else str(value)
+
+
+def model_card(
+    title: str,
+    *,
+    method: str,
+    profile: str,
+    content_hash: str,
+    train_cases: int | str | None,
+    metrics: Mapping[str, Any] | None = None,
+    details: Sequence[str] = (),
+) -> str:
+    """Markdown for the registry: data, profile, training metrics, intended use and limits.
+
+    Only aggregates go in: the cohort's content hash and case count - never patient or case ids,
+    pixels or report text (the caller passes nothing else).
+
+    Args:
+        title: heading, e.g. ``thyroaug flow-matching generator (FM)``.
+        method: the augmentation method(s) it serves, e.g. ``FM`` or ``SD1-SD4``.
+        profile: the config profile it was trained with.
+        content_hash: the prepared cohort's content hash (its MLflow dataset digest).
+        train_cases: number of training cases it saw.
+        metrics: training metrics at registration (``None`` values are left out).
+        details: further Markdown bullet texts (architecture, sampling defaults...).
+    """
+    lines = [
+        f"# {title}",
+        "",
+        f"**Intended use:** {INTENDED_USE}.",
+        "",
+        f"**Must not be used for:** {MUST_NOT}.",
+        "",
+        "## Training data",
+        f"- prepared cohort, content hash `{_fmt(content_hash)}` (the digest of the cohort "
+        "dataset `thyroaug prepare` logs)",
+        f"- training cases: {_fmt(train_cases)}",
+        "- no patient or case ids, images or report text are part of this description",
+        "",
+        "## Training",
+        f"- method: {method}; profile: `{_fmt(profile)}`",
+        *(f"- {k}: {_fmt(v)}" for k, v in (metrics or {}).items() if v is not None),
+        *(f"- {d}" for d in details),
+    ]
+    return "\n".join(lines) + "\n"

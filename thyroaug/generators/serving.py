@@ -8,36 +8,43 @@ subclass writes), validates requests and formats the answer. Request (one row pe
 
   ``label``  class name (DG / NG / NL / TI) or index, required;
   ``count``  images for this row (default 1); all rows together at most ``max_count``;
-  ``seed``   integer >= 0 (default 0); image j of the row uses seed + j, so a row with
-             (seed=s+j, count=1) reproduces it;
+  ``seed``   integer, 0 <= seed <= 2**63 - 1 (default 0); image j of the row uses seed + j (the
+             answer's ``seed``), so a row with (seed=s+j, count=1) reproduces it; a row whose last
+             seed would pass 2**63 - 1 is refused, so every answered seed is a valid request seed;
   ``mask``   optional S x S nested list (> 0.5 = thyroid) for mask-conditioned generators.
 
-Params (``{"params": {...}}``): subclass-specific sampling settings (``sample_kwargs`` hook).
-Answer: a DataFrame (JSON records when served) with ``request`` (row number), ``index`` (j),
-``label``, ``seed``, ``source_id`` (case id of the mask drawn, ``request`` for a given mask) and
-``image`` (S x S float32 array in [0, 1]). Invalid requests raise ``MlflowException`` with
-``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400 with the message.
+Any other field (a misspelled ``counts`` or ``seeed``) is refused with its name, unless the family
+declares it in ``extra_fields``. Params (``{"params": {...}}``): subclass-specific sampling settings
+(``sample_kwargs`` hook). Answer: a DataFrame (JSON records when served) with ``request`` (row
+number), ``index`` (j), ``label``, ``seed``, ``source_id`` (case id of the mask drawn, ``request``
+for a given mask) and ``image`` (S x S float32 array in [0, 1]). Invalid requests raise
+``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400
+with the message (never a stack trace from our checks).
 
-Over JSON, send the same fields on every row (``null`` for an absent array does not pass): MLflow's
-schema enforcement converts each column before ``predict`` sees it, so a column that is present
-on some rows only can be refused by MLflow with its own message rather than ours.
+Before any work every request is screened (``screen_request``; a family's own ``predict`` is
+wrapped too): rows read (MLflow's numpy 0-d values become Python values), count / seed checked,
+at most ``max_count`` images and ``max_work`` compute, ``images x steps x S x S`` (S: image side;
+steps: ``params.steps`` or the generator's default; default budget 64 images x 50 steps x 128 px).
+An unexpected error answers 500 with its type only (the server log has the traceback).
 
-Serving needs the ``thyroaug`` package importable in the serving environment
+``log_generator`` logs a generator folder (one logged model per family, e.g. ``generator-fm``)
+**without an input schema** (MLflow would drop undeclared columns before ``predict``, so ``counts``
+would never be refused; the columns are recorded as ``request_fields`` metadata; models logged
+earlier keep that behaviour until re-logged) and, when it registers it, writes the family's model
+card (``model_card``: cohort content hash and training-case count - never patient ids, pixels or
+report text -, profile, metrics, intended use, what it must not be used for) as the description
+of the registered model and of the new version. Serving needs ``thyroaug`` importable there
 (``--env-manager local`` from this project's virtualenv).
-
-``log_generator`` logs a generator folder (one logged model per family, named e.g.
-``generator-fm``) and, when it registers it, writes the family's model card (``model_card``: the
-cohort's content hash and training-case count - never patient ids, pixels or report text -,
-profile, training metrics, intended use and what it must not be used for) as the description of
-the registered model and of the new version, which is what the MLflow UI shows.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -53,18 +60,31 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
-from thyroaug.generators.base import Generator, label_index
+from thyroaug.generators.base import INTENDED_USE as INTENDED_USE  # cards: re-exported
+from thyroaug.generators.base import MAX_DESCRIPTION, Generator, label_index
+from thyroaug.generators.base import MUST_NOT as MUST_NOT
+from thyroaug.generators.base import model_card as model_card
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "generator"
 REQUEST_FIELDS: tuple[str, ...] = ("label", "count", "seed", "mask")
+MAX_SEED = 2**63 - 1
+"""Largest request seed (and answered seed): the answer's ``seed`` column is int64."""
+DEFAULT_MAX_WORK = 64 * 50 * 128 * 128
+"""Default compute budget per request: images x steps x pixels of 64 images, 50 steps, 128 px."""
 TYPE_HINT_WARNING = "Add type hints to the `predict` method"
 """Start of the UserWarning MLflow 3 raises for a ``predict`` without type hints."""
 
 
 def _invalid(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters (requests may carry megabytes in one field)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -85,16 +105,97 @@ def _missing(value: Any) -> bool:
 
 def _as_int(value: Any, name: str, row: int, minimum: int) -> int:
     if isinstance(value, bool):
-        raise _invalid(f"row {row}: {name}={value!r} must be an integer")
+        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
         value = int(value.strip())
     if not isinstance(value, (int, np.integer)):
-        raise _invalid(f"row {row}: {name}={value!r} must be an integer")
-    if int(value) < minimum or int(value) >= 2**63:
-        raise _invalid(f"row {row}: {name}={int(value)} must be >= {minimum}")
+        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
+    if int(value) < minimum or int(value) > MAX_SEED:
+        raise _invalid(
+            f"row {row}: {name}={_show(int(value))} must be an integer from {minimum} to 2**63 - 1"
+        )
     return int(value)
+
+
+def _count_seed(rec: Mapping[str, Any], row: int) -> tuple[int, int]:
+    """A row's validated (count, seed); its last seed ``seed + count - 1`` must fit int64."""
+    count = 1 if _missing(rec.get("count")) else _as_int(rec["count"], "count", row, 1)
+    seed = 0 if _missing(rec.get("seed")) else _as_int(rec["seed"], "seed", row, 0)
+    if seed + count - 1 > MAX_SEED:
+        raise _invalid(
+            f"row {row}: seed={seed} with count={count} would answer seeds past 2**63 - 1 (the "
+            f"largest seed); use seed <= {MAX_SEED - count + 1} or split the row"
+        )
+    return count, seed
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars and 0-d arrays (what MLflow's JSON parsing makes of values) as Python."""
+    scalar = isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0)
+    return value.item() if scalar else value
+
+
+def _is_column(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim >= 1)
+
+
+ROWS_HELP = (
+    "request must be rows with fields label, count, seed[, mask], e.g. "
+    '{"inputs": [{"label": "DG", "count": 2, "seed": 0}]}'
+)
+
+
+def request_rows(model_input: Any) -> list[dict[str, Any]]:
+    """The request as a list of plain dicts: a DataFrame, a list of dicts, one dict (one row), or
+    a dict of equally long columns; MlflowException (400) for anything else."""
+    if isinstance(model_input, pd.DataFrame):
+        records: list[Mapping[Any, Any]] = model_input.to_dict("records")
+    elif isinstance(model_input, Mapping):
+        values = {str(k): _plain(v) for k, v in model_input.items()}
+        if "label" in values and not _is_column(values["label"]):
+            records = [values]  # one row
+        else:
+            lengths = {len(v) for v in values.values() if _is_column(v)}
+            if len(lengths) != 1 or not all(_is_column(v) for v in values.values()):
+                raise _invalid(
+                    "cannot read the request as rows: give rows, one row, or columns of equal "
+                    f"length ({ROWS_HELP})"
+                )
+            n = lengths.pop()
+            records = [{k: v[i] for k, v in values.items()} for i in range(n)]
+    elif isinstance(model_input, (list, tuple)) and all(
+        isinstance(r, Mapping) for r in model_input
+    ):
+        records = list(model_input)
+    else:
+        raise _invalid(ROWS_HELP)
+    return [{str(k): _plain(v) for k, v in rec.items()} for rec in records]
+
+
+def _screened(predict: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a ``predict``: ``screen_request`` runs on the raw request first, and an unexpected
+    error becomes a 500 without stack trace or paths (MLflow would send its traceback; the
+    server log keeps it)."""
+
+    @functools.wraps(predict)
+    def screened(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        try:
+            if getattr(self, "generator", None) is not None:
+                model_input = self.screen_request(model_input, params)
+            return predict(self, context, model_input, params)
+        except MlflowException:
+            raise
+        except Exception as exc:
+            log.exception("generator request failed")
+            raise MlflowException(
+                f"the generator failed on this request ({type(exc).__name__}); the server log "
+                "has the details"
+            ) from exc
+
+    screened._screens_requests = True  # type: ignore[attr-defined]
+    return screened
 
 
 @contextmanager
@@ -127,17 +228,35 @@ class _UntypedPythonModel(mlflow.pyfunc.PythonModel):
 
 
 class GeneratorModel(_UntypedPythonModel):
-    """Base pyfunc for thyroaug generators: count cap, seeds, masks, output format.
+    """Base pyfunc for thyroaug generators: count cap, compute budget, seeds, masks, output format.
 
     Args:
         max_count: most images one ``predict`` call may return (sum over rows).
+        max_work: compute budget per request, ``images x steps x S x S`` (default
+            ``DEFAULT_MAX_WORK``: 64 images x 50 steps x 128 x 128).
+
+    Attributes:
+        extra_fields: request fields a family reads besides ``REQUEST_FIELDS`` (class attribute).
     """
 
-    def __init__(self, max_count: int = 64) -> None:
+    extra_fields: tuple[str, ...] = ()
+    max_work: int = DEFAULT_MAX_WORK  # class default: also for models pickled before it existed
+
+    def __init__(self, max_count: int = 64, max_work: int | None = None) -> None:
         if int(max_count) < 1:
             raise GeneratorError(f"max_count={max_count} must be >= 1")
+        if max_work is not None and int(max_work) < 1:
+            raise GeneratorError(f"max_work={max_work} must be >= 1")
         self.max_count = int(max_count)
+        if max_work is not None:
+            self.max_work = int(max_work)
         self.generator: Generator | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict")
+        if own is not None and not getattr(own, "_screens_requests", False):
+            cls.predict = _screened(own)  # type: ignore[method-assign]
 
     # --- to override -----------------------------------------------------------------------------
     def load_generator(self, folder: Path, device: str) -> Generator:
@@ -148,12 +267,61 @@ class GeneratorModel(_UntypedPythonModel):
         """Validated keyword arguments for ``Generator.sample`` from request params."""
         return {}
 
+    def default_steps(self) -> int:
+        """Steps of a request without ``params.steps`` (for the compute budget): the generator's
+        ``describe()`` ``default_steps`` / ``num_inference_steps`` / ``steps``, else 1."""
+        described = self.generator.describe() if self.generator is not None else {}
+        for key in ("default_steps", "num_inference_steps", "steps"):
+            value = described.get(key)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0:
+                return int(value)
+        return 1
+
     # --- pyfunc ----------------------------------------------------------------------------------
     def load_context(self, context: Any) -> None:
         """Load the generator from ``context.artifacts["generator"]`` (CUDA if available)."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.generator = self.load_generator(Path(context.artifacts[ARTIFACT_KEY]), device)
 
+    def screen_request(self, model_input: Any, params: Mapping[str, Any] | None) -> list[dict]:
+        """Checks before any work: rows readable, count / seed valid, at most ``max_count``
+        images and ``max_work`` compute; returns the rows as plain dicts.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) naming what to change.
+        """
+        rows = request_rows(model_input)
+        total = sum(_count_seed(rec, r)[0] for r, rec in enumerate(rows))
+        if total > self.max_count:
+            raise _invalid(
+                f"the request asks for {total} images; at most {self.max_count} per request "
+                "(split it into several)"
+            )
+        kwargs = self.sample_kwargs(params or {})
+        self.check_budget(total, kwargs)
+        return rows
+
+    def check_budget(self, count: int, kwargs: Mapping[str, Any]) -> None:
+        """Refuse ``count`` images whose ``count x steps x S x S`` exceeds ``max_work``."""
+        steps = kwargs.get("steps")
+        steps = int(steps) if isinstance(steps, (int, np.integer)) else self.default_steps()
+        size = max(1, int(getattr(self.generator, "image_size", 1) or 1))
+        per_image = max(1, steps) * size * size
+        work = count * per_image
+        if work <= self.max_work:
+            return
+        fit = self.max_work // per_image
+        how = (
+            f"split it into requests of at most {fit} image(s) each"
+            if fit >= 1
+            else f"lower params.steps to at most {max(1, self.max_work // (size * size))}"
+        )
+        raise _invalid(
+            f"the request needs {count} image(s) x {steps} steps x {size}x{size} px = {work:,} "
+            f"pixel-steps, over this server's budget of {self.max_work:,} per request; {how}"
+        )
+
+    @_screened
     def predict(self, context, model_input, params=None):
         """Images for the requested rows (see the module docstring): a pandas DataFrame.
 
@@ -190,81 +358,85 @@ class GeneratorModel(_UntypedPythonModel):
                 "request": [r for r, _ in rows],
                 "index": [j for _, j in rows],
                 "label": [CLASSES[i] for i in labels],
-                "seed": seeds,
+                "seed": np.asarray(seeds, dtype=np.int64),
                 "source_id": [str(s) for s in source],
                 "image": list(images.astype(np.float32)),
             }
         )
 
+    def check_fields(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Refuse fields outside ``REQUEST_FIELDS + extra_fields``, all of them in one message."""
+        allowed = (*REQUEST_FIELDS, *self.extra_fields)
+        unknown: dict[str, int] = {}
+        for r, rec in enumerate(records):
+            for name in rec:
+                if name not in allowed:
+                    unknown.setdefault(name, r)
+        if not unknown:
+            return
+        parts = []
+        for name, row in list(unknown.items())[:10]:
+            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+            hint = f", did you mean {close[0]!r}?" if close else ""
+            parts.append(f"{_show(name)} (row {row}{hint})")
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise _invalid(
+            f"unknown field(s) {', '.join(parts)}{more}; allowed fields: {', '.join(allowed)}"
+        )
+
     def parse_requests(self, model_input: Any) -> list[Request]:
         """Validate the request rows; MlflowException (400) naming the row and field if bad."""
-        if isinstance(model_input, Mapping):
-            label = model_input.get("label")
-            if "label" in model_input and not isinstance(label, (list, tuple, np.ndarray)):
-                model_input = [dict(model_input)]  # one row
-            else:  # columns
-                try:
-                    model_input = pd.DataFrame(dict(model_input)).to_dict("records")
-                except ValueError as exc:
-                    raise _invalid(f"cannot read the request as rows: {exc}") from exc
-        if isinstance(model_input, pd.DataFrame):
-            records = model_input.to_dict("records")
-        elif isinstance(model_input, (list, tuple)) and all(
-            isinstance(r, Mapping) for r in model_input
-        ):
-            records = [dict(r) for r in model_input]
-        else:
-            raise _invalid(
-                "request must be rows with fields label, count, seed[, mask], e.g. "
-                '{"inputs": [{"label": "DG", "count": 2, "seed": 0}]}'
-            )
+        records = request_rows(model_input)
         if not records:
             raise _invalid("empty request: give at least one row with a label")
+        self.check_fields(records)
         size = int(getattr(self.generator, "image_size", 0))
         requests, total = [], 0
         for r, rec in enumerate(records):
-            unknown = sorted(set(rec) - set(REQUEST_FIELDS))
-            if unknown:
-                raise _invalid(f"row {r}: unknown field(s) {unknown}; allowed: {REQUEST_FIELDS}")
             if _missing(rec.get("label")):
                 raise _invalid(f"row {r}: label is required (one of {', '.join(CLASSES)})")
             try:
                 label = label_index(rec["label"])
             except GeneratorError as exc:
                 raise _invalid(f"row {r}: {exc}") from exc
-            count = 1 if _missing(rec.get("count")) else _as_int(rec["count"], "count", r, 1)
-            seed = 0 if _missing(rec.get("seed")) else _as_int(rec["seed"], "seed", r, 0)
-            mask = None
-            raw = rec.get("mask")
-            if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
-                try:
-                    mask = np.asarray(
-                        [np.asarray(row, dtype=np.float64) for row in raw], dtype=np.float64
-                    )
-                except (TypeError, ValueError) as exc:
-                    raise _invalid(f"row {r}: mask is not a numeric S x S array ({exc})") from exc
-                if mask.shape != (size, size):
-                    raise _invalid(
-                        f"row {r}: mask has shape {list(mask.shape)}, this generator needs "
-                        f"[{size}, {size}]"
-                    )
-                if not np.isfinite(mask).all():
-                    raise _invalid(f"row {r}: mask contains NaN or inf")
+            count, seed = _count_seed(rec, r)
+            mask = _mask(rec.get("mask"), r, size)
             total += count
             if total > self.max_count:
                 raise _invalid(
-                    f"the request asks for {sum(q.count for q in requests) + count} or more "
-                    f"images; at most {self.max_count} per request (split it into several)"
+                    f"the request asks for {total} or more images; at most {self.max_count} per "
+                    "request (split it into several)"
                 )
             requests.append(Request(label=label, count=count, seed=seed, mask=mask))
         return requests
+
+
+def _mask(raw: Any, row: int, size: int) -> np.ndarray | None:
+    """A row's mask as a finite S x S float array (None if absent); 400 otherwise."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
+        return None
+    try:
+        mask = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"row {row}: mask is not a numeric S x S array ({exc})") from exc
+    if mask.shape != (size, size):
+        raise _invalid(
+            f"row {row}: mask has shape {list(mask.shape)}, this generator needs [{size}, {size}]"
+        )
+    if not np.isfinite(mask).all():
+        raise _invalid(f"row {row}: mask contains NaN or inf")
+    return mask
 
 
 # ----------------------------------------------------------------------------------------------
 # Logging and registration
 # ----------------------------------------------------------------------------------------------
 def request_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
-    """The shared input/output signature (plus optional ``(name, type, default)`` params)."""
+    """The shared input/output signature (plus optional ``(name, type, default)`` params).
+
+    The input schema documents the request; ``log_generator`` logs the model without it (see the
+    module docstring) and records its column names as ``request_fields`` metadata instead.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import AnyType, Array
@@ -304,69 +476,6 @@ def pip_requirements(*packages: str) -> list[str]:
         except PackageNotFoundError:
             out.append(name)
     return out
-
-
-INTENDED_USE = (
-    "research data augmentation for thyroid scintigraphy classifiers; synthetic images are not "
-    "for diagnosis"
-)
-MUST_NOT = (
-    "diagnosis, treatment decisions or any other clinical use; presenting its images as real "
-    "patients' scans; evaluating a classifier in place of real external cases"
-)
-MAX_DESCRIPTION = 5000
-"""Characters of a registry description MLflow's SQL stores keep."""
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "unknown" if value is None or value == "" else str(value)
-
-
-def model_card(
-    title: str,
-    *,
-    method: str,
-    profile: str,
-    content_hash: str,
-    train_cases: int | str | None,
-    metrics: Mapping[str, Any] | None = None,
-    details: Sequence[str] = (),
-) -> str:
-    """Markdown for the registry: data, profile, training metrics, intended use and limits.
-
-    Only aggregates go in: the cohort's content hash and case count - never patient or case ids,
-    pixels or report text (the caller passes nothing else).
-
-    Args:
-        title: heading, e.g. ``thyroaug flow-matching generator (FM)``.
-        method: the augmentation method(s) it serves, e.g. ``FM`` or ``SD1-SD4``.
-        profile: the config profile it was trained with.
-        content_hash: the prepared cohort's content hash (its MLflow dataset digest).
-        train_cases: number of training cases it saw.
-        metrics: training metrics at registration (``None`` values are left out).
-        details: further Markdown bullet texts (architecture, sampling defaults...).
-    """
-    lines = [
-        f"# {title}",
-        "",
-        f"**Intended use:** {INTENDED_USE}.",
-        "",
-        f"**Must not be used for:** {MUST_NOT}.",
-        "",
-        "## Training data",
-        f"- prepared cohort, content hash `{_fmt(content_hash)}` (the digest of the cohort "
-        "dataset `thyroaug prepare` logs)",
-        f"- training cases: {_fmt(train_cases)}",
-        "- no patient or case ids, images or report text are part of this description",
-        "",
-        "## Training",
-        f"- method: {method}; profile: `{_fmt(profile)}`",
-        *(f"- {k}: {_fmt(v)}" for k, v in (metrics or {}).items() if v is not None),
-        *(f"- {d}" for d in details),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -426,14 +535,18 @@ def log_generator(
         raise GeneratorError("an alias needs a registered model name (pass --register)")
     if input_example is None:
         input_example = pd.DataFrame([{"label": CLASSES[0], "count": 1, "seed": 0}])
+    served, fields = _served_signature(
+        signature if signature is not None else request_signature(params)
+    )
+    limits = {"max_count": python_model.max_count, "max_work": python_model.max_work}
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=python_model,
         artifacts={ARTIFACT_KEY: str(folder)},
-        signature=signature if signature is not None else request_signature(params),
+        signature=served,
         input_example=input_example,
         pip_requirements=requirements or pip_requirements(),
-        metadata=metadata,
+        metadata={**(metadata or {}), "request_fields": ",".join(fields), **limits},
         registered_model_name=registered_name,
     )
     out = LoggedGenerator(model_uri=info.model_uri)
@@ -452,6 +565,23 @@ def log_generator(
             "registered %s version %s%s", registered_name, out.version, f" @{alias}" * bool(alias)
         )
     return out
+
+
+def _served_signature(signature: Any) -> tuple[Any, list[str]]:
+    """``signature`` without its input schema, and the request columns that schema named.
+
+    With a named input schema MLflow's scoring server drops undeclared columns before ``predict``
+    (``counts`` instead of ``count`` would silently give one image); without one the raw rows
+    reach ``GeneratorModel``, which refuses unknown fields. Outputs and params are kept (MLflow
+    still validates params).
+    """
+    from mlflow.models import ModelSignature
+
+    inputs = getattr(signature, "inputs", None)
+    fields = list(inputs.input_names()) if inputs is not None and inputs.has_input_names() else []
+    if signature.outputs is None and signature.params is None:
+        return None, fields
+    return ModelSignature(inputs=None, outputs=signature.outputs, params=signature.params), fields
 
 
 def _describe(client: Any, name: str, version: str, card: str) -> None:

@@ -39,6 +39,7 @@ from thyroaug.jobs.common import (
 )
 from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
 from thyroaug.tracking.runs import (
+    BufferedMetrics,
     describe_run,
     log_cohort_input,
     log_params_safely,
@@ -420,8 +421,10 @@ def _execute(
             params["synthetic_CA"] = f"generated in this run (seed {cfg.seed})"
         log_params_safely(params)
 
+        buffered = BufferedMetrics(out / "metrics" / "unsent_epoch_metrics.json")
+
         def callback(epoch: int, metrics: dict[str, float]) -> None:
-            mlflow.log_metrics(metrics, step=epoch)
+            buffered.log(metrics, step=epoch)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
 
@@ -449,6 +452,8 @@ def _execute(
     model_uri = None
     if run is not None:
         import mlflow
+
+        buffered.flush()
 
         log_params_safely({"pretrained": result.pretrained, "device": result.device})
         mlflow.set_tag("pretrained", str(result.pretrained).lower())

@@ -106,3 +106,52 @@ def log_synthetic_input(
         logging.getLogger(__name__).warning(
             "synthetic set %s (%s) not logged as a dataset input: %s", method, ref, exc
         )
+
+
+class BufferedMetrics:
+    """Per-epoch metric logging that survives a tracking outage.
+
+    A failed ``log_metrics`` call is kept in memory (the user sees one warning line, training
+    goes on); every later call first retries what is buffered, and ``flush`` at the end of
+    training tries once more and, if the server is still away, writes the buffer as JSON beside
+    the run's outputs (``fallback``) so nothing is lost.
+    """
+
+    def __init__(self, fallback: Path | None = None) -> None:
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        self.fallback = fallback
+        self._warned = False
+
+    def _send(self) -> None:
+        import mlflow
+
+        while self.pending:
+            step, metrics = self.pending[0]
+            mlflow.log_metrics(metrics, step=step)
+            self.pending.pop(0)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Log (or buffer) ``metrics`` at ``step``."""
+        import logging
+
+        self.pending.append((step, dict(metrics)))
+        try:
+            self._send()
+        except Exception as exc:  # the tracking server is away: keep training
+            if not self._warned:
+                logging.getLogger(__name__).warning(
+                    "tracking server unreachable (%s); metrics are buffered and sent when it "
+                    "answers again", type(exc).__name__
+                )
+                self._warned = True
+
+    def flush(self) -> bool:
+        """Send what is buffered; on failure write it to ``fallback``. True if all was sent."""
+        try:
+            self._send()
+            return True
+        except Exception:
+            if self.fallback is not None:
+                self.fallback.parent.mkdir(parents=True, exist_ok=True)
+                self.fallback.write_text(json.dumps(self.pending))
+            return False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,9 +85,11 @@ def configure_tracking(profile: str | None = None, experiment: str | None = None
     import mlflow
 
     uri, artifact_location = resolve_uris(profile)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    # bounded: a server that goes away costs a call at most ~30 s (3 tries, 1-2-4 s backoff, 10 s
+    # timeout each) instead of MLflow's default of minutes; per-epoch metrics are buffered
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     if os.environ.get("MLFLOW_RUN_ID"):
@@ -108,6 +111,67 @@ def configure_tracking(profile: str | None = None, experiment: str | None = None
         raise TrackingError(f"tracking store {uri} is not usable: {exc}") from exc
     log.info("MLflow tracking at %s (experiment %s)", uri, name)
     return uri
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_runs() -> list[str]:
+    """End RUNNING runs of this host whose process is gone (SIGKILL, power loss) as KILLED.
+
+    Every run started here is tagged with ``thyroaug.host`` / ``thyroaug.pid``; a run still
+    RUNNING whose process no longer exists can never finish. Returns the ids it ended.
+    """
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient()
+        ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(
+            ids,
+            f"attributes.status = 'RUNNING' and tags.`thyroaug.host` = '{socket.gethostname()}'",
+            max_results=200,
+        )
+    except Exception:  # the sweep is housekeeping: never block a run on it
+        return []
+    ended = []
+    for run in runs:
+        pid = run.data.tags.get("thyroaug.pid", "")
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_tag(run.info.run_id, "thyroaug.ended_by", "stale-run sweep (process gone)")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    if ended:
+        log.warning("ended %d run(s) left RUNNING by killed processes: %s", len(ended), ended)
+    return ended
+
+
+@contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """SIGTERM / SIGHUP end the run like Ctrl-C does (FAILED, not RUNNING forever)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    saved = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -133,7 +197,9 @@ def start_run(
     if parent and not nested and mlflow.active_run() is None:
         all_tags.setdefault("mlflow.parentRunId", parent)
     run_id = os.environ.get("MLFLOW_RUN_ID") if mlflow.active_run() is None else None
-    with mlflow.start_run(
+    sweep_stale_runs()
+    all_tags.update({"thyroaug.host": socket.gethostname(), "thyroaug.pid": str(os.getpid())})
+    with _signals_end_the_run(), mlflow.start_run(
         run_id=run_id,
         run_name=None if run_id else run_name,
         nested=nested,

@@ -1,1 +1,2 @@
-"""Small helpers every layer may use: atomic writes, seed derivation, the one image/mask resize."""
+"""Small helpers every layer may use: atomic writes, seed derivation, the one image/mask resize,
+formula-safe CSV writing (``csvsafe``)."""

@@ -355,16 +355,23 @@ def _after_epoch(tr: _Training, done: int, seconds: float) -> None:
     if tr.main:
         log.info("epoch %d/%d loss %.5f (%.1f s)", done, cfg.epochs, loss, seconds)
     if tr.log_mlflow:
-        import mlflow
-
-        mlflow.log_metric("train_loss", loss, step=done)
-        if done % cfg.sample_every == 0 or done == cfg.epochs:
-            pipeline = _pipeline(tr.ema, tr.bank, tr.accelerator.device)
-            grid, _ = sample_grid(pipeline, cfg.grid_per_class, cfg.seed)
-            mlflow.log_image(grid, f"samples/epoch_{done:04d}.png")
+        try:  # a tracking outage must not stop training: the checkpoint below is what counts
+            _log_epoch(tr, done, loss)
+        except Exception as exc:
+            log.warning("epoch %d not logged to MLflow (%s); training goes on", done, exc)
     if tr.main and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
         _save_checkpoint(tr, done)
     tr.accelerator.wait_for_everyone()
+
+
+def _log_epoch(tr: _Training, done: int, loss: float) -> None:
+    import mlflow
+
+    mlflow.log_metric("train_loss", loss, step=done)
+    if done % tr.cfg.sample_every == 0 or done == tr.cfg.epochs:
+        pipeline = _pipeline(tr.ema, tr.bank, tr.accelerator.device)
+        grid, _ = sample_grid(pipeline, tr.cfg.grid_per_class, tr.cfg.seed)
+        mlflow.log_image(grid, f"samples/epoch_{done:04d}.png")
 
 
 def _pipeline(ema: nn.Module, bank: MaskBank, device: torch.device) -> FlowMatchingPipeline:
