@@ -125,17 +125,30 @@ def load_inputs(
     manifest: ManifestInput,
     root: str | Path | None = None,
     class_map: dict[str, str] | None = None,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
-    """Load and validate one or more manifests (paths or tables) into one canonical table."""
+    """Load and validate one or more manifests (paths or tables) into one canonical table.
+
+    Image / mask paths outside the manifest's folder (or ``root``) are refused unless
+    ``allow_outside_root``.
+    """
     items = [manifest] if isinstance(manifest, (str, Path, pd.DataFrame)) else list(manifest)
     if not items:
         raise ThyroaugError("no manifest given; pass a manifest file or a registry")
     tables = []
     for item in items:
         if isinstance(item, pd.DataFrame):
-            tables.append(validate_manifest(item, root=root, class_map=class_map))
+            tables.append(
+                validate_manifest(
+                    item, root=root, class_map=class_map, allow_outside_root=allow_outside_root
+                )
+            )
         else:
-            tables.append(load_manifest(item, root=root, class_map=class_map))
+            tables.append(
+                load_manifest(
+                    item, root=root, class_map=class_map, allow_outside_root=allow_outside_root
+                )
+            )
     names = [Path(i).name if isinstance(i, str | Path) else "<table>" for i in items]
     return combine_manifests(tables, source=" + ".join(names))
 
@@ -242,12 +255,15 @@ def prepare(
     class_map: dict[str, str] | None = None,
     force: bool = False,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> PrepareOutcome:
     """Build (or reuse) the prepared cohort; see ``prepare_cohort`` for the arguments."""
     cfg = config or PrepareConfig()
     started = time.perf_counter()
     settings = _settings(cfg, class_map)  # validates the settings before any file is read
-    table = load_inputs(manifest, root=root, class_map=class_map)
+    table = load_inputs(
+        manifest, root=root, class_map=class_map, allow_outside_root=allow_outside_root
+    )
     builder, builder_record = _prompt_builder(table)
     if builder_record:
         settings["prompt_builder"] = builder_record

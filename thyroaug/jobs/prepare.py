@@ -60,7 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--phantom-dir", help="folder of the simulated cohort (default: phantom/ beside --out)"
     )
     parser.add_argument("--out", default="outputs/cohort", help="output folder")
-    parser.add_argument("--profile", default="paper", choices=PROFILE_NAMES, help="defaults set")
+    parser.add_argument(
+        "--profile",
+        default="paper",
+        choices=PROFILE_NAMES,
+        help="size preset: paper 128 px (default for every study profile: a cohort is prepared "
+        "once at full size and each model downsamples), quick 64, smoke 32",
+    )
     parser.add_argument("--size", type=int, help="output image side (paper 128)")
     parser.add_argument("--normalisation", choices=NORMALISATIONS, help="max (default) or counts")
     parser.add_argument("--percentile", type=float, help="robust-max percentile (default 99.9)")
@@ -71,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of the train / val split (default 0)")
     parser.add_argument("--workers", type=int, help="reader processes (default 0: in-process)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache is current")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept image/mask paths outside the manifest's folder (absolute or ../)",
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -108,7 +119,14 @@ def _inputs(args: argparse.Namespace, class_map: dict[str, str] | None, seed: in
         )
     inputs: list[Any] = list(args.manifest)
     for registry, center in zip(registries, centers):
-        inputs.append(load_registry(registry, center=center, class_map=class_map))
+        inputs.append(
+            load_registry(
+                registry,
+                center=center,
+                class_map=class_map,
+                allow_outside_root=args.allow_outside_root,
+            )
+        )
     if not inputs and args.phantom_scale:
         folder = args.phantom_dir or Path(args.out).parent / "phantom"
         inputs.append(
@@ -147,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         class_map=class_map,
         force=args.force,
         progress=not args.no_progress,
+        allow_outside_root=args.allow_outside_root,
     )
     cohort = outcome.cohort
     state = "up to date, reused" if outcome.reused else "built"

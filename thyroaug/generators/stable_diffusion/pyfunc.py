@@ -112,6 +112,8 @@ class SDGeneratorModel(GeneratorModel):
         max_count: most images one ``predict`` call may return (SD is slow: default 16).
     """
 
+    extra_fields = SD_FIELDS
+
     def __init__(self, max_count: int = 16) -> None:
         super().__init__(max_count=max_count)
 
