@@ -21,6 +21,7 @@ from thyroaug.data.manifest import load_registry, parse_class_map
 from thyroaug.data.prepare import PrepareConfig, log_cohort, prepare, split_table, summary_table
 from thyroaug.data.preprocess import NON_SQUARE_POLICIES, NORMALISATIONS
 from thyroaug.errors import ConfigError
+from thyroaug.tracking.runs import describe_run
 
 log = logging.getLogger(__name__)
 
@@ -185,5 +186,13 @@ def run(args: argparse.Namespace) -> int:
             log_cohort(outcome, cfg, sources=[*files, *args.registry])
             if not args.manifest and not args.registry:
                 mlflow.log_param("phantom_scale", args.phantom_scale)
+            source = "phantom cohort" if not args.manifest and not args.registry else "manifest"
+            splits = ", ".join(
+                f"{split} {len(cohort.indices(split))}" for split in ("train", "val", "external")
+            )
+            describe_run(
+                f"Prepared cohort ({source}): {len(cohort)} cases at {cohort.size} px, {splits}; "
+                f"content hash {cohort.content_hash} ({state})."
+            )
             print(f"MLflow run: {active.info.run_id}")
     return 0
