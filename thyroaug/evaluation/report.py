@@ -5,6 +5,8 @@ queries MLflow, runs the tests and calls these to lay the results out.
 
 - ``format_ci`` / ``table2_ci``: every Table 2 number as ``0.782 [0.70, 0.85]`` (point estimate on
   all external cases, 95 % percentile bootstrap interval over external cases).
+- ``format_mean_sd`` / ``seed_table``: with several training seeds, every Table 2 number as
+  ``0.782 ± 0.015 [0.70, 0.85]`` (mean ± sd over seeds, mean per-seed case interval).
 - ``fidelity_long`` / ``table3_from_long``: synthesis-run metrics ``fid_<extractor>_<group>``,
   ``kid_<extractor>_<group>`` and ``kid_std_<extractor>_<group>`` -> the long frame of
   ``fidelity.fidelity_by_mode`` -> the paper's Table 3 layout of ``fidelity.table3`` (one layout),
@@ -117,6 +119,36 @@ def table2_ci(
     formatted = formatted.reindex(columns=[label for label, _ in keys])
     formatted.index.name = "Method"
     return formatted, pd.DataFrame(rows)
+
+
+def format_mean_sd(mean: float, sd: float, low: float, high: float, digits: int = 3) -> str:
+    """``0.782 ± 0.015 [0.70, 0.85]``; ``± NA`` for one seed, ``NA`` for a NaN mean."""
+    cell = format_ci(mean, low, high, digits)
+    if cell == "NA":
+        return cell
+    spread = f"{round(sd, digits) + 0.0:.{digits}f}" if np.isfinite(sd) else "NA"
+    point, _, rest = cell.partition(" ")
+    return f"{point} ± {spread} {rest}"
+
+
+def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 over training seeds: one row per scenario, ``format_mean_sd`` cells, ``seeds``.
+
+    Args:
+        summary: one row per (scenario, metric) with ``scenario, metric, mean, sd, n_seeds,
+            ci_low, ci_high`` (``thyroaug.jobs.compare_seeds.seed_summary``).
+    """
+    cells: dict[str, dict[str, str]] = {}
+    for row in summary.itertuples(index=False):
+        cells.setdefault(row.scenario, {"seeds": ""})
+        cells[row.scenario]["seeds"] = str(max(int(row.n_seeds), 0))
+        label = dict((k, lab) for lab, k in table2_keys()).get(row.metric)
+        if label is not None:
+            cells[row.scenario][label] = format_mean_sd(row.mean, row.sd, row.ci_low, row.ci_high)
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out = out.reindex(columns=["seeds", *(label for label, _ in table2_keys())])
+    out.index.name = "Method"
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,11 +287,38 @@ def _classifier_deviations(classifier: Mapping[str, RunFacts]) -> dict[str, str]
             out[key] = text.format(v="/".join(map(str, seen)), p=PAPER[key])
     seeds = {r.params.get("seed") for r in classifier.values() if r.params.get("seed")}
     if len(seeds) == 1 and n > 0:
-        out["single_seed"] = (
-            f"one training seed ({next(iter(seeds))}) per scenario: the comparison has no "
-            "training-seed variability (the paper does not state its seeds)"
-        )
+        out["single_seed"] = _single_seed_text(f"seed {next(iter(seeds))} for every scenario")
     return out
+
+
+SINGLE_SEED = "1 training seed: differences include training noise that this study cannot measure"
+
+
+def _single_seed_text(detail: str) -> str:
+    return (
+        f"{SINGLE_SEED} ({detail}; `thyroaug study --seeds 0,1,2,3,4` trains every scenario "
+        "with several seeds; the paper does not state its seeds)"
+    )
+
+
+def _seed_deviation(
+    seeds_per_scenario: Mapping[str, int], classifier: Mapping[str, RunFacts]
+) -> dict[str, str]:
+    """``single_seed`` from the number of training seeds of each scenario."""
+    single = [s for s, k in seeds_per_scenario.items() if k <= 1]
+    if not single:
+        return {}
+    if len(single) == len(seeds_per_scenario):
+        seeds = {str(r.params.get("seed", "")) for r in classifier.values()}
+        same = len(seeds) == 1 and "" not in seeds
+        one = f"seed {next(iter(seeds))} for every scenario" if same else "one per scenario"
+        return {"single_seed": _single_seed_text(one)}
+    most = max(seeds_per_scenario.values())
+    return {
+        "single_seed": _single_seed_text(
+            f"{', '.join(single)}; the other scenarios have up to {most} seeds"
+        )
+    }
 
 
 def _generator_deviations(generators: Mapping[str, RunFacts]) -> dict[str, str]:
@@ -284,6 +343,7 @@ def find_deviations(
     generators: Mapping[str, RunFacts] | None = None,
     synth: Mapping[str, RunFacts] | None = None,
     paired_statistics: bool = True,
+    seeds_per_scenario: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Each deviation from the paper that the runs record, ``{key: one line}``.
 
@@ -294,12 +354,18 @@ def find_deviations(
             ``epochs``).
         synth: {method: facts of its synthesize run} (fidelity metric names).
         paired_statistics: the comparison's significance comes from the paired tests.
+        seeds_per_scenario: {scenario: number of training seeds compared}; when given,
+            ``single_seed`` lists the scenarios with one seed (else: every scenario's one run
+            has the same ``seed`` param).
 
     Keys: ``classifier_init``, ``image_size``, ``epochs``, ``per_class_synthetic``,
     ``bootstrap``, ``single_seed``, ``sd_source``, ``fm_epochs``, ``fidelity_no_inception``,
     ``statistics``.
     """
     out = _classifier_deviations(classifier)
+    if seeds_per_scenario is not None:
+        out.pop("single_seed", None)
+        out.update(_seed_deviation(seeds_per_scenario, classifier))
     out.update(_generator_deviations(generators or {}))
     long = fidelity_long({m: f.metrics for m, f in (synth or {}).items()})
     extractors = sorted(set(long["extractor"].astype(str)))
@@ -342,6 +408,10 @@ class ReportInputs:
     paper_summary: pd.DataFrame | None = None
     t3: pd.DataFrame | None = None
     grids: list[Path] = field(default_factory=list)
+    seeds: list[str] = field(default_factory=list)  # training seeds compared, primary first
+    primary_seed: str = ""  # the seed of Table 2, the paired tests and the paper method
+    seed_table: pd.DataFrame | None = None  # formatted, from seed_table
+    seed_tests: pd.DataFrame | None = None  # compare_seeds.seed_tests
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -387,7 +457,8 @@ def _scope(r: ReportInputs) -> list[str]:
     if r.superseded:
         items = "; ".join(f"{s}: {', '.join(ids)}" for s, ids in r.superseded.items())
         parts.append(
-            f"<p>Superseded runs (an older finished run of the same scenario): {_e(items)}</p>"
+            "<p>Superseded runs (an older finished run of the same scenario and seed): "
+            f"{_e(items)}</p>"
         )
     if r.n_external and r.mdd:
         text = (
@@ -447,6 +518,44 @@ def _paper_section(r: ReportInputs) -> list[str]:
     return parts
 
 
+def _which_seed(r: ReportInputs) -> str:
+    if len(r.seeds) < 2:
+        return ""
+    return (
+        f"<p>Runs of training seed {_e(r.primary_seed)} (of {len(r.seeds)}: "
+        f"{_e(', '.join(r.seeds))}); over all seeds see Training seeds below.</p>"
+    )
+
+
+def _seed_section(r: ReportInputs) -> list[str]:
+    if r.seed_table is None:
+        return []
+    parts = [
+        "<h2>Training seeds</h2>",
+        f"<p>{len(r.seeds)} training seeds ({_e(', '.join(r.seeds))}). Cell = mean ± sd over "
+        "the seeds of each scenario (sd ddof 1), [mean over seeds of the per-seed 95 % "
+        "bootstrap interval over external cases].</p>",
+        r.seed_table.to_html(),
+    ]
+    if r.seed_tests is None or r.seed_tests.empty:
+        return [*parts, "<p>Fewer than two scenarios per seed: no seed-combined test.</p>"]
+    parts.append(
+        "<p>Seed-combined tests: per seed the paired difference (b - a) on the same external "
+        "cases and its case-level SE (paired bootstrap; DeLong for macro-AUC); across seeds the "
+        "mean difference with variance sd<sub>seeds</sub><sup>2</sup>/S + mean(SE<sup>2</sup>) "
+        "and a Student t reference (<code>seed_combined_test</code>); Benjamini-Hochberg within "
+        f"each metric, significant: p<sub>adj</sub> &lt; {r.alpha:g}.</p>"
+    )
+    shown = r.seed_tests.copy()
+    shown["difference (b - a), mean over seeds"] = [
+        format_ci(d, lo, hi) for d, lo, hi in zip(shown["diff"], shown["ci_low"], shown["ci_high"])
+    ]
+    cols = ["a", "b", "metric", "difference (b - a), mean over seeds", "sd_seeds", "n_seeds"]
+    cols += ["p", "p_adj", "significant"]
+    parts.append(shown[cols].to_html(index=False, float_format=lambda v: f"{v:.3g}"))
+    return parts
+
+
 def html_report(r: ReportInputs) -> str:
     """The study's self-contained HTML page (tables, heatmaps and sample grids inlined)."""
     parts = [
@@ -462,8 +571,10 @@ def html_report(r: ReportInputs) -> str:
         "<h2>Table 2: external-set classification metrics, value [95 % CI]</h2>",
         "<p>Point estimate on all external cases; 95 % percentile bootstrap interval over "
         "external cases.</p>",
+        _which_seed(r),
         r.t2.to_html() if r.t2 is not None else "<p>none</p>",
         *_paired_section(r),
+        *_seed_section(r),
         *_paper_section(r),
         "<h2>Table 3: image fidelity (FID / KID, KID std)</h2>",
         r.t3.to_html(float_format=lambda v: f"{v:.4f}")

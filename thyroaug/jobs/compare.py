@@ -1,8 +1,9 @@
 """The comparison job: read a study's scenario runs back from the tracking server and compare them.
 
 For a study id it searches the tracking store for finished ``train_classifier`` runs (every
-experiment, or only ``--experiment``), keeps one run per scenario, downloads each run's per-case
-predictions (``predictions/predictions.csv``) and bootstrap file, and logs as its own run:
+experiment, or only ``--experiment``), keeps one run per scenario and training seed (the ``seed``
+param; ``--seeds`` restricts them), downloads each run's per-case predictions
+(``predictions/predictions.csv``) and bootstrap file, and logs as its own run:
 
 - ``compare/paired_tests.csv``: the default comparison, valid paired tests on the same external
   cases (``thyroaug.evaluation.paired.paired_comparisons``: exact McNemar for accuracy, paired
@@ -12,14 +13,24 @@ predictions (``predictions/predictions.csv``) and bootstrap file, and logs as it
   in every cell, only what the paired test calls significant marked;
 - ``compare/paper_method.csv`` + ``compare/paper_method_heatmap.png``: the paper's method,
   Wilcoxon rank-sum on bootstrap replicates + one BH correction (shown for comparison only);
+- with several training seeds (``thyroaug study --seeds``; ``thyroaug.jobs.compare_seeds``):
+  ``compare/seed_table2.csv`` (mean ± sd over seeds of every Table 2 number, mean per-seed case
+  CI), ``compare/seed_table2_by_seed.csv`` and ``compare/seed_tests.csv`` (per pair and metric
+  the per-seed paired differences combined by ``paired.seed_combined_test``, columns ``a, b,
+  metric, diff, sd_seeds, ci_low, ci_high, test, p, p_adj, significant, n_seeds, ...``, BH
+  within each metric), shown in the report's "Training seeds" section;
 - Table 2 with a 95 % CI on every number (``table2.csv``, ``table2_ci.csv``, ``table2.md``),
   Table 3 (FID / KID / KID std per extractor) when synthesis runs have fidelity metrics, and one
   self-contained HTML report that opens with the deviations from the paper the runs record (also
   set as ``deviation.<key>`` tags on the compare run).
 
 Rules:
-- Duplicate runs per scenario: the most recently *finished* run wins (largest ``end_time``); the
-  others are listed as superseded. Only runs with status FINISHED count. No run at all: an error.
+- Duplicate runs per (scenario, seed): the most recently *finished* run wins (largest
+  ``end_time``); the others are listed as superseded. Only runs with status FINISHED count. No
+  run at all: an error.
+- Table 2, ``paired_tests.csv``, both heatmaps and the paper method use one seed per scenario:
+  the primary seed (the study's base seed, the first of ``--seeds``; else the smallest found),
+  else that scenario's first seed. The report and the ``paired_seed`` param say which.
 - Missing scenarios are relative to the study's own list: ``expected`` (the study passes it), else
   the ``scenarios`` param of the study's parent run, else the scenarios found (nothing missing).
   The report says which. Missing scenarios are grey rows / columns in both heatmaps.
@@ -33,6 +44,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +61,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation.report import RunFacts
+from thyroaug.jobs import compare_seeds as CS
 from thyroaug.jobs.compare_runs import (
     AlignedPredictions,
     CompareError,
@@ -329,6 +342,7 @@ def compare_study(
     n_resamples: int = 2000,
     seed: int = 0,
     progress: bool = True,
+    seeds: Sequence[int | str] | None = None,
 ) -> dict[str, Any]:
     """Build and log the comparison run.
 
@@ -343,9 +357,11 @@ def compare_study(
         n_resamples: paired bootstrap and Table 2 CI resamples.
         seed: seed of those resamples.
         progress: one progress bar per multi-file download.
+        seeds: compare only classifier runs with these training seeds (the first: the seed of
+            Table 2 and the paired tests); default: every seed found.
 
     Returns:
-        {run_id, report, missing, compared, not_tested, deviations}.
+        {run_id, report, missing, compared, not_tested, deviations, seeds, n_seeds}.
 
     Raises:
         TrackingError: ``experiment`` does not exist.
@@ -362,7 +378,7 @@ def compare_study(
     settings = Settings(study_id, PAIRED_NAME[metric], alpha, n_resamples, seed)
     mlflow.set_tracking_uri(resolve_uris()[0])  # search first: create nothing before that
     client = MlflowClient()
-    runs = find_runs(client, study_id, experiment, expected)
+    runs = find_runs(client, study_id, experiment, expected, seeds)
     if not runs.chosen:
         where = f"experiment {experiment!r}" if experiment else "any experiment"
         raise CompareError(
@@ -378,9 +394,10 @@ def compare_study(
             runs.chosen, BOOTSTRAP_ARTIFACT, tmp / "b", "bootstrap files", progress
         )
         cmp = analyse(runs, preds, boots, settings.metric, alpha, n_resamples, seed)
+        by_seed = CS.seed_analysis(runs, preds, tmp / "s", settings, progress)
         grids = download_grids(client, runs.synth, tmp / "grids")
         deviations = _deviations(runs)
-        files = _outputs(tmp, runs, cmp, grids, deviations, settings)
+        files = _outputs(tmp, runs, cmp, grids, deviations, settings, by_seed)
         configure = _tracking_experiment(client, runs, experiment)
         return _log_run(runs, cmp, files, deviations, settings, configure)
 
@@ -392,6 +409,7 @@ def _deviations(runs: StudyRuns) -> dict[str, str]:
         {s: _facts(r) for s, r in runs.chosen.items()},
         {k: _facts(r) for k, r in runs.generators.items()},
         {m: _facts(r) for m, r in runs.synth.items()},
+        seeds_per_scenario={s: len(runs.by_seed.get(s, {})) for s in runs.chosen},
     )
 
 
@@ -402,6 +420,7 @@ def _outputs(
     grids: list[Path],
     deviations: dict[str, str],
     settings: Settings,
+    by_seed: CS.SeedAnalysis | None = None,
 ) -> list[Path]:
     """Write tables, figures and the HTML report under ``tmp``; return the files to log."""
     from thyroaug.evaluation import report as R
@@ -434,9 +453,13 @@ def _outputs(
             paper_summary=cmp.paper_summary,
             t3=t3,
             grids=grids,
+            seeds=runs.seeds,
+            primary_seed=runs.primary_seed,
+            seed_table=R.seed_table(by_seed.summary) if by_seed is not None else None,
+            seed_tests=by_seed.tests if by_seed is not None else None,
         )
     )
-    files = _write_tables(tmp, cmp, t3_long, t3)
+    files = _write_tables(tmp, cmp, t3_long, t3) + CS.write_seed_tables(tmp, by_seed)
     files += [p for p in (heatmap, paper_heatmap) if p is not None]
     (tmp / "report.html").write_text(page)
     return [*files, tmp / "report.html"]
@@ -468,6 +491,9 @@ def _log_run(
                 "n_resamples": settings.n_resamples,
                 "seed": settings.seed,
                 "expected_source": runs.expected_source,
+                "training_seeds": ",".join(runs.seeds),
+                "n_seeds": _n_seeds(runs),
+                "paired_seed": runs.primary_seed,
             }
         )
         mlflow.set_tags(
@@ -478,6 +504,8 @@ def _log_run(
             }
         )
         mlflow.log_dict({s: r.info.run_id for s, r in runs.chosen.items()}, "compare/runs.json")
+        by_seed = {s: {k: r.info.run_id for k, r in d.items()} for s, d in runs.by_seed.items()}
+        mlflow.log_dict(by_seed, "compare/seed_runs.json")
         mlflow.log_dict(deviations, "compare/deviations.json")
         for path in files:
             mlflow.log_artifact(str(path), "compare")
@@ -490,7 +518,14 @@ def _log_run(
         "compared": list(runs.chosen),
         "not_tested": dict(cmp.not_tested),
         "deviations": deviations,
+        "seeds": list(runs.seeds),
+        "n_seeds": _n_seeds(runs),
     }
+
+
+def _n_seeds(runs: StudyRuns) -> int:
+    """The most training seeds any scenario was compared with."""
+    return max((len(d) for d in runs.by_seed.values()), default=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -516,6 +551,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resamples", type=int, default=2000, help="paired / CI bootstrap resamples (2000)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated training seeds to compare, the first for Table 2 and the paired "
+        "tests (default: every seed found; the study run's base seed first)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -531,8 +572,11 @@ def run(args: argparse.Namespace) -> int:
         n_resamples=args.resamples,
         seed=args.seed,
         progress=not args.no_progress,
+        seeds=[s for s in args.seeds.split(",") if s.strip()] if args.seeds else None,
     )
     print(f"compared {len(out['compared'])} scenario(s): {', '.join(out['compared'])}")
+    if out["n_seeds"] > 1:
+        print(f"training seeds: {', '.join(out['seeds'])} (see compare/seed_tests.csv)")
     if out["missing"]:
         print(f"missing (no finished run): {', '.join(out['missing'])}")
     if out["not_tested"]:

@@ -1,17 +1,20 @@
 """Reading a study's runs back from the tracking store, for ``thyroaug compare``.
 
 ``find_runs`` searches every experiment (or one named, which must exist) for a study's finished
-runs by the ``study_id`` tag: the latest classifier run per scenario, the synthesis runs and the
-generator training runs. ``download_csvs`` fetches one artifact of many runs under a single
-progress bar (MLflow's per-file bars off). ``align_predictions`` lines the runs' external
-predictions up by ``case_id`` and refuses runs scored on different cases.
+runs by the ``study_id`` tag: the latest classifier run per (scenario, training seed) - the
+``seed`` param - the synthesis runs and the generator training runs. Per scenario one run is
+``chosen`` for Table 2, the paired tests and the paper method: the run of the primary seed (the
+study's base seed), else of its first seed; ``by_seed`` holds every seed's run.
+``download_csvs`` fetches one artifact of many runs under a single progress bar (MLflow's
+per-file bars off). ``align_predictions`` lines the runs' external predictions up by ``case_id``
+and refuses runs scored on different cases.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +46,11 @@ class CompareError(ThyroaugError):
 class StudyRuns:
     """The runs a comparison is built from."""
 
-    chosen: dict[str, Any] = field(default_factory=dict)  # scenario -> mlflow Run
+    chosen: dict[str, Any] = field(default_factory=dict)  # scenario -> mlflow Run (one seed)
     superseded: dict[str, list[str]] = field(default_factory=dict)  # scenario -> run ids
+    by_seed: dict[str, dict[str, Any]] = field(default_factory=dict)  # scenario -> seed -> Run
+    seeds: list[str] = field(default_factory=list)  # training seeds found, primary first
+    primary_seed: str = ""  # the seed of the chosen runs (the study's base seed if present)
     missing: list[str] = field(default_factory=list)
     expected: list[str] = field(default_factory=list)  # axis order of the heatmaps
     expected_source: str = ""
@@ -86,21 +92,73 @@ def _search(client: Any, ids: list[str], query: str) -> list[Any]:
             return out
 
 
-def _study_scenarios(client: Any, ids: list[str], study_id: str) -> list[str] | None:
-    """The ``scenarios`` param of the study's parent run, if one was logged."""
+def _study_params(client: Any, ids: list[str], study_id: str) -> dict[str, str]:
+    """The params of the study's latest parent run ({} when there is none)."""
     for run in _search(
         client, ids, f"tags.{TAG_STUDY_ID} = '{study_id}' and tags.{TAG_STEP} = '{STEP_STUDY}'"
     ):
-        text = run.data.params.get("scenarios")
-        if text:
-            return [s for s in text.split(",") if s]
-    return None
+        return dict(run.data.params)
+    return {}
+
+
+def seed_key(value: Any) -> str:
+    """A training seed as compared: ``"3"`` for 3, "3" or "3.0"; "" when not recorded."""
+    text = "" if value is None else str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _seed_order(seeds: set[str], primary: str) -> list[str]:
+    def key(s: str) -> tuple[int, float, str]:
+        try:
+            return (s != primary, float(s), s)
+        except ValueError:
+            return (s != primary, float("inf"), s)
+
+    return sorted(seeds, key=key)
+
+
+def _classifier_runs(
+    client: Any, ids: list[str], base: str, seeds: Sequence[Any] | None, out: StudyRuns
+) -> None:
+    """``out.by_seed`` (latest run per scenario and seed) and ``out.superseded``."""
+    from thyroaug.scenarios import canonical
+
+    wanted = None if seeds is None else {seed_key(s) for s in seeds}
+    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_CLASSIFIER}'"):
+        try:
+            scenario = canonical(run.data.tags.get("scenario", ""))
+        except ThyroaugError as exc:
+            log.warning("run %s: unusable scenario tag (%s), skipped", run.info.run_id, exc)
+            continue
+        seed = seed_key(run.data.params.get("seed"))
+        if wanted is not None and seed not in wanted:
+            log.info("run %s: seed %r not among the seeds compared", run.info.run_id, seed)
+            continue
+        per_seed = out.by_seed.setdefault(scenario, {})
+        if seed in per_seed:
+            out.superseded.setdefault(scenario, []).append(run.info.run_id)
+        else:
+            per_seed[seed] = run
 
 
 def find_runs(
-    client: Any, study_id: str, experiment: str | None = None, expected: list[str] | None = None
+    client: Any,
+    study_id: str,
+    experiment: str | None = None,
+    expected: list[str] | None = None,
+    seeds: Sequence[Any] | None = None,
 ) -> StudyRuns:
-    """Latest finished run per scenario (and per synthesis method / generator) of a study."""
+    """Latest finished run per scenario and training seed (and per synthesis method /
+    generator) of a study.
+
+    ``seeds``: only classifier runs with these ``seed`` params (the first is the primary seed);
+    default: every seed found, the primary one being the study run's ``seed`` param when runs
+    with it exist, else the smallest.
+    """
     from thyroaug.scenarios import canonical
 
     if "'" in study_id or "\\" in study_id:
@@ -108,20 +166,21 @@ def find_runs(
     ids = _experiment_ids(client, experiment)
     base = f"tags.{TAG_STUDY_ID} = '{study_id}' and attributes.status = 'FINISHED'"
     out = StudyRuns()
-    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_CLASSIFIER}'"):
-        try:
-            scenario = canonical(run.data.tags.get("scenario", ""))
-        except ThyroaugError as exc:
-            log.warning("run %s: unusable scenario tag (%s), skipped", run.info.run_id, exc)
-            continue
-        if scenario in out.chosen:
-            out.superseded.setdefault(scenario, []).append(run.info.run_id)
-        else:
-            out.chosen[scenario] = run
+    _classifier_runs(client, ids, base, seeds, out)
+    study = _study_params(client, ids, study_id)
+    seen = {seed for per_seed in out.by_seed.values() for seed in per_seed}
+    first = seed_key(seeds[0]) if seeds else seed_key(study.get("seed"))
+    out.primary_seed = first if first in seen else (_seed_order(seen, "")[:1] or [""])[0]
+    out.seeds = _seed_order(seen, out.primary_seed)
+    for scenario, per_seed in out.by_seed.items():
+        out.by_seed[scenario] = {s: per_seed[s] for s in out.seeds if s in per_seed}
+        out.chosen[scenario] = next(iter(out.by_seed[scenario].values()))
+    recorded = study.get("scenarios")
     if expected:
         wanted, out.expected_source = expected, "the study's scenario list"
-    elif (recorded := _study_scenarios(client, ids, study_id)) is not None:
-        wanted, out.expected_source = recorded, "the study run's scenarios param"
+    elif recorded:
+        wanted = [s for s in recorded.split(",") if s]
+        out.expected_source = "the study run's scenarios param"
     else:
         wanted = list(out.chosen)
         out.expected_source = "the scenarios found (no scenario list recorded for this study)"
@@ -130,6 +189,7 @@ def find_runs(
     out.expected = wanted + sorted(s for s in out.chosen if s not in wanted)
     order = {s: i for i, s in enumerate(out.expected)}
     out.chosen = dict(sorted(out.chosen.items(), key=lambda kv: order[kv[0]]))
+    out.by_seed = {s: out.by_seed[s] for s in out.chosen}
     for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_SYNTHESIZE}'"):
         method = run.data.tags.get("method", "")
         if method and method not in out.synth:

@@ -7,8 +7,19 @@ in batches of steps that do not depend on each other:
   2. classifier_O (its penultimate layer is the domain feature extractor of synthesis FID/KID)
      together with train_<family> for every generator family a scenario needs
   3. synthesize_<METHOD> for every generator method a scenario needs
-  4. classifier_<scenario> for every other scenario
+  4. classifier_<scenario> for every other scenario, and classifier_<scenario>_s<seed> for every
+     scenario and every further training seed (``--seeds``)
   5. compare
+
+Seeds: ``--seed`` is the study's base seed: the cohort split, the generators' training and
+sampling, and the first training seed of every classifier (steps ``classifier_<scenario>``, the
+same keys, command lines and config hashes as a single-seed study). ``--seeds 0,1,2`` trains every
+scenario's classifier once per seed (``--seed s``); the seeds other than the base seed run as
+steps ``classifier_<scenario>_s<seed>``. Generators, synthetic sets and the cohort are made once.
+Without ``--seeds`` the list is ``[--seed]``; without ``--seed`` the base seed is the first of
+``--seeds``; both given: ``--seeds`` must contain ``--seed``. The default study id,
+``<profile>-s<base seed>``, does not name the list, so ``--seeds 0,1,2`` after a single-seed study
+of seed 0 resumes it: its seed-0 runs are reused and only seeds 1 and 2 are trained.
 
 ``--executor sequential`` (default) runs the steps of a batch one after another in this process;
 ``--executor ray`` runs them as Ray tasks (``thyroaug.jobs.executors``) on a local Ray instance
@@ -30,13 +41,13 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thyroaug.contract import CHAMPION, DEFAULT_COHORT_DIR, EXPERIMENT, synthetic_artifact
-from thyroaug.errors import ThyroaugError
+from thyroaug.errors import ConfigError, ThyroaugError
 from thyroaug.generators import registry
 from thyroaug.jobs.common import PHANTOM_SCALE
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
@@ -61,6 +72,41 @@ def parse_scenarios(text: str) -> list[str]:
         if c not in out:
             out.append(c)
     return out
+
+
+def resolve_seeds(
+    seed: int | None = None, seeds: str | Sequence[int] | None = None
+) -> tuple[int, list[int]]:
+    """(base seed, training seeds with the base seed first) from ``--seed`` and ``--seeds``.
+
+    Raises:
+        ConfigError: a seed that is not an integer, or a ``--seeds`` list without ``--seed``.
+    """
+    if isinstance(seeds, str):
+        try:
+            parsed = [int(x) for x in seeds.replace(" ", "").split(",") if x]
+        except ValueError as exc:
+            raise ConfigError(f"--seeds {seeds!r}: a comma-separated list of integers") from exc
+    else:
+        parsed = [int(x) for x in seeds or []]
+    parsed = list(dict.fromkeys(parsed))
+    if not parsed:
+        base = 0 if seed is None else int(seed)
+        return base, [base]
+    base = parsed[0] if seed is None else int(seed)
+    if base not in parsed:
+        raise ConfigError(
+            f"--seeds {','.join(map(str, parsed))} does not contain --seed {base}: --seed is the "
+            "study's base seed (cohort split, generators and the first classifier seed); add it "
+            "to --seeds or leave --seed out (the base seed is then the first of --seeds)"
+        )
+    return base, [base, *(s for s in parsed if s != base)]
+
+
+def classifier_key(scenario: str, seed: int, base_seed: int) -> str:
+    """Step key of one classifier run: ``classifier_<scenario>`` for the study's base seed (as
+    in a single-seed study), ``classifier_<scenario>_s<seed>`` for every other training seed."""
+    return f"classifier_{scenario}" if seed == base_seed else f"classifier_{scenario}_s{seed}"
 
 
 def methods_needed(scenarios: list[str]) -> list[str]:
@@ -175,12 +221,26 @@ class StudyPlan:
     synthetic: dict[str, str] = field(default_factory=dict)
     method_hash: dict[str, str] = field(default_factory=dict)
     feature_args: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # training seeds, base seed first
 
-    def classifier_argv(self, scenario: str) -> list[str]:
+    @property
+    def training_seeds(self) -> list[int]:
+        return self.seeds or [self.seed]
+
+    def classifier_steps(self) -> list[tuple[str, str, int]]:
+        """(step key, scenario, training seed) of every classifier run, base seed first."""
+        return [
+            (classifier_key(s, seed, self.seed), s, seed)
+            for seed in self.training_seeds
+            for s in self.names
+        ]
+
+    def classifier_argv(self, scenario: str, seed: int | None = None) -> list[str]:
         from thyroaug.scenarios import Scenario
 
+        seed = self.seed if seed is None else seed
         argv = ["train-classifier", "--scenario", scenario, "--profile", self.profile]
-        argv += ["--cohort", str(self.cohort_dir), "--seed", str(self.seed)]
+        argv += ["--cohort", str(self.cohort_dir), "--seed", str(seed)]
         argv += ["--study-id", self.study_id]
         for m in Scenario.parse(scenario).generator_methods:
             argv += ["--synthetic", f"{m}={self.synthetic[m]}"]
@@ -246,37 +306,46 @@ def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, s
 
 
 def _classifiers(st: Study, plan: StudyPlan, prep_hash: str, done: set[str]) -> None:
-    """Batch 4: one classifier per remaining scenario (or Kubernetes jobs)."""
-    rest = [s for s in plan.names if f"classifier_{s}" not in done]
+    """Batch 4: one classifier per remaining (scenario, training seed) (or Kubernetes jobs)."""
+    rest = [(k, s, seed) for k, s, seed in plan.classifier_steps() if k not in done]
     if plan.backend == "kubernetes":
-        for scenario in rest:
-            _dispatch_kubernetes(scenario, plan)
+        for _, scenario, seed in rest:
+            _dispatch_kubernetes(scenario, plan, seed)
         return
     st.execute(
         [
             st.plan(
-                f"classifier_{s}",
-                plan.classifier_argv(s),
+                key,
+                plan.classifier_argv(s, seed),
                 plan.classifier_depends(s, prep_hash),
                 kind="classifier",
             )
-            for s in rest
+            for key, s, seed in rest
         ]
     )
 
 
-def _open_parent(st: Study, names: list[str], seed: int, echo: Callable[[str], None]) -> None:
-    """Find the study's parent run again (resume) or create it."""
+def _open_parent(
+    st: Study, names: list[str], seeds: list[int], echo: Callable[[str], None]
+) -> None:
+    """Find the study's parent run again (resume) or create it; params ``seed`` (the base
+    seed) and ``seeds`` (the training seeds; a resume with another list sets tag ``seeds``)."""
     parents = st.client.search_runs(
         [st.experiment_id],
         f"tags.study_id = '{st.study_id}' and tags.step = 'study'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
+    text = ",".join(map(str, seeds))
     if parents:
         st.parent_id = parents[0].info.run_id
         st.client.update_run(st.parent_id, status="RUNNING")
-        echo(f"resuming study {st.study_id} (parent run {st.parent_id})")
+        logged = parents[0].data.params.get("seeds")
+        if logged is None:  # a parent from before --seeds
+            st.client.log_param(st.parent_id, "seeds", text)
+        elif logged != text:  # params are immutable: the tag says what this resume trains
+            st.client.set_tag(st.parent_id, "seeds", text)
+        echo(f"resuming study {st.study_id} (parent run {st.parent_id}, seeds {text})")
         return
     parent = st.client.create_run(
         st.experiment_id,
@@ -286,7 +355,9 @@ def _open_parent(st: Study, names: list[str], seed: int, echo: Callable[[str], N
     st.parent_id = parent.info.run_id
     st.client.log_param(st.parent_id, "profile", st.profile)
     st.client.log_param(st.parent_id, "scenarios", ",".join(names))
-    st.client.log_param(st.parent_id, "seed", seed)
+    st.client.log_param(st.parent_id, "seed", seeds[0])
+    st.client.log_param(st.parent_id, "seeds", text)
+    st.client.set_tag(st.parent_id, "seeds", text)
     st.client.log_param(st.parent_id, "executor", st.executor.name)
 
 
@@ -296,17 +367,23 @@ def run_study(
     study_id: str | None = None,
     phantom_scale: float | None = None,
     manifest: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     backend: str = "local",
     echo: Callable[[str], None] = print,
     executor: str | Executor = "sequential",
     ray_address: str | None = None,
+    seeds: str | Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the study; returns {study_id, parent_run_id, report, steps_run, reused}."""
+    """Run (or resume) the study; returns {study_id, parent_run_id, report, steps_run, reused}.
+
+    ``seed`` is the base seed (cohort, generators, first classifier seed; default 0, or the
+    first of ``seeds``), ``seeds`` the classifier training seeds (``resolve_seeds``).
+    """
     import mlflow
     from mlflow import MlflowClient
 
     names = parse_scenarios(scenarios)
+    seed, seed_list = resolve_seeds(seed, seeds)
     scale = phantom_scale if phantom_scale is not None else PHANTOM_SCALE[profile]
     study_id = study_id or f"{profile}-s{seed}"
     runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor
@@ -314,7 +391,7 @@ def run_study(
     exp = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT)
     st = Study(study_id, profile, MlflowClient(), exp.experiment_id, runner)
     st.gpus = runner.capacity()["GPU"] if hasattr(runner, "capacity") else 0.0
-    _open_parent(st, names, seed, echo)
+    _open_parent(st, names, seed_list, echo)
     home = project_home()
     st.env = {
         "MLFLOW_TRACKING_URI": resolve_uris()[0],
@@ -326,6 +403,7 @@ def run_study(
     # the one default cohort of every entry point, so that `mlflow run . -e train_classifier
     # -P scenario=O+FM` after a study uses the cohort its generators were trained on
     plan = StudyPlan(profile, names, study_id, seed, home / DEFAULT_COHORT_DIR, backend, out)
+    plan.seeds = seed_list
     t0 = time.monotonic()
     status = "FAILED"
     try:
@@ -334,8 +412,9 @@ def run_study(
         done = _generators_and_o(st, plan, prep_hash)
         echo(f"[study] O and generators done ({time.monotonic() - t0:.0f} s)")
         _classifiers(st, plan, prep_hash, set(done))
-        echo(f"[study] {len(names)} classifier(s) done ({time.monotonic() - t0:.0f} s)")
-        result = _compare(study_id, exp.name, names, st.parent_id)
+        n_runs = len(names) * len(seed_list)
+        echo(f"[study] {n_runs} classifier run(s) done ({time.monotonic() - t0:.0f} s)")
+        result = _compare(study_id, exp.name, names, st.parent_id, seed_list)
         status = "FINISHED"
     finally:
         st.client.log_metric(st.parent_id, "study_seconds", time.monotonic() - t0)
@@ -355,15 +434,17 @@ def run_study(
     }
 
 
-def _compare(study_id: str, experiment: str, names: list[str], parent_id: str) -> dict[str, Any]:
-    """The compare step, in this process, as a child run of the study."""
+def _compare(
+    study_id: str, experiment: str, names: list[str], parent_id: str, seeds: list[int]
+) -> dict[str, Any]:
+    """The compare step, in this process, as a child run of the study (its training seeds)."""
     from thyroaug.jobs.compare import compare_study
 
     saved = {k: os.environ.get(k) for k in (RUN_TAGS_ENV, "MLFLOW_PARENT_RUN_ID")}
     os.environ[RUN_TAGS_ENV] = json.dumps({"study_step": "compare"})
     os.environ["MLFLOW_PARENT_RUN_ID"] = parent_id
     try:
-        return compare_study(study_id, experiment, expected=names)
+        return compare_study(study_id, experiment, expected=names, seeds=seeds)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -372,7 +453,7 @@ def _compare(study_id: str, experiment: str, names: list[str], parent_id: str) -
                 os.environ[key] = value
 
 
-def _dispatch_kubernetes(scenario: str, plan: StudyPlan) -> None:
+def _dispatch_kubernetes(scenario: str, plan: StudyPlan, seed: int) -> None:
     """Submit one classifier run to MLflow's Kubernetes backend (asynchronous)."""
     import mlflow.projects
 
@@ -390,7 +471,7 @@ def _dispatch_kubernetes(scenario: str, plan: StudyPlan) -> None:
             "scenario": scenario,
             "profile": plan.profile,
             "study_id": plan.study_id,
-            "seed": plan.seed,
+            "seed": seed,
             "synthetic": ",".join(f"{m}={plan.synthetic[m]}" for m in needed),
         },
     )
@@ -406,7 +487,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="all",
         help="all (the paper's 18, default) or a comma-separated list, e.g. O,CA,O+FM",
     )
-    parser.add_argument("--study-id", default=None, help="default: <profile>-s<seed>")
+    parser.add_argument(
+        "--study-id", default=None, help="default: <profile>-s<base seed> (not the --seeds list)"
+    )
     parser.add_argument(
         "--phantom-scale",
         type=float,
@@ -414,7 +497,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="phantom cohort size (1 = the paper's 2954 cases)",
     )
     parser.add_argument("--manifest", default=None, help="use a real cohort instead of the phantom")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="base seed: cohort split, generators, first classifier seed (default 0, or the "
+        "first of --seeds)",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="classifier training seeds, e.g. 0,1,2: every scenario is trained once per seed "
+        "(generators once); must contain --seed; default: --seed only",
+    )
     parser.add_argument(
         "--executor",
         default="sequential",
@@ -437,6 +532,7 @@ def run(args: argparse.Namespace) -> int:
         args.backend,
         executor=args.executor,
         ray_address=args.ray_address,
+        seeds=args.seeds,
     )
     print_summary(out)
     return 0
