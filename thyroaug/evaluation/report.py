@@ -426,7 +426,7 @@ def _e(text: Any) -> str:
 
 
 def _banner(r: ReportInputs) -> list[str]:
-    doc = f'<a href="{_e(r.deviations_doc)}">docs/deviations.md</a> (in the thyroaug repository)'
+    doc = f"<code>{_e(r.deviations_doc)}</code> in the thyroaug repository"
     items = "".join(f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in r.deviations.items())
     body = f"<ul>{items}</ul>" if items else "<p>None recorded by these runs.</p>"
     return [
@@ -484,7 +484,10 @@ def _pct(value: float | None) -> str:
 
 
 def _paired_section(r: ReportInputs) -> list[str]:
-    parts = [f"<h2>Paired comparison on the same external cases ({_e(r.metric)})</h2>"]
+    parts = [
+        "<h2>Paired comparison on the same external cases (heatmap: "
+        f"{_e(r.metric)}; table: every metric)</h2>"
+    ]
     if r.paired is None or r.paired.empty:
         return [*parts, "<p>Fewer than two scenarios with predictions: no paired test.</p>"]
     if r.heatmap is not None:
@@ -496,6 +499,7 @@ def _paired_section(r: ReportInputs) -> list[str]:
         f"{r.alpha:g}). Grey: missing or not tested.</p>"
     )
     shown = r.paired.copy()
+    shown["significant"] = ["yes" if v else "no" for v in shown["significant"]]
     shown["difference (b - a)"] = [
         format_ci(d, lo, hi) for d, lo, hi in zip(shown["diff"], shown["ci_low"], shown["ci_high"])
     ]

@@ -72,6 +72,7 @@ from thyroaug.jobs.compare_runs import (
     external_rows,
     find_runs,
 )
+from thyroaug.tracking.runs import describe_run
 
 __all__ = [
     "AlignedPredictions",
@@ -96,7 +97,6 @@ PAIRED_NAME = {
 }
 """``--metric`` (a bootstrap column or a paired metric name) -> the paired metric name."""
 BOOTSTRAP_NAME = {"accuracy": "accuracy", "macro_f1": "f1_macro", "macro_auc": "auc_macro"}
-DEVIATIONS_DOC = Path(__file__).resolve().parents[2] / "docs" / "deviations.md"
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,8 @@ def _facts(run: Any) -> RunFacts:
 
 
 def _doc_link() -> str:
-    return DEVIATIONS_DOC.as_uri() if DEVIATIONS_DOC.exists() else "docs/deviations.md"
+    # a path inside the project, not this checkout's absolute path: the report is read elsewhere
+    return "docs/deviations.md"
 
 
 def _tracking_experiment(client: Any, runs: StudyRuns, experiment: str | None) -> str | None:
@@ -507,6 +508,14 @@ def _log_run(
         by_seed = {s: {k: r.info.run_id for k, r in d.items()} for s, d in runs.by_seed.items()}
         mlflow.log_dict(by_seed, "compare/seed_runs.json")
         mlflow.log_dict(deviations, "compare/deviations.json")
+        n_sig = int(cmp.paired["significant"].sum()) if cmp.paired is not None else 0
+        describe_run(
+            f"Comparison of study {settings.study_id}: {len(runs.chosen)} scenario(s) on "
+            f"{len(cmp.aligned.y) if cmp.aligned is not None else 0} external cases, "
+            f"training seed(s) {','.join(runs.seeds) or '-'}; {n_sig} paired test(s) significant "
+            f"after Benjamini-Hochberg; {len(deviations)} deviation(s) from the paper listed. "
+            "Open compare/report.html."
+        )
         for path in files:
             mlflow.log_artifact(str(path), "compare")
         run_id = run.info.run_id

@@ -416,6 +416,14 @@ def run_study(
         echo(f"[study] {n_runs} classifier run(s) done ({time.monotonic() - t0:.0f} s)")
         result = _compare(study_id, exp.name, names, st.parent_id, seed_list)
         status = "FINISHED"
+        st.client.set_tag(
+            st.parent_id,
+            "mlflow.note.content",
+            f"Study {study_id} ({profile} profile, executor {runner.name}): {len(names)} "
+            f"scenario(s) x {len(seed_list)} training seed(s) on the cohort in {plan.cohort_dir}; "
+            f"finished in {(time.monotonic() - t0) / 60:.1f} min. The comparison (paired tests, "
+            f"Table 2 with CIs, Table 3, deviations) is the child run compare-{study_id}.",
+        )
     finally:
         st.client.log_metric(st.parent_id, "study_seconds", time.monotonic() - t0)
         st.client.set_terminated(st.parent_id, status=status)
@@ -431,6 +439,7 @@ def run_study(
         "reused": st.reused,
         "tracking_uri": uri,
         "seconds": time.monotonic() - t0,
+        "experiment_id": exp.experiment_id,
     }
 
 
@@ -550,7 +559,9 @@ def print_summary(out: dict[str, Any]) -> None:
         print(f"scenarios without a run: {', '.join(out['missing'])}")
     print(f"report: {out['report']}")
     uri = out["tracking_uri"]
+    runs_page = f"#/experiments/{out.get('experiment_id', '')}/runs"
     if uri.startswith("sqlite:"):
-        print(f"browse: .venv/bin/mlflow ui --backend-store-uri {uri}  -> http://127.0.0.1:5000")
+        print(f"browse: .venv/bin/mlflow ui --backend-store-uri {uri}")
+        print(f"   then open http://127.0.0.1:5000/{runs_page}")
     else:
-        print(f"browse: {uri}")
+        print(f"browse: {uri.rstrip('/')}/{runs_page}")
