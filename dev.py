@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """One-file bootstrap: create the project's virtual environment if needed, then run a job.
 
-    python3 dev.py demo    set up .venv and run the main job (quick study on the phantom cohort,
-                           tracked in the local SQLite MLflow store)
+    python3 dev.py demo    set up .venv and run the main job (the quick study of all 18 scenarios on
+                           the phantom cohort, independent steps in parallel on a local Ray
+                           instance, tracked in the local SQLite MLflow store)
     python3 dev.py test    set up .venv and run the test suite (pytest; "no tests" is a failure)
     python3 dev.py setup   only set up .venv
 
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     if job == "setup":
         return 0
     if job == "demo":
-        cmd = [str(BIN / "thyroaug"), "study", "--profile", "quick", *rest]
+        cmd = [str(BIN / "thyroaug"), "study", "--profile", "quick", "--executor", "ray", *rest]
         return subprocess.run(cmd, cwd=ROOT, env=env).returncode
     rc = subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT, env=env).returncode
     if rc == 5:

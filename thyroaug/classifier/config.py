@@ -89,7 +89,7 @@ class ClassifierConfig:
         "quick": {
             "image_size": 32,
             "epochs": 8,
-            "per_class_synthetic": 100,
+            "per_class_synthetic": 80,
             "bootstrap": 200,
             "gradcam_per_class": 2,
         },

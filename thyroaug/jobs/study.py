@@ -55,7 +55,7 @@ from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_ho
 
 log = logging.getLogger(__name__)
 
-PER_CLASS = {"paper": 1000, "quick": 100, "smoke": 8}
+PER_CLASS = {"paper": 1000, "quick": 80, "smoke": 8}
 
 
 def parse_scenarios(text: str) -> list[str]:

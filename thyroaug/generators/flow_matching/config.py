@@ -85,7 +85,7 @@ class FMConfig:
             "num_res_blocks": 1,
             "transformer_num_layers": 1,
             "norm_num_groups": 8,
-            "epochs": 10,
+            "epochs": 6,
             "batch_size": 16,
             "lr": 3e-4,
             "ema_decay": 0.99,

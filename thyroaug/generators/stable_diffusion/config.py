@@ -119,9 +119,10 @@ class SDConfig:
     max_retries: int = 3
 
     PROFILES: ClassVar[dict[str, dict]] = {
+        # quick: sized with the 18-scenario demo's 15-minute budget on 2 CPU cores (README)
         "quick": {
             "resolution": 32,
-            "max_train_steps": 400,
+            "max_train_steps": 240,
             "train_batch_size": 16,
             "gradient_accumulation_steps": 1,
             "learning_rate": 5e-4,
@@ -136,13 +137,13 @@ class SDConfig:
             "text_layers": 2,
             "text_heads": 4,
             "vae_block_channels": (32, 64, 64),
-            "vae_steps": 300,
+            "vae_steps": 200,
             "vae_batch_size": 16,
             "vae_learning_rate": 1e-3,
             "unet_block_channels": (64, 128),
             "unet_layers_per_block": 1,
             "unet_attention_heads": 4,
-            "num_inference_steps": 20,
+            "num_inference_steps": 10,
             "per_class": 50,
             "gen_batch_size": 25,
         },
