@@ -328,3 +328,119 @@ def test_generator_folder_roundtrip(pipeline, tmp_path):
     )
     with pytest.raises(GeneratorError, match="not a flow-matching"):
         load_generator(Path(tmp_path))
+
+
+# --- fast sampling path ---------------------------------------------------------------------------
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("steps", [1, 3, 10])
+def test_direct_fixed_step_loop_is_bitwise_odeint(solver, steps):
+    """The direct loop replaces torchdiffeq for fixed steps: the same result to the bit."""
+    g = torch.Generator().manual_seed(steps)
+    w = torch.randn(8, 8, generator=g) / 3
+
+    def field(t, x):  # nonlinear in x and t, so every stage and time value matters
+        return torch.tanh(x @ w) * (1 + t) - x * t * t
+
+    x0 = torch.randn(3, 1, 8, 8, generator=g)
+    sampler = ODESampler(solver, steps)
+    assert torch.equal(sampler.integrate(field, x0), sampler.integrate_odeint(field, x0))
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+def test_direct_loop_is_bitwise_odeint_on_the_net(solver):
+    torch.manual_seed(0)
+    net = VelocityNet(smoke()).eval()
+    _randomise_zero_inits(net)
+    x, _, labels, masks = batch(net.config, n=3)
+    sampler = ODESampler(solver, 3)
+    with torch.inference_mode():
+
+        def field(t, y):
+            return net(y, t, labels, masks)
+
+        assert torch.equal(sampler.integrate(field, x), sampler.integrate_odeint(field, x))
+
+
+def _trained_like_pipeline(**kwargs) -> FlowMatchingPipeline:
+    torch.manual_seed(0)
+    net = VelocityNet(smoke()).eval()
+    _randomise_zero_inits(net)
+    return FlowMatchingPipeline(net, device="cpu", **kwargs)
+
+
+def test_mask_embedding_is_computed_once_per_batch_with_the_same_result():
+    """The sampling view (mask embedding once per batch, direct Euler loop) in the net's own
+    layout and kernels gives bitwise what odeint over ``VelocityNet.forward`` gives."""
+    pipe = _trained_like_pipeline(channels_last=False, onednn_linear=False, retain_heap=False)
+    calls = []
+    view = pipe._sampling_net
+    assert view.cond_embedding is not None
+    view.cond_embedding.register_forward_hook(lambda *_: calls.append(1))
+    x0, _, labels, masks = batch(pipe.config, n=4)
+    out = pipe.generate(x0, labels, masks)
+    assert len(calls) == 1  # not once per step
+    with torch.inference_mode():
+        ref = ODESampler("euler", 10).integrate_odeint(
+            lambda t, y: pipe.net(y, t, labels, masks), x0
+        )
+    assert torch.equal(out, ref)
+
+
+def test_default_cpu_path_matches_the_plain_net_and_is_deterministic():
+    plain = _trained_like_pipeline(channels_last=False, onednn_linear=False, retain_heap=False)
+    fast = _trained_like_pipeline()  # CPU defaults: channels-last, oneDNN linear, heap retention
+    assert fast.channels_last and fast.retain_heap
+    x0, _, labels, masks = batch(fast.config, n=4)
+    a, b = plain.generate(x0, labels, masks), fast.generate(x0, labels, masks)
+    assert float(a.abs().max()) > 0.1 and b.is_contiguous()
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(b, fast.generate(x0, labels, masks))
+    seeds, classes = [3, 4, 5], ["DG", "NL", "TI"]
+    m = (torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    assert torch.equal(
+        fast.sample(classes, seeds, masks=m).images, fast.sample(classes, seeds, masks=m).images
+    )
+
+
+def test_sampling_view_shares_the_weights_and_leaves_the_net_alone():
+    pipe = _trained_like_pipeline()
+    x0, _, labels, masks = batch(pipe.config, n=2)
+    before = pipe.generate(x0, labels, masks)
+    assert not any(type(m).__name__ == "OneDNNLinear" for m in pipe.net.modules())
+    in_view = any(type(m).__name__ == "OneDNNLinear" for m in pipe._sampling_net.modules())
+    assert in_view == pipe.onednn_linear
+    view_params = {id(p) for p in pipe._sampling_net.parameters()}
+    assert view_params == {id(p) for p in pipe.net.parameters()}
+    with torch.no_grad():  # an in-place weight change (an EMA update) reaches the sampler
+        pipe.net.unet.out[-1].conv.weight.mul_(2.0)
+    assert not torch.allclose(before, pipe.generate(x0, labels, masks))
+
+
+def test_onednn_linear_matches_f_linear_and_keeps_autograd():
+    from thyroaug.generators.flow_matching.pipeline import OneDNNLinear, onednn_linear_available
+
+    lin = torch.nn.Linear(16, 8)
+    fast = OneDNNLinear(lin)
+    x = torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), lin(x), atol=1e-6)
+    y = fast(x.requires_grad_(True))  # with grad: plain F.linear, differentiable
+    y.sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
+    assert isinstance(onednn_linear_available(), bool)
+
+
+def test_heap_retention_is_released_after_sample(monkeypatch):
+    from thyroaug.generators.flow_matching import pipeline as pipeline_module
+    from thyroaug.generators.flow_matching.sampler import retain_freed_heap
+
+    released = []
+    monkeypatch.setattr(pipeline_module, "release_freed_heap", lambda: released.append(1))
+    pipe = _trained_like_pipeline()
+    m = torch.ones(2, 1, 32, 32)
+    pipe.sample(["DG", "NG"], [0, 1], masks=m, batch_size=1)
+    assert released == [1]  # once per sample() call, not per batch
+    assert isinstance(retain_freed_heap(), bool)
+    off = _trained_like_pipeline(retain_heap=False)
+    off.sample(["DG"], [0], masks=m[:1])
+    assert released == [1]

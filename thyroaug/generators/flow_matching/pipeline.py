@@ -5,11 +5,30 @@ context, mask choice from the ``MaskBank`` of training masks (``ConditionBank.pi
 output mapping to [0, 1]. ``save_generator`` / ``load_generator`` own the generator folder a person
 can open: ``config.json``, ``model.safetensors`` (EMA weights), ``masks.safetensors`` +
 ``masks.csv`` and a ``README.md`` card. See ``sampler.py`` for the seeding scheme.
+
+Sampling speed (``bench/fm_sampling.py`` measures each piece against a MOTFM-style loop). The net
+is called through ``_SamplingNet``, an inference view that shares the net's parameters:
+
+* the ControlNet's mask embedding depends on neither x nor t, so it runs once per batch instead
+  of once per velocity evaluation (bitwise the same result);
+* on the CPU (defaults, each switchable): channels-last memory format (oneDNN's native layout for
+  convolutions); ``nn.Linear`` through oneDNN's fp32 inner product instead of MKL's sgemm (MKL
+  takes its AVX2 path on non-Intel CPUs, oneDNN uses AVX-512 where present); and the glibc heap
+  keeps freed blocks while sampling (``sampler.retain_freed_heap``) so that the activations of
+  each evaluation do not page-fault fresh memory in; ``sample`` hands the memory back at its end;
+* ``torch.compile`` stays opt-in (``compile=True`` / ``enable_fast_sampling``, ``synthesize
+  --fast``): on the CPU it did not beat the eager path and compiling costs minutes.
+
+Outputs agree with the plain net call to float rounding (~1e-6); a given batch layout and thread
+count is bitwise reproducible.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -20,6 +39,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CLASSES
@@ -38,6 +59,8 @@ from thyroaug.generators.flow_matching.sampler import (
     ODESampler,
     Velocity,
     initial_noise,
+    release_freed_heap,
+    retain_freed_heap,
     to_data_range,
 )
 from thyroaug.utils.atomic import atomic_dir
@@ -96,6 +119,119 @@ class MaskBank(ConditionBank):
         return cls(torch.from_numpy(masks), labels, table["case_id"].tolist())
 
 
+# --------------------------------------------------------------------------------------------
+# Sampling view of the net and CPU helpers
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def onednn_linear_available() -> bool:
+    """Whether ``torch.ops.mkldnn._linear_pointwise`` (oneDNN fp32 inner product) works here."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        x, w, b = torch.randn(3, 5, 8), torch.randn(4, 8), torch.randn(4)
+        with torch.inference_mode():
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-5))
+    except Exception:  # an older / other build without the op
+        return False
+
+
+class OneDNNLinear(nn.Module):
+    """``nn.Linear`` evaluated by oneDNN's fp32 inner product (CPU inference; same parameters).
+
+    Outside inference (grad enabled), on other devices or dtypes and under ``torch.compile``
+    (inductor lowers this op only for frozen weights; it picks its own GEMM) it is ``F.linear``.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.weight = linear.weight  # the same Parameter objects, not copies
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+class _SamplingNet(nn.Module):
+    """Inference view of a ``VelocityNet`` for ODE sampling.
+
+    New module objects around the net's own parameter and buffer tensors (shared, not copied),
+    so later in-place weight changes (EMA updates, ``load_state_dict``) are seen. Differences
+    from ``VelocityNet.forward``: the class context and the ControlNet's mask embedding are
+    computed once per batch by ``conditions`` (the embedding module is an ``nn.Identity`` in the
+    view, and the precomputed embedding goes in as ``controlnet_cond``: the same operations on
+    the same values, so bitwise the same output), and optionally every ``nn.Linear`` is a
+    ``OneDNNLinear``.
+    """
+
+    def __init__(self, net: VelocityNet, *, onednn_linear: bool = False) -> None:
+        super().__init__()
+        shared = {id(t): t for t in itertools.chain(net.parameters(), net.buffers())}
+        view = copy.deepcopy(net, shared)
+        if onednn_linear:
+            for module in list(view.modules()):
+                for name, child in list(module.named_children()):
+                    if type(child) is nn.Linear:
+                        setattr(module, name, OneDNNLinear(child))
+        self.cond_embedding: nn.Module | None = None
+        embedding = getattr(view.controlnet, "controlnet_cond_embedding", None)
+        if isinstance(embedding, nn.Module):
+            self.cond_embedding = embedding
+            view.controlnet.controlnet_cond_embedding = nn.Identity()
+        self.net = view
+
+    def conditions(
+        self,
+        labels: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(class context, ControlNet conditioning) for a batch, as ``VelocityNet.forward``."""
+        net = self.net
+        context = None
+        if net.uses_class:
+            if labels is None:
+                raise ValueError("this net is class-conditioned: pass labels")
+            context = net.context(labels.to(device), dtype)
+        cond = None
+        if net.controlnet is not None:
+            if masks is None:
+                raise ValueError("this net is mask-conditioned: pass masks")
+            cond = masks.to(device).to(dtype)
+            if self.cond_embedding is not None:
+                cond = self.cond_embedding(cond)
+        return context, cond
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None,
+        cond: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Velocity at ``x``, time ``t`` for the prepared ``conditions``."""
+        net = self.net
+        steps = net.timesteps(t.to(x.device), x.shape[0]).to(x.device)
+        if net.controlnet is None:
+            return net.unet(x=x, timesteps=steps, context=context)
+        down, mid = net.controlnet(x=x, timesteps=steps, controlnet_cond=cond, context=context)
+        return net.unet(
+            x=x,
+            timesteps=steps,
+            context=context,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        )
+
+
 class FlowMatchingPipeline:
     """Velocity net + ODE sampler + mask bank -> images (implements ``base.Generator``).
 
@@ -105,8 +241,14 @@ class FlowMatchingPipeline:
             no mask is passed).
         sampler: default ODE sampler (the config's solver / steps if None).
         device: where to run (CUDA if available when None).
-        channels_last: convert net and inputs to channels-last memory format (faster convs).
-        compile: wrap the net in ``torch.compile`` (pays off for long sampling runs only).
+        channels_last: convert net and inputs to channels-last memory format (oneDNN's native
+            layout; None: on for the CPU, off elsewhere). Converts ``net`` in place.
+        compile: ``torch.compile`` the sampling forward (``True`` or a mode such as
+            ``max-autotune-no-cudagraphs``); off by default: on the CPU it did not pay back
+            within a synthesize call (bench/fm_sampling.py).
+        onednn_linear: run ``nn.Linear`` layers through oneDNN (None: on for the CPU if
+            available).
+        retain_heap: ``retain_freed_heap`` while sampling (None: on for the CPU with glibc).
         autocast: ``no`` (fp32, default: highest precision) or ``bf16`` / ``fp16`` (CUDA only).
         info: provenance returned by ``describe``.
     """
@@ -118,19 +260,30 @@ class FlowMatchingPipeline:
         mask_bank: MaskBank | None = None,
         sampler: ODESampler | None = None,
         device: torch.device | str | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
+        channels_last: bool | None = None,
+        compile: bool | str = False,
+        onednn_linear: bool | None = None,
+        retain_heap: bool | None = None,
         autocast: str = "no",
         info: dict[str, Any] | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        on_cpu = self.device.type == "cpu"
         self.net = net.to(self.device).eval()
         self.config = net.config
         self.channels_last = False
-        self.forward: Callable[..., torch.Tensor] = self.net
-        self.enable_fast_sampling(channels_last=channels_last, compile=compile)
+        if onednn_linear is None:
+            onednn_linear = on_cpu and onednn_linear_available()
+        self.onednn_linear = bool(onednn_linear) and on_cpu
+        self.retain_heap = on_cpu if retain_heap is None else bool(retain_heap) and on_cpu
+        self.compiled: bool | str = False
+        self._sampling_net = _SamplingNet(self.net, onednn_linear=self.onednn_linear)
+        self._forward: Callable[..., torch.Tensor] = self._sampling_net
+        self.enable_fast_sampling(
+            channels_last=on_cpu if channels_last is None else channels_last, compile=compile
+        )
         self.mask_bank = mask_bank
         self.sampler = sampler or ODESampler(self.config.solver, self.config.steps)
         if autocast not in ("no", "bf16", "fp16"):
@@ -139,17 +292,24 @@ class FlowMatchingPipeline:
         self.info = dict(info or {})
         self.image_size = int(self.config.image_size)
 
-    def enable_fast_sampling(self, channels_last: bool = True, compile: bool = True) -> None:
-        """Opt-in speed: channels-last memory format and/or ``torch.compile`` of the net.
+    def enable_fast_sampling(self, channels_last: bool = True, compile: bool | str = True) -> None:
+        """Channels-last memory format and/or ``torch.compile`` of the sampling forward.
 
-        Same weights and math (outputs agree to float rounding); compilation costs a minute or
-        two up front, so it pays for long runs (bench/fm_sampling.py measures both).
+        Same weights and math (outputs agree to float rounding). ``compile`` is ``True`` (default
+        mode) or an inductor mode name; compiling costs seconds (cached) to minutes (cold) up
+        front and one more compilation for a batch of another size. On a CPU it did not pay back
+        (bench/fm_sampling.py); channels-last is already on by default there.
         """
         if channels_last and not self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.channels_last = True
-        if compile:
-            self.forward = torch.compile(self.net)
+            self._sampling_net = _SamplingNet(self.net, onednn_linear=self.onednn_linear)
+            self._forward = self._sampling_net
+            self.compiled = False
+        if compile and not self.compiled:
+            mode = None if compile is True else str(compile)
+            self._forward = torch.compile(self._sampling_net, mode=mode)
+            self.compiled = compile
 
     # --- Generator protocol --------------------------------------------------------------------
     def method(self, mode: str | None = None) -> str:
@@ -211,12 +371,16 @@ class FlowMatchingPipeline:
         cond_masks, source_ids = self._resolve_masks(idx, seeds, masks)
         out = []
         batches = range(0, len(idx), max(1, int(batch_size)))
-        for start in tqdm(batches, desc="FM sampling", disable=not progress):
-            end = start + max(1, int(batch_size))
-            x0 = initial_noise(seeds[start:end], (1, self.image_size, self.image_size))
-            lab = torch.tensor(idx[start:end], dtype=torch.long)
-            m = None if cond_masks is None else cond_masks[start:end]
-            out.append(to_data_range(self.generate(x0, lab, m, sampler)).cpu())
+        try:
+            for start in tqdm(batches, desc="FM sampling", disable=not progress):
+                end = start + max(1, int(batch_size))
+                x0 = initial_noise(seeds[start:end], (1, self.image_size, self.image_size))
+                lab = torch.tensor(idx[start:end], dtype=torch.long)
+                m = None if cond_masks is None else cond_masks[start:end]
+                out.append(to_data_range(self.generate(x0, lab, m, sampler)).cpu())
+        finally:
+            if self.retain_heap:
+                release_freed_heap()
         images = torch.cat(out) if out else torch.empty(0, 1, self.image_size, self.image_size)
         n = len(idx)
         columns: dict[str, list[Any]] = {
@@ -229,11 +393,18 @@ class FlowMatchingPipeline:
 
     # --- pieces ----------------------------------------------------------------------------------
     def velocity(self, labels: torch.Tensor | None, masks: torch.Tensor | None) -> Velocity:
-        """The ODE right-hand side v(t, x) for fixed conditions."""
-        forward = self.forward
+        """The ODE right-hand side v(t, x) for fixed conditions.
+
+        The class context and the ControlNet's mask embedding are computed at the first
+        evaluation (under the caller's autocast / grad mode) and reused by the later ones.
+        """
+        forward, view, prepared = self._forward, self._sampling_net, {}
 
         def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return forward(x, t, labels, masks)
+            key = (x.device, x.dtype)
+            if key not in prepared:
+                prepared[key] = view.conditions(labels, masks, x.device, x.dtype)
+            return forward(x, t, *prepared[key])
 
         return field
 
@@ -247,6 +418,8 @@ class FlowMatchingPipeline:
     ) -> torch.Tensor:
         """Integrate from noise ``x0`` (net space, [-1, 1] at the end); no output mapping."""
         sampler = sampler or self.sampler
+        if self.retain_heap:
+            retain_freed_heap()
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         # clones made here are inference tensors, like every later ODE state (one compiled graph)
         x0 = x0.to(self.device, torch.float32).clone(memory_format=fmt)
@@ -257,7 +430,7 @@ class FlowMatchingPipeline:
         dtype = torch.bfloat16 if self.autocast == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=enabled):
             x1 = sampler.integrate(self.velocity(labels, masks), x0)
-        return x1.float()
+        return x1.float().contiguous()
 
     def _resolve_masks(
         self, labels: list[int], seeds: list[int], masks: torch.Tensor | None
