@@ -167,9 +167,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
             metrics=fidelity,
         )
         _log_run(client, exp_id, {"step": "train_sd", "study_id": "s1", "source": "scratch"}, tmp)
-        t0 = time.monotonic()
         out = compare_study("s1", None, expected=EXPECTED, n_resamples=500, progress=False)
-        seconds = time.monotonic() - t0
         local = Path(
             mlflow.artifacts.download_artifacts(run_id=out["run_id"], artifact_path="compare")
         )
@@ -180,7 +178,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "uri": uri,
             "old_o": old_o,
             "new_o": new_o,
-            "seconds": seconds,
             "exp_id": exp_id,
         }
         while mlflow.active_run() is not None:
@@ -222,7 +219,6 @@ def test_default_comparison_is_paired_and_not_fooled_by_two_cases(study: dict) -
     assert out["missing"] == ["O+FM+CA"]
     for name in ("significance_heatmap.png", "paper_method_heatmap.png", "report.html"):
         assert (local / name).is_file()
-    assert study["seconds"] < 40
 
 
 def test_report_banner_cis_missing_and_not_tested(study: dict) -> None:

@@ -113,9 +113,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         old = _classifier(client, exp_id, tmp, "CA", 1, y, probas[("O", 1)])  # superseded
         time.sleep(0.01)
         ids = {key: _classifier(client, exp_id, tmp, *key, y, p) for key, p in probas.items()}
-        t0 = time.monotonic()
         out = compare_study("s3", n_resamples=300, progress=False)
-        seconds = time.monotonic() - t0
         one = compare_study("s3", n_resamples=300, progress=False, seeds=[1])
         yield {
             "client": client,
@@ -127,7 +125,6 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "local": _download(out["run_id"]),
             "one": one,
             "one_local": _download(one["run_id"]),
-            "seconds": seconds,
         }
         while mlflow.active_run() is not None:
             mlflow.end_run()
@@ -167,7 +164,7 @@ def test_seed_tests_csv_combines_seeds_and_cases(study: dict) -> None:
     # the seed-averaged difference carries its seed spread: wider than one seed's case CI
     paired = pd.read_csv(study["local"] / "paired_tests.csv").set_index("metric")
     assert paired.loc["accuracy", "diff"] == pytest.approx(3 / N_EXTERNAL)  # seed 0's runs
-    assert study["out"]["n_seeds"] == 3 and study["seconds"] < 60
+    assert study["out"]["n_seeds"] == 3
 
 
 def test_report_shows_mean_and_sd_over_seeds(study: dict) -> None:
