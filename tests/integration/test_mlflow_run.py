@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_mlflow_run_train_classifier_smoke(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("MLproject", "conda.yaml"):
+    for name in ("MLproject", "conda.yaml", "python_env.yaml"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "projects", project / "projects")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -92,7 +92,7 @@ def test_user_path_through_plain_mlflow_run(tmp_path: Path) -> None:
     _mlflow_run("train_fm", {"profile": "smoke"}, env, local=False)
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias("thyroaug-fm", "champion")
-    assert champion.version == "1"
+    assert str(champion.version) == "1"
     _mlflow_run("train_classifier", {"scenario": "O+FM", "profile": "smoke"}, env, local=True)
     _mlflow_run("train_classifier", {"scenario": "O", "profile": "smoke"}, env, local=True)
 

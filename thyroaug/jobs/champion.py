@@ -67,9 +67,22 @@ def newest_set(method: str, name: str, version: str, cohort_hash: str) -> str | 
 
 @contextmanager
 def _nested_env() -> Iterator[None]:
-    """Run a step as a child of the current `mlflow run` run instead of continuing it."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID")}
+    """Run a step as a child of the current `mlflow run` run (same experiment), not continuing it.
+
+    The child must land in the experiment of the run `mlflow run` made (Default unless
+    ``--experiment-name``), and MLflow's active experiment is restored afterwards, or the parent
+    run could not be continued.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    keys = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
+    saved = {k: os.environ.get(k) for k in keys}
+    experiment_id = None
     if saved["MLFLOW_RUN_ID"]:
+        client = MlflowClient()
+        experiment_id = client.get_run(saved["MLFLOW_RUN_ID"]).info.experiment_id
+        os.environ["MLFLOW_EXPERIMENT_NAME"] = client.get_experiment(experiment_id).name
         os.environ["MLFLOW_PARENT_RUN_ID"] = saved["MLFLOW_RUN_ID"]
         del os.environ["MLFLOW_RUN_ID"]
     try:
@@ -80,6 +93,8 @@ def _nested_env() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if experiment_id is not None:
+            mlflow.set_experiment(experiment_id=experiment_id)
 
 
 def resolve_generator_sets(

@@ -31,9 +31,15 @@ def add_cohort(parser: argparse.ArgumentParser, what: str = "prepared cohort fol
 
 
 def cohort_path(args: argparse.Namespace) -> Path:
-    """The cohort a command reads: ``--cohort`` or the default location."""
+    """The cohort a command reads: ``--cohort`` or the default location.
+
+    A relative path is taken from ``$THYROAUG_HOME`` (default: the current folder), where the
+    study and ``prepare`` write, so MLproject's ``outputs/cohort`` means the same folder wherever
+    `mlflow run` starts the entry point.
+    """
     value = getattr(args, "cohort", None)
-    return Path(value).expanduser() if value else project_home() / DEFAULT_COHORT_DIR
+    path = Path(value).expanduser() if value else Path(DEFAULT_COHORT_DIR)
+    return path if path.is_absolute() else project_home() / path
 
 
 def add_experiment(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ConfigError
 from thyroaug.generators.registry import family
-from thyroaug.jobs.common import add_experiment
+from thyroaug.jobs.common import add_experiment, cohort_path
 from thyroaug.tracking.runs import describe_run, log_params_safely
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _fidelity(args: argparse.Namespace, sset: object) -> dict[str, float]:
     from thyroaug.data.cohort import PreparedCohort
     from thyroaug.evaluation.fidelity import default_extractors, fidelity_metrics
 
-    path = Path(args.cohort)
+    path = cohort_path(args)
     try:
         cohort = PreparedCohort.load(path)
     except Exception as exc:  # a missing cohort only costs the metrics
