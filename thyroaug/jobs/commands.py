@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train + evaluate the ResNet18 for a scenario",
     ),
     "synthesize": ("thyroaug.jobs.synthesize", "write a synthetic set from a generator"),
-    "compare": ("thyroaug.jobs.compare", "compare scenario runs: Wilcoxon + BH heatmap"),
+    "compare": (
+        "thyroaug.jobs.compare",
+        "compare a study's runs: paired tests, CIs, heatmaps, report",
+    ),
     "study": ("thyroaug.jobs.study", "run the whole study as nested MLflow runs"),
     "tune": ("thyroaug.jobs.tune", "Optuna search over classifier hyperparameters"),
 }
