@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from test_compare import _log_run, _softmax
 
 from thyroaug.contract import CLASSES
 from thyroaug.evaluation.metrics import compute_metrics
@@ -29,11 +29,6 @@ from thyroaug.jobs.compare_seeds import SEED_TEST_COLUMNS
 N_EXTERNAL = 120
 FIXED = {0: 3, 1: 9, 2: 15}  # seed -> O's errors CA gets right
 PARAMS = {"pretrained": "False", "image_size": 32, "epochs": 2, "bootstrap": 1000}
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def _fake_study() -> tuple[np.ndarray, dict[tuple[str, int], np.ndarray]]:
@@ -66,27 +61,12 @@ def _predictions(y: np.ndarray, prob: np.ndarray) -> pd.DataFrame:
     return df
 
 
-def _log_run(client: MlflowClient, exp_id: str, tags: dict, params: dict, tmp: Path, **kw) -> str:
-    rid = client.create_run(exp_id, tags=tags).info.run_id
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in kw.get("metrics", {}).items()]
-    client.log_batch(rid, params=[Param(k, str(v)) for k, v in params.items()], metrics=metrics)
-    if "predictions" in kw:
-        local = tmp / rid / "predictions.csv"
-        local.parent.mkdir(parents=True)
-        kw["predictions"].to_csv(local, index=False)
-        client.log_artifact(rid, str(local), "predictions")
-    client.set_terminated(rid, "FINISHED")
-    return rid
-
-
 def _classifier(client, exp_id, tmp, scenario, seed, y, prob, study="s3") -> str:
     tags = {"step": "train_classifier", "scenario": scenario, "study_id": study}
     metrics = {f"external_{k}": v for k, v in compute_metrics(y, prob).items()}
     params = {**PARAMS, "seed": seed, "per_class_synthetic": 8}
-    return _log_run(
-        client, exp_id, tags, params, tmp, metrics=metrics, predictions=_predictions(y, prob)
-    )
+    files = {"predictions/predictions.csv": _predictions(y, prob)}
+    return _log_run(client, exp_id, tags, tmp, params=params, metrics=metrics, files=files)
 
 
 def _download(run_id: str) -> Path:
@@ -109,7 +89,9 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
         exp_id = client.create_experiment("studies", artifact_location=(tmp / "art").as_uri())
         y, probas = _fake_study()
         tags = {"step": "study", "study_id": "s3"}
-        _log_run(client, exp_id, tags, {"seed": 0, "seeds": "0,1,2", "scenarios": "O,CA"}, tmp)
+        _log_run(
+            client, exp_id, tags, tmp, params={"seed": 0, "seeds": "0,1,2", "scenarios": "O,CA"}
+        )
         old = _classifier(client, exp_id, tmp, "CA", 1, y, probas[("O", 1)])  # superseded
         time.sleep(0.01)
         ids = {key: _classifier(client, exp_id, tmp, *key, y, p) for key, p in probas.items()}
