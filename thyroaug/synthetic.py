@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 DOWNLOAD_PREFIX = "thyroaug-synthetic-"
+DOWNLOAD_PREFIXES = (DOWNLOAD_PREFIX, "thyroaug-bank-")
+"""Temp-folder prefixes of downloads with patient-derived data (sets, condition banks)."""
 STALE_DOWNLOAD_S = 24 * 3600
 """Age after which a leftover download folder (a crashed run's) is removed."""
 REGENERATE = "regenerate it with `thyroaug synthesize` (or `mlflow run . -e synthesize`)"
@@ -270,9 +272,11 @@ def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
 def sweep_stale_downloads(
     max_age_s: float = STALE_DOWNLOAD_S, folder: str | Path | None = None
 ) -> list[Path]:
-    """Remove this user's ``thyroaug-synthetic-*`` download folders older than ``max_age_s``.
+    """Remove this user's ``thyroaug-synthetic-*`` / ``thyroaug-bank-*`` download folders older
+    than ``max_age_s``.
 
-    ``resolve_set`` removes its downloads itself; what is left comes from runs that crashed.
+    ``resolve_set`` and ``generators.banks.fetch_bank`` remove their downloads themselves; what
+    is left comes from processes that were killed.
 
     Args:
         max_age_s: age (seconds since the folder last changed) from which a folder is stale.
@@ -285,7 +289,7 @@ def sweep_stale_downloads(
     uid = os.getuid() if hasattr(os, "getuid") else None
     now, removed = time.time(), []
     try:
-        candidates = list(root.glob(f"{DOWNLOAD_PREFIX}*"))
+        candidates = [p for prefix in DOWNLOAD_PREFIXES for p in root.glob(f"{prefix}*")]
     except OSError:
         return []
     for path in candidates:

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from thyroaug.cli import main
 from thyroaug.config import resolve
+from thyroaug.generators.banks import log_bank, write_bank
 from thyroaug.generators.base import open_generator, registry_version, sample_seed
 from thyroaug.generators.flow_matching.config import FMConfig
 from thyroaug.generators.flow_matching.model import VelocityNet
@@ -36,29 +37,39 @@ from thyroaug.synthetic import SyntheticSet
 
 
 @pytest.fixture(scope="module")
-def generator_folder(tmp_path_factory) -> Path:
-    """An (untrained) smoke generator folder with the tiny cohort's mask bank."""
+def mask_bank():
+    """The tiny cohort's training masks (what the generator draws from)."""
+    return prepare_training_data(make_tiny_cohort(), resolve(FMConfig, "smoke")).mask_bank()
+
+
+@pytest.fixture(scope="module")
+def generator_folder(tmp_path_factory, mask_bank) -> Path:
+    """An (untrained) smoke generator folder: weights + config, no masks in it."""
     cfg = resolve(FMConfig, "smoke")
     torch.manual_seed(0)
     net = VelocityNet(cfg)
-    bank = prepare_training_data(make_tiny_cohort(), cfg).mask_bank()
     folder = tmp_path_factory.mktemp("fm") / "generator"
-    return save_generator(folder, net, bank, {"content_hash": "tiny", "epochs_done": 0})
+    return save_generator(folder, net, mask_bank, {"content_hash": "tiny", "epochs_done": 0})
 
 
 @pytest.fixture
-def registered(tracking_home, generator_folder):
+def registered(tracking_home, generator_folder, mask_bank, tmp_path):
     import mlflow
 
     mlflow.set_experiment("pyfunc-test")
     with mlflow.start_run():
+        bank_dir = write_bank(mask_bank, tmp_path / "bank", family="fm", cohort_hash="tiny")
         logged = log_fm_generator(
-            generator_folder, registered_name=FM_REGISTERED_NAME, alias="champion", max_count=8
+            generator_folder,
+            registered_name=FM_REGISTERED_NAME,
+            alias="champion",
+            max_count=8,
+            bank_uri=log_bank(bank_dir),
         )
     return logged
 
 
-def test_pyfunc_roundtrip_through_the_registry(registered, generator_folder):
+def test_pyfunc_roundtrip_through_the_registry(registered, generator_folder, mask_bank):
     import mlflow
 
     assert registered.registry_uri == "models:/thyroaug-fm@champion" and registered.version == "1"
@@ -69,11 +80,17 @@ def test_pyfunc_roundtrip_through_the_registry(registered, generator_folder):
     out = model.predict(request)
     assert list(out["label"]) == ["DG", "DG", "TI"] and list(out["seed"]) == [5, 6, 0]
     assert list(out["request"]) == [0, 0, 1] and list(out["index"]) == [0, 1, 0]
-    direct = load_generator(generator_folder, device="cpu").sample(["DG", "DG", "TI"], [5, 6, 0])
+    direct = load_generator(generator_folder, device="cpu", mask_bank=mask_bank).sample(
+        ["DG", "DG", "TI"], [5, 6, 0]
+    )
     got = np.stack(out["image"])
     assert got.shape == (3, 32, 32) and got.dtype == np.float32
     assert np.array_equal(got, direct.images[:, 0].numpy())
-    assert list(out["source_id"]) == direct.columns["source_id"]
+    assert list(out["source_id"]) == ["", "", ""]  # case ids only if the operator opts in
+    revealing = mlflow.pyfunc.load_model(
+        "models:/thyroaug-fm@champion", model_config={"reveal_sources": True}
+    )
+    assert list(revealing.predict(request)["source_id"]) == direct.columns["source_id"]
     masked = model.predict(
         pd.DataFrame([{"label": "NG", "count": 1, "seed": 1, "mask": np.ones((32, 32)).tolist()}]),
         params={"solver": "midpoint", "steps": 2},
@@ -83,12 +100,31 @@ def test_pyfunc_roundtrip_through_the_registry(registered, generator_folder):
     assert handle.version == "1" and handle.generator.method() == "FM"
     version = mlflow.MlflowClient().get_model_version(FM_REGISTERED_NAME, "1")
     assert version.tags["conditioning"] == "class+mask" and version.tags["method"] == "FM"
+    assert version.tags["embedded_sources"] == "false"
+
+
+def test_registered_model_holds_no_masks_and_needs_run_access(registered, mask_bank):
+    """The registry copy has weights + config only; without the bank, label-only is a 400."""
+    import mlflow
+
+    files = Path(mlflow.artifacts.download_artifacts("models:/thyroaug-fm/1"))
+    names = {p.name for p in files.rglob("*") if p.is_file()}
+    assert not names & {"masks.safetensors", "masks.csv", "bank.json"}
+    blob = b"".join(p.read_bytes() for p in files.rglob("*") if p.is_file())
+    assert not any(case.encode() in blob for case in mask_bank.case_ids)
+    blind = mlflow.pyfunc.load_model(
+        "models:/thyroaug-fm@champion", model_config={"condition_bank": "none"}
+    )
+    with pytest.raises(MlflowException, match="no mask bank loaded"):
+        blind.predict(pd.DataFrame([{"label": "DG"}]))
+    mask = np.ones((32, 32)).tolist()
+    assert len(blind.predict(pd.DataFrame([{"label": "DG", "mask": mask}]))) == 1
 
 
 @pytest.fixture(scope="module")
-def python_model(generator_folder) -> FMGeneratorModel:
+def python_model(generator_folder, mask_bank) -> FMGeneratorModel:
     model = FMGeneratorModel(max_count=8)
-    model.generator = load_generator(generator_folder, device="cpu")
+    model.generator = load_generator(generator_folder, device="cpu", mask_bank=mask_bank)
     return model
 
 
@@ -158,7 +194,8 @@ def test_train_fm_register_synthesize_and_resume(tracking_home, tmp_path, capsys
     m = sset.manifest
     assert set(m["generator_version"].astype(str)) == {"1"} and set(m["solver"]) == {"euler"}
     assert int(m["seed"][4]) == sample_seed(4, 1, 1)
-    bank = pd.read_csv(output / "generator" / "masks.csv")
+    bank = pd.read_csv(output / "condition_bank" / "masks.csv")
+    assert not (output / "generator" / "masks.csv").exists()
     assert set(m["source_id"]) <= set(bank["case_id"])
     assert (Path(local) / "grid_TI.png").exists() and sset.info["cohort_hash"]
 

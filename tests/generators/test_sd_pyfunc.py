@@ -104,9 +104,14 @@ def test_pyfunc_round_trip_and_synthesize(sd_home: Path):
     assert list(out["request"]) == [0, 0, 1, 2, 3]
     assert list(out["mode"]) == ["SD2", "SD2", "SD1", "SD4", "SD3"]
     assert all(np.asarray(im).shape == (32, 32) for im in out["image"])
-    assert out["source_id"].iloc[3] == "request" and out["source_id"].iloc[2][1:3] == "TI"
+    assert list(out["source_id"]) == ["request", "request", "", "request", "request"]  # no case id
+    assert list(out["prompt"])[2:4] == ["", "ng"]  # a bank prompt is not returned, the caller's is
     again = model.predict(request, params={"steps": 2})
     assert np.array_equal(np.stack(out["image"]), np.stack(again["image"]))
+    operator = mlflow.pyfunc.load_model(URI, model_config={"reveal_sources": True})
+    shown = operator.predict(request, params={"steps": 2})
+    assert shown["source_id"].iloc[2][1:3] == "TI" and shown["prompt"].iloc[2]
+    assert np.array_equal(np.stack(out["image"]), np.stack(shown["image"]))
 
     handle = open_generator(URI)
     assert handle.version == "1"
@@ -114,6 +119,42 @@ def test_pyfunc_round_trip_and_synthesize(sd_home: Path):
     assert (
         synth.method == "SD1" and len(synth.images) == len(CLASSES) and set(grids) == set(CLASSES)
     )
+
+
+def test_registered_model_holds_no_training_pixels_ids_or_prompts(sd_home: Path):
+    """The registry copy is weights + config; the bank is the training run's artifact only."""
+    import mlflow
+
+    from thyroaug.data.cohort import PreparedCohort
+    from thyroaug.generators.stable_diffusion.components import to_unit
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("thyroaug-sd", "champion")
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/thyroaug-sd/{version.version}"))
+    paths = [p for p in files.rglob("*") if p.is_file()]
+    assert not {p.name for p in paths} & {"sources.safetensors", "sources.csv", "bank.json"}
+    blob = b"".join(p.read_bytes() for p in paths)
+    train = PreparedCohort.load(sd_home / "cohort").subset("train")
+    pixels = to_unit(train.images).float().numpy()
+    rows = [image[0, 16].tobytes() for image in pixels]  # the middle row of each, as stored
+    assert not any(r in blob for r in rows)
+    bank = Path(mlflow.artifacts.download_artifacts(f"runs:/{version.run_id}/condition_bank"))
+    assert all(r in (bank / "sources.safetensors").read_bytes() for r in rows)  # the probe works
+    assert not any(c.encode() in blob for c in train.table["case_id"].astype(str))
+    assert not any(t.encode() in blob for t in train.table["prompt"].astype(str) if len(t) > 20)
+    assert version.tags["embedded_sources"] == "false"
+    assert (bank / "bank.json").exists()
+
+
+def test_without_run_access_conditions_must_come_with_the_request(sd_home: Path):
+    import mlflow
+
+    blind = mlflow.pyfunc.load_model(URI, model_config={"condition_bank": "none"})
+    assert "no source bank loaded" in _error(blind, [{"label": "TI", "mode": "SD1"}])
+    start = np.full((32, 32), 0.4).tolist()
+    row = {"label": "NL", "mode": "SD1", "image": start, "prompt": "nl"}
+    out = blind.predict(pd.DataFrame([row]), params={"steps": 2})
+    assert list(out["source_id"]) == ["request"]
 
 
 def _error(model, rows, params=None) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
-from test_fm_pyfunc import _free_port, generator_folder  # noqa: F401  (fixture)
+from test_fm_pyfunc import _free_port, generator_folder, mask_bank  # noqa: F401  (fixtures)
 
 from thyroaug.generators.base import GeneratedBatch, Generator, label_index
 from thyroaug.generators.flow_matching.pyfunc import FMGeneratorModel
@@ -208,10 +208,13 @@ def test_unexpected_errors_answer_without_trace_or_paths() -> None:
 
 # --- logged model: no input schema, so MLflow passes unknown columns on ---------------------------
 @pytest.fixture
-def limited(tracking_home: Path, generator_folder: Path) -> str:  # noqa: F811
+def limited(tracking_home: Path, generator_folder: Path, mask_bank, tmp_path: Path) -> str:  # noqa: F811
     """The smoke FM generator registered with a 4-image budget (10 steps, 32 px)."""
+    from thyroaug.generators.banks import bank_config, log_bank, write_bank
+
     mlflow.set_experiment("serving-limits")
     with mlflow.start_run():
+        bank = log_bank(write_bank(mask_bank, tmp_path / "bank", family="fm", cohort_hash="tiny"))
         logged = log_generator(
             FMGeneratorModel(max_count=8, max_work=4 * 10 * 32 * 32),
             generator_folder,
@@ -219,6 +222,7 @@ def limited(tracking_home: Path, generator_folder: Path) -> str:  # noqa: F811
             registered_name="thyroaug-fm-limited",
             alias="champion",
             params=[("solver", "string", "euler"), ("steps", "long", 10)],
+            model_config=bank_config(bank, "tiny"),
         )
     return str(logged.registry_uri)
 

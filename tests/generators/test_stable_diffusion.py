@@ -15,6 +15,7 @@ from conftest import make_tiny_cohort
 from thyroaug.config import resolve
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError, GeneratorError, PromptError
+from thyroaug.generators.banks import read_bank
 from thyroaug.generators.base import Generator, GeneratorHandle, synthesize
 from thyroaug.generators.stable_diffusion.checkpoint import read_card, save_components
 from thyroaug.generators.stable_diffusion.components import (
@@ -62,7 +63,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def generator(trained) -> SDGenerator:
     _, cfg, result = trained
-    return SDGenerator(result.model_dir, device="cpu", cfg=replace(cfg, num_inference_steps=2))
+    assert not (result.model_dir / "sources.safetensors").exists()  # the bank lives beside it
+    bank = read_bank(result.model_dir.parent / "condition_bank", SourceBank.load, family="sd")
+    return SDGenerator(
+        result.model_dir, bank=bank, device="cpu", cfg=replace(cfg, num_inference_steps=2)
+    )
 
 
 def test_paper_defaults_and_profiles():
@@ -288,7 +293,10 @@ def test_finetune_rgb_base_like_sd_v14(trained, tmp_path: Path):
     ft_cfg = replace(cfg, max_train_steps=2, checkpointing_steps=0, grid_per_class=0)
     ft = train_sd(cohort, ft_cfg, tmp_path / "ft", base_model=tmp_path / "rgb-base", progress=False)
     assert ft.card["image_channels"] == 3
-    gen = SDGenerator(ft.model_dir, device="cpu", cfg=replace(cfg, num_inference_steps=2))
+    bank = SourceBank.load(ft.model_dir.parent / "condition_bank")
+    gen = SDGenerator(
+        ft.model_dir, bank=bank, device="cpu", cfg=replace(cfg, num_inference_steps=2)
+    )
     for mode in ("SD1", "SD2"):
         out = gen.sample(["NG", "TI"], [1, 2], mode=mode)
         assert out.images.shape == (2, 1, 32, 32)

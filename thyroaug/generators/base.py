@@ -322,6 +322,7 @@ def model_card(
     train_cases: int | str | None,
     metrics: Mapping[str, Any] | None = None,
     details: Sequence[str] = (),
+    warning: str | None = None,
 ) -> str:
     """Markdown for the registry: data, profile, training metrics, intended use and limits.
 
@@ -336,10 +337,12 @@ def model_card(
         train_cases: number of training cases it saw.
         metrics: training metrics at registration (``None`` values are left out).
         details: further Markdown bullet texts (architecture, sampling defaults...).
+        warning: shown first, in bold (e.g. ``banks.EMBEDDED_WARNING``).
     """
     lines = [
         f"# {title}",
         "",
+        *([f"**{warning}**", ""] if warning else []),
         f"**Intended use:** {INTENDED_USE}.",
         "",
         f"**Must not be used for:** {MUST_NOT}.",

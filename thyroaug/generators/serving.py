@@ -16,10 +16,11 @@ subclass writes), validates requests and formats the answer. Request (one row pe
 Any other field (a misspelled ``counts`` or ``seeed``) is refused with its name, unless the family
 declares it in ``extra_fields``. Params (``{"params": {...}}``): subclass-specific sampling settings
 (``sample_kwargs`` hook). Answer: a DataFrame (JSON records when served) with ``request`` (row
-number), ``index`` (j), ``label``, ``seed``, ``source_id`` (case id of the mask drawn, ``request``
-for a given mask) and ``image`` (S x S float32 array in [0, 1]). Invalid requests raise
-``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400
-with the message (never a stack trace from our checks).
+number), ``index`` (j), ``label``, ``seed``, ``source_id`` (``request`` for a given mask; the
+training case id drawn only if the operator set ``reveal_sources``, else "") and ``image``
+(S x S float32 array in [0, 1]). Invalid requests raise ``MlflowException`` with
+``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400 with the message
+(never a stack trace from our checks).
 
 Before any work every request is screened (``screen_request``; a family's own ``predict`` is
 wrapped too): rows read (MLflow's numpy 0-d values become Python values), count / seed checked,
@@ -240,7 +241,10 @@ class GeneratorModel(_UntypedPythonModel):
     """
 
     extra_fields: tuple[str, ...] = ()
+    bank_family: str = ""
+    """Family name of the condition bank (``generators.banks``); "" if the family has none."""
     max_work: int = DEFAULT_MAX_WORK  # class default: also for models pickled before it existed
+    reveal_sources: bool = False  # operator opt-in (model_config), never per request
 
     def __init__(self, max_count: int = 64, max_work: int | None = None) -> None:
         if int(max_count) < 1:
@@ -259,8 +263,14 @@ class GeneratorModel(_UntypedPythonModel):
             cls.predict = _screened(own)  # type: ignore[method-assign]
 
     # --- to override -----------------------------------------------------------------------------
-    def load_generator(self, folder: Path, device: str) -> Generator:
-        """Build the generator from the logged artifact folder (subclasses implement)."""
+    def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
+        """Build the generator from the logged artifact folder (subclasses implement); families
+        with a ``bank_family`` also get the condition bank (``None``: one embedded in the folder,
+        if any)."""
+        raise NotImplementedError
+
+    def read_bank(self, folder: Path) -> Any:
+        """Read the family's condition bank files from ``folder`` (families with a bank)."""
         raise NotImplementedError
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -279,9 +289,35 @@ class GeneratorModel(_UntypedPythonModel):
 
     # --- pyfunc ----------------------------------------------------------------------------------
     def load_context(self, context: Any) -> None:
-        """Load the generator from ``context.artifacts["generator"]`` (CUDA if available)."""
+        """Load the generator from ``context.artifacts["generator"]`` (CUDA if available).
+
+        The condition bank comes from ``model_config["condition_bank"]`` (the training run's
+        artifact, fetched with the loader's own credentials; ``"none"`` skips it), see
+        ``generators.banks``. ``model_config["reveal_sources"]`` lets answers carry source ids and
+        bank prompts. Operators override both with ``model_config=`` at load or the
+        ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` environment variable.
+        """
+        from thyroaug.generators.banks import fetch_bank, reveal
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.generator = self.load_generator(Path(context.artifacts[ARTIFACT_KEY]), device)
+        config = dict(getattr(context, "model_config", None) or {})
+        self.reveal_sources = reveal(config)
+        folder = Path(context.artifacts[ARTIFACT_KEY])
+        if not self.bank_family:  # a family without a bank keeps the two-argument hook
+            self.generator = self.load_generator(folder, device)
+            return
+        bank = fetch_bank(
+            str(config.get("condition_bank") or "none"),
+            self.read_bank,
+            family=self.bank_family,
+            cohort_hash=str(config.get("cohort_hash") or ""),
+        )
+        self.generator = self.load_generator(folder, device, bank)
+
+    def public_sources(self, sources: Sequence[Any]) -> list[str]:
+        """The answer's ``source_id``: ``request`` where the caller gave the condition; a bank
+        case id only when the operator opted in (``reveal_sources``), else ""."""
+        return [str(s) if str(s) == "request" or self.reveal_sources else "" for s in sources]
 
     def screen_request(self, model_input: Any, params: Mapping[str, Any] | None) -> list[dict]:
         """Checks before any work: rows readable, count / seed valid, at most ``max_count``
@@ -352,7 +388,7 @@ class GeneratorModel(_UntypedPythonModel):
         except GeneratorError as exc:
             raise _invalid(str(exc)) from exc
         images = out.images.float().cpu().numpy()[:, 0]
-        source = out.columns.get("source_id", [""] * len(labels))
+        source = self.public_sources(out.columns.get("source_id", [""] * len(labels)))
         return pd.DataFrame(
             {
                 "request": [r for r, _ in rows],
@@ -511,6 +547,7 @@ def log_generator(
     tags: dict[str, str] | None = None,
     signature: Any = None,
     input_example: Any = None,
+    model_config: dict[str, Any] | None = None,
 ) -> LoggedGenerator:
     """Log a generator folder as a pyfunc model in the active run; optionally register + alias.
 
@@ -528,6 +565,8 @@ def log_generator(
         tags: tags set on the new registered model version.
         signature: model signature (default: ``request_signature(params)``).
         input_example: request example (default: one DG image, seed 0).
+        model_config: load-time settings (``generators.banks.bank_config``: where the condition
+            bank is, never the bank itself).
     """
     from mlflow import MlflowClient
 
@@ -548,6 +587,7 @@ def log_generator(
         pip_requirements=requirements or pip_requirements(),
         metadata={**(metadata or {}), "request_fields": ",".join(fields), **limits},
         registered_model_name=registered_name,
+        model_config=model_config,
     )
     out = LoggedGenerator(model_uri=info.model_uri)
     if registered_name:

@@ -6,8 +6,10 @@ Example:
 Checkpoints go to ``--output`` (default ``$THYROAUG_HOME/outputs/fm/<profile>``); ``--resume``
 continues a killed run from its last checkpoint (same settings, ``--epochs`` may grow) inside the
 same MLflow run. The trained EMA generator is saved as ``<output>/generator`` (config JSON,
-safetensors weights, masks, README card) and logged as the pyfunc model ``generator`` of the run;
+safetensors weights, README card) and logged as the pyfunc model ``generator-fm`` of the run;
 ``--register`` registers it as ``thyroaug-fm`` and ``--alias`` points an alias at the new version.
+The mask bank (training masks + case ids) is written to ``<output>/condition_bank`` and logged as
+the run artifact ``condition_bank/``, not inside the model (``--embed-sources`` puts it inside).
 Under ``accelerate launch`` (several GPUs) every process trains its shard; only the main process
 talks to MLflow and writes files.
 """
@@ -24,6 +26,7 @@ from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CHAMPION, TAG_METHOD, TAG_STEP, generator_workdir, train_step
 from thyroaug.jobs.common import (
     add_cohort,
+    add_embed_sources,
     add_experiment,
     add_profile,
     cohort_path,
@@ -57,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'none' for no alias)",
     )
     parser.add_argument("--max-count", type=int, help="largest image count per served request")
+    add_embed_sources(parser)
     add_experiment(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -96,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from thyroaug.data.cohort import PreparedCohort
+    from thyroaug.generators.banks import BANK_ARTIFACT, log_bank, write_bank
     from thyroaug.generators.flow_matching.config import FMConfig
     from thyroaug.generators.flow_matching.pipeline import save_generator
     from thyroaug.generators.flow_matching.pyfunc import FM_REGISTERED_NAME, log_fm_generator
@@ -151,13 +156,21 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         info = {**result.info, "mlflow_run_id": run_id, "final_loss": result.losses[-1]}
-        folder = save_generator(output / "generator", result.ema_net, result.mask_bank, info)
+        folder = save_generator(
+            output / "generator", result.ema_net, result.mask_bank, info,
+            embed_bank=args.embed_sources,
+        )  # fmt: skip
+        bank = write_bank(
+            result.mask_bank, output / BANK_ARTIFACT, family="fm", cohort_hash=cohort.content_hash
+        )
+        bank_uri = log_bank(bank)
         mlflow.log_metric("final_train_loss", result.losses[-1])
         logged = log_fm_generator(
             folder,
             registered_name=FM_REGISTERED_NAME if args.register else None,
             alias=alias,
             max_count=cfg.max_count,
+            bank_uri=bank_uri,
         )
         if logged.version:
             mlflow.set_tag("registered_version", logged.version)

@@ -25,6 +25,7 @@ from thyroaug.errors import ConfigError
 from thyroaug.jobs import substitutes
 from thyroaug.jobs.common import (
     add_cohort,
+    add_embed_sources,
     add_experiment,
     add_profile,
     cohort_path,
@@ -78,6 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'none' for no alias)",
     )
     parser.add_argument("--max-count", type=int, default=16, help="served request image cap")
+    add_embed_sources(parser)
     parser.add_argument("--run-name", help="MLflow run name (default train_sd-<profile>)")
     add_experiment(parser)
     parser.add_argument("--num-threads", type=int, help="torch CPU threads (default: torch's)")
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from thyroaug.data.cohort import PreparedCohort
+    from thyroaug.generators.banks import BANK_ARTIFACT, log_bank
     from thyroaug.generators.stable_diffusion.config import SDConfig
     from thyroaug.generators.stable_diffusion.pyfunc import SD_REGISTERED_NAME, log_sd_generator
     from thyroaug.generators.stable_diffusion.train import train_sd
@@ -146,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
             base_model=args.base_model,
             resume=args.resume,
             progress=not args.no_progress,
+            embed_sources=args.embed_sources,
         )
         mlflow.set_tags(
             {"source": result.source, "text_encoder": result.card["text_encoder_training"]}
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             registered_name=SD_REGISTERED_NAME if args.register else None,
             alias=alias,
             max_count=args.max_count,
+            bank_uri=log_bank(result.model_dir.parent / BANK_ARTIFACT),
         )
         where = logged.registry_uri or logged.model_uri
         describe_run(

@@ -454,7 +454,11 @@ class FlowMatchingPipeline:
                 )
             return (masks.float() > 0.5).float(), ["request"] * n
         if self.mask_bank is None or len(self.mask_bank) == 0:
-            raise GeneratorError("mask-conditioned generator without a mask bank: pass masks")
+            raise GeneratorError(
+                "this mask-conditioned generator has no mask bank loaded (the registered model "
+                "holds none; it stays with the training run as the artifact condition_bank/): "
+                "give a mask, or load the model with access to that run"
+            )
         rows = [self.mask_bank.pick(lbl, seed) for lbl, seed in zip(labels, seeds)]
         chosen = self.mask_bank.masks[torch.tensor(rows, dtype=torch.long)].float()
         return chosen, [self.mask_bank.case_ids[r] for r in rows]
@@ -485,18 +489,27 @@ Conditional flow matching (MOTFM layout) for thyroid scintigraphy, trained by `t
 - weights: `model.safetensors` = EMA weights after {epochs} epoch(s); profile `{profile}`
 - sampling default: {solver}, {steps} steps, from N(0, I) noise (seeded per image)
 - training cohort: `{content_hash}` ({train_cases} train cases); mask bank: {masks} masks
-  (`masks.csv` lists their case ids, drawn per (seed, label) for mask-conditioned synthesis)
+  (drawn per (seed, label) for mask-conditioned synthesis), {bank_where}
 
-Files: `config.json` (all settings), `model.safetensors`, `masks.safetensors`, `masks.csv`.
+Files: `config.json` (all settings), `model.safetensors`.
 Load in Python with `thyroaug.generators.flow_matching.pipeline.load_generator(folder)`, or
 through MLflow (`mlflow.pyfunc.load_model("models:/thyroaug-fm@champion")`).
 """
 
 
 def save_generator(
-    folder: str | Path, net: VelocityNet, mask_bank: MaskBank, info: dict[str, Any] | None = None
+    folder: str | Path,
+    net: VelocityNet,
+    mask_bank: MaskBank,
+    info: dict[str, Any] | None = None,
+    *,
+    embed_bank: bool = False,
 ) -> Path:
-    """Write the generator folder atomically (config.json, safetensors weights, masks, card)."""
+    """Write the generator folder atomically (config.json, safetensors weights, card).
+
+    The mask bank goes into the folder only with ``embed_bank`` (``--embed-sources``); otherwise
+    the caller writes it apart (``generators.banks.write_bank``) and it stays with the run.
+    """
     from safetensors.torch import save_file
 
     info = dict(info or {})
@@ -504,7 +517,8 @@ def save_generator(
     with atomic_dir(folder, replace=True) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        mask_bank.save(tmp)
+        if embed_bank:
+            mask_bank.save(tmp)
         payload = {
             "format": FORMAT,
             "classes": list(CLASSES),
@@ -529,15 +543,26 @@ def save_generator(
                 content_hash=info.get("content_hash", ""),
                 train_cases=info.get("train_cases", "?"),
                 masks=len(mask_bank),
+                bank_where=(
+                    "embedded in this folder (`masks.safetensors`, `masks.csv`: case ids)"
+                    if embed_bank
+                    else "kept with the training run (artifact `condition_bank/`), not here"
+                ),
             )
         )
     return folder
 
 
 def load_generator(
-    folder: str | Path, device: torch.device | str | None = None, **pipeline_kwargs: Any
+    folder: str | Path,
+    device: torch.device | str | None = None,
+    mask_bank: MaskBank | None = None,
+    **pipeline_kwargs: Any,
 ) -> FlowMatchingPipeline:
     """Load a folder written by ``save_generator`` as a ready ``FlowMatchingPipeline``.
+
+    ``mask_bank``: the training masks to draw from (default: the ones embedded in the folder, if
+    any; without either, mask-conditioned sampling needs the caller's masks).
 
     Raises:
         GeneratorError: the folder is not a thyroaug FM generator.
@@ -560,7 +585,9 @@ def load_generator(
     object.__setattr__(cfg, "profile", profile)
     net = VelocityNet(cfg)
     net.load_state_dict(load_file(str(folder / "model.safetensors")))
-    bank = MaskBank.load(folder)
+    bank = mask_bank
+    if bank is None and (folder / "masks.safetensors").exists():
+        bank = MaskBank.load(folder)
     return FlowMatchingPipeline(
         net, mask_bank=bank, device=device, info=payload.get("info", {}), **pipeline_kwargs
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thyroaug.contract import registered_name
+from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
 from thyroaug.generators.base import Generator
 from thyroaug.generators.flow_matching.config import SOLVERS
 from thyroaug.generators.serving import (
@@ -32,11 +33,19 @@ FM_MODEL_NAME = "generator-fm"
 class FMGeneratorModel(GeneratorModel):
     """Pyfunc of the flow-matching generator; params ``solver`` and ``steps``."""
 
-    def load_generator(self, folder: Path, device: str) -> Generator:
-        """Load ``save_generator``'s folder."""
+    bank_family = "fm"
+
+    def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
+        """Load ``save_generator``'s folder with the mask bank ``bank`` (or the embedded one)."""
         from thyroaug.generators.flow_matching.pipeline import load_generator
 
-        return load_generator(folder, device=device)
+        return load_generator(folder, device=device, mask_bank=bank)
+
+    def read_bank(self, folder: Path) -> Any:
+        """The training masks (``MaskBank``) written by ``banks.write_bank``."""
+        from thyroaug.generators.flow_matching.pipeline import MaskBank
+
+        return MaskBank.load(folder)
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``solver`` in euler / midpoint / rk4 / dopri5, ``steps`` in 1..1000."""
@@ -55,9 +64,22 @@ class FMGeneratorModel(GeneratorModel):
         return kwargs
 
 
-def fm_card(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
-    """The registry description of a generator folder, from its ``config.json`` (config, info)."""
+def fm_card(config: Mapping[str, Any], info: Mapping[str, Any], embedded: bool = False) -> str:
+    """The registry description of a generator folder, from its ``config.json`` (config, info);
+    ``embedded``: the folder holds its mask bank (``--embed-sources``), said loudly first."""
     uses_mask = "mask" in str(config.get("conditioning", ""))
+    where = (
+        "EMBEDDED in this model (--embed-sources)"
+        if embedded
+        else "kept with the training run (artifact condition_bank/), not in this model"
+    )
+    warning = None
+    if embedded:
+        warning = EMBEDDED_WARNING.format(
+            cases=info.get("train_masks", "?"),
+            what="masks and case ids",
+            cohort=info.get("content_hash", "?"),
+        )
     return model_card(
         "thyroaug flow-matching generator (FM)",
         method="FM (conditional flow matching, MOTFM layout)",
@@ -76,8 +98,9 @@ def fm_card(config: Mapping[str, Any], info: Mapping[str, Any]) -> str:
             f"sampling default: {config.get('solver')}, {config.get('steps')} ODE steps "
             "(request params `solver`, `steps`), seeded per image",
             f"mask bank: {info.get('train_masks', 'unknown')} training masks, drawn per "
-            "(seed, class) when no mask is given",
+            f"(seed, class) when no mask is given; {where}",
         ],
+        warning=warning,
     )
 
 
@@ -87,27 +110,32 @@ def log_fm_generator(
     registered_name: str | None = None,
     alias: str | None = None,
     max_count: int = 64,
+    bank_uri: str | None = None,
 ) -> LoggedGenerator:
     """Log (and optionally register) a flow-matching generator folder in the active run.
 
     The model is logged as ``generator-fm``; a registered version (and the registered model) get
-    ``fm_card`` as their description.
+    ``fm_card`` as their description. ``bank_uri``: where the mask bank was logged
+    (``banks.log_bank``), recorded in the model's ``model_config``.
     """
     payload = json.loads((Path(folder) / "config.json").read_text())
     cfg = payload["config"]
     info = payload.get("info", {})
+    embedded = bool(embedded_files(folder, ("masks.safetensors", "masks.csv")))
     tags = {
         "method": "FM",
         "conditioning": cfg["conditioning"],
         "profile": cfg["profile"],
         "image_size": str(cfg["image_size"]),
         "content_hash": str(info.get("content_hash", "")),
+        "embedded_sources": str(embedded).lower(),
     }
     return log_generator(
         FMGeneratorModel(max_count=max_count),
         folder,
         name=FM_MODEL_NAME,
-        card=fm_card(cfg, info),
+        card=fm_card(cfg, info, embedded),
+        model_config=bank_config(bank_uri, tags["content_hash"]),
         registered_name=registered_name,
         alias=alias,
         params=[("solver", "string", cfg["solver"]), ("steps", "long", int(cfg["steps"]))],

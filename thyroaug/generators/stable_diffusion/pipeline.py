@@ -267,8 +267,10 @@ class SDGenerator:
         if bank is None or len(bank) == 0:
             what = "prompt" if need_prompt else "image" if need_image else "mask"
             raise GeneratorError(
-                f"{mode} needs a {what} per image and this generator has no source bank; "
-                "pass it in the request"
+                f"{mode} needs a {what} per image and this generator has no source bank loaded "
+                "(the registered model holds none; it stays with the training run as the "
+                "artifact condition_bank/): pass it in the request, or load the model with "
+                "access to that run"
             )
         rows = [bank.pick(c, s, need_mask=need_mask) for c, s in zip(labels, seeds)]
         sel = torch.as_tensor(rows, dtype=torch.long)

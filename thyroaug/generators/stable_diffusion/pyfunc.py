@@ -1,7 +1,10 @@
 """MLflow pyfunc of the Stable Diffusion generator (``thyroaug-sd``), built on ``pyfunc.py``.
 
-The logged artifact ``generator`` is the saved diffusers directory (with its source bank), so a
-registered version is itself a local SD directory. ``SDGeneratorModel`` extends the shared
+The logged artifact ``generator`` is the saved diffusers directory, so a registered version is
+itself a local SD directory; its source bank (training images, masks, prompts, case ids) is NOT in
+it but in the training run's ``condition_bank/`` artifact, loaded only by a loader with access to
+that run (``generators.banks``); answers carry source ids and bank prompts only if the operator
+sets ``reveal_sources``. ``SDGeneratorModel`` extends the shared
 ``GeneratorModel`` (count cap, label / count / seed / mask validation, 400 answers) with the SD
 fields. Request rows (``{"inputs": [...]}`` when served):
 
@@ -37,6 +40,7 @@ import torch
 
 from thyroaug import CLASSES
 from thyroaug.errors import GeneratorError, PromptError
+from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
 from thyroaug.generators.base import Generator
 from thyroaug.generators.serving import (
     GeneratorModel,
@@ -52,7 +56,7 @@ from thyroaug.generators.serving import (
 )
 from thyroaug.generators.stable_diffusion.checkpoint import read_card
 from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, MODES
-from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE
+from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE, SOURCES_TENSORS
 
 SD_REGISTERED_NAME = "thyroaug-sd"
 SD_MODEL_NAME = "generator-sd"
@@ -113,15 +117,23 @@ class SDGeneratorModel(GeneratorModel):
     """
 
     extra_fields = SD_FIELDS
+    bank_family = "sd"
 
     def __init__(self, max_count: int = 16) -> None:
         super().__init__(max_count=max_count)
 
-    def load_generator(self, folder: Path, device: str) -> Generator:
-        """Load the diffusers directory (and its source bank) as an ``SDGenerator``."""
+    def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
+        """Load the diffusers directory as an ``SDGenerator`` drawing from ``bank`` (default: a
+        bank embedded in the directory, if any)."""
         from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
 
-        return SDGenerator(folder, device=device)
+        return SDGenerator(folder, bank=bank, device=device)
+
+    def read_bank(self, folder: Path) -> Any:
+        """The source bank (``SourceBank``) written by ``banks.write_bank``."""
+        from thyroaug.generators.stable_diffusion.sources import SourceBank
+
+        return SourceBank.load(folder)
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1)."""
@@ -223,6 +235,11 @@ class SDGeneratorModel(GeneratorModel):
             except (GeneratorError, PromptError) as exc:
                 raise _invalid(f"row {r}: {exc}") from exc
             images = out.images.float().cpu().numpy()[:, 0].astype(np.float32)
+            sources = self.public_sources(out.columns.get("source_id", [""] * n))
+            prompts = [
+                str(p) if (req.prompt is not None or self.reveal_sources) else ""
+                for p in out.columns.get("prompt", [""] * n)
+            ]
             frames.append(
                 pd.DataFrame(
                     {
@@ -230,10 +247,10 @@ class SDGeneratorModel(GeneratorModel):
                         "index": np.arange(n),
                         "label": CLASSES[req.base.label],
                         "seed": seeds,
-                        "source_id": [str(s) for s in out.columns.get("source_id", [""] * n)],
+                        "source_id": sources,
                         "image": list(images),
                         "mode": req.mode,
-                        "prompt": [str(p) for p in out.columns.get("prompt", [""] * n)],
+                        "prompt": prompts,
                         "retries": [int(x) for x in out.columns.get("retries", [0] * n)],
                     }
                 )
@@ -267,8 +284,11 @@ def sd_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs, params=shared.params)
 
 
-def _source_cases(model_dir: Path) -> int | None:
-    """Number of training cases in the source bank (``sources.csv`` rows; ids are not read out)."""
+def _source_cases(card: Mapping[str, Any], model_dir: Path) -> int | None:
+    """Number of training cases in the source bank: the card's ``train_cases``, else the rows of
+    an embedded ``sources.csv`` (older models; ids are not read out)."""
+    if card.get("train_cases") is not None:
+        return int(card["train_cases"])
     path = model_dir / SOURCES_TABLE
     if not path.is_file():
         return None
@@ -281,12 +301,26 @@ def sd_card(card: Mapping[str, Any], model_dir: str | Path) -> str:
     cfg = card.get("config") or {}
     base = Path(str(card.get("base_model") or "")).name or "none (trained from scratch)"
     modes = "; ".join(f"{m}: {d}" for m, d in MODE_DESCRIPTIONS.items())
+    cases = _source_cases(card, Path(model_dir))
+    embedded = bool(embedded_files(model_dir, (SOURCES_TENSORS, SOURCES_TABLE)))
+    warning = None
+    if embedded:
+        warning = EMBEDDED_WARNING.format(
+            cases=cases if cases is not None else "?",
+            what="images, masks, case ids and report-derived prompts",
+            cohort=card.get("cohort_hash", "?"),
+        )
+    where = (
+        "EMBEDDED in this model (--embed-sources)"
+        if embedded
+        else "kept with the training run (artifact condition_bank/), not in this model"
+    )
     return model_card(
         "thyroaug Stable Diffusion generator (SD1-SD4)",
         method="SD1-SD4 (Stable Diffusion fine-tuned with report-derived prompts)",
         profile=str(cfg.get("profile", "")),
         content_hash=str(card.get("cohort_hash", "")),
-        train_cases=_source_cases(Path(model_dir)),
+        train_cases=cases,
         metrics={
             "final training loss": card.get("final_loss"),
             "optimizer steps": card.get("train_steps"),
@@ -299,7 +333,10 @@ def sd_card(card: Mapping[str, Any], model_dir: str | Path) -> str:
             f"sampling defaults: {cfg.get('num_inference_steps')} steps, guidance "
             f"{cfg.get('guidance_scale')}, strength {cfg.get('strength')}",
             f"modes: {modes}",
+            f"source bank (the training cases SD1/SD3/SD4 start from when a request gives none): "
+            f"{where}",
         ],
+        warning=warning,
     )
 
 
@@ -309,6 +346,7 @@ def log_sd_generator(
     registered_name: str | None = None,
     alias: str | None = None,
     max_count: int = 16,
+    bank_uri: str | None = None,
 ) -> LoggedGenerator:
     """Log (and optionally register + alias) a saved SD directory in the active run.
 
@@ -320,6 +358,7 @@ def log_sd_generator(
         registered_name: e.g. ``thyroaug-sd``.
         alias: e.g. ``champion`` (needs ``registered_name``).
         max_count: the served count cap.
+        bank_uri: where the source bank was logged (``banks.log_bank``), for ``model_config``.
     """
     card = read_card(model_dir)
     cfg = card.get("config", {})
@@ -330,6 +369,7 @@ def log_sd_generator(
         "resolution": str(card.get("resolution", "")),
         "image_size": str(card.get("cohort_image_size", "")),
         "content_hash": str(card.get("cohort_hash", "")),
+        "embedded_sources": str(bool(embedded_files(model_dir, (SOURCES_TENSORS,)))).lower(),
     }
     params = [
         ("steps", "long", int(cfg.get("num_inference_steps", 50))),
@@ -352,4 +392,5 @@ def log_sd_generator(
         tags=tags,
         signature=sd_signature(params),
         input_example=example,
+        model_config=bank_config(bank_uri, tags["content_hash"]),
     )

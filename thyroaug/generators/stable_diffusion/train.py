@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from thyroaug import CLASSES
 from thyroaug.config import local_weights, to_dict
 from thyroaug.errors import ConfigError, GeneratorError, PromptError
+from thyroaug.generators.banks import BANK_ARTIFACT, write_bank
 from thyroaug.generators.stable_diffusion.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -421,9 +422,14 @@ def _save_model(
     cfg: SDConfig,
     step: int,
     on_grid: GridCallback | None,
+    embed_sources: bool = False,
 ) -> None:
-    """The generator folder (with the source bank) and the final per-class sample grids."""
-    save_components(final, model_dir, card, SourceBank.from_cohort(cohort, cfg.train_split))
+    """The generator folder, the source bank beside it (``<output>/condition_bank``, or inside
+    the folder with ``embed_sources``) and the final per-class sample grids."""
+    bank = SourceBank.from_cohort(cohort, cfg.train_split)
+    card.update(train_cases=len(bank), embedded_sources=bool(embed_sources))
+    save_components(final, model_dir, card, bank if embed_sources else None)
+    write_bank(bank, model_dir.parent / BANK_ARTIFACT, family="sd", cohort_hash=card["cohort_hash"])
     if cfg.grid_per_class:
         grids = training_grids(final, cohort, cfg)
         for cls, grid in grids.items():
@@ -440,12 +446,15 @@ def train_sd(
     resume: bool = False,
     on_grid: GridCallback | None = None,
     progress: bool = True,
+    embed_sources: bool = False,
 ) -> SDTrainResult:
     """Train the Stable Diffusion generator on a prepared cohort and save it.
 
     Layout of ``output_dir``: ``model/`` (the final diffusers directory, EMA weights),
-    ``checkpoints/checkpoint-<step>/`` (accelerate state + EMA + trainer state) and, for a
-    scratch model, ``stages/`` (tokenizer, text encoder init, trained VAE).
+    ``condition_bank/`` (the source bank: training images, masks, prompts, case ids; inside
+    ``model/`` too with ``embed_sources``), ``checkpoints/checkpoint-<step>/`` (accelerate state
+    + EMA + trainer state) and, for a scratch model, ``stages/`` (tokenizer, text encoder init,
+    trained VAE).
 
     Args:
         cohort: a ``PreparedCohort``; its ``cfg.train_split`` rows (images + prompts) train.
@@ -456,6 +465,7 @@ def train_sd(
             scratch stages); without one, start afresh.
         on_grid: called with (step, {class: uint8 grid}) whenever a sample grid is made.
         progress: show tqdm bars.
+        embed_sources: also put the source bank inside ``model/`` (registry readers get it).
 
     Returns:
         SDTrainResult with the model directory and the loss curve. Per-step losses, learning rate
@@ -515,7 +525,7 @@ def train_sd(
     card = _model_card(st, final, source, base_path, text_mode, cohort)
     model_dir = out / "model"
     if accelerator.is_main_process:
-        _save_model(final, model_dir, card, cohort, cfg, st.global_step, on_grid)
+        _save_model(final, model_dir, card, cohort, cfg, st.global_step, on_grid, embed_sources)
     seconds = time.perf_counter() - t0
     log.info("SD (%s) trained %d steps in %.0f s -> %s", source, st.global_step, seconds, model_dir)
     return SDTrainResult(model_dir, source, st.losses, vae_losses, st.global_step, seconds, card)

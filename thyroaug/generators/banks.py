@@ -1,0 +1,176 @@
+"""Condition banks kept out of the registry: training cases live with the run, not the model.
+
+A generator draws missing conditions (FM: a training mask; SD: a training image, mask and prompt)
+from its ``ConditionBank``. Those are patient-derived, so a registered model holds weights and
+configuration only: the bank is written to its own folder (``write_bank``: the family's files,
+``bank.json`` with cohort hash, case count and a sha256 per file; 0700 / 0600) and logged as the
+training run's artifact ``condition_bank/`` (``log_bank``), governed by the run's (experiment's)
+permissions like the run's other patient-derived artifacts. The logged model only refers to it:
+its ``model_config`` holds ``condition_bank`` (``runs:/<run>/condition_bank``), ``cohort_hash``
+and ``reveal_sources`` (False).
+
+``fetch_bank`` loads it when a loader has access: ``"auto"`` / a ``runs:/`` or other artifact URI
+downloads it with the caller's tracking credentials into a private temp folder that is removed
+after reading; a local folder is read in place; ``"none"`` loads nothing. A bank that cannot be
+read (no permission, missing, another cohort, a file changed) is not used, with one warning line:
+requests must then bring their own image / mask. ``--embed-sources`` at training keeps the old
+behaviour (bank inside the model folder) and the model card says so loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from thyroaug.errors import GeneratorError
+from thyroaug.generators.base import ConditionBank
+from thyroaug.utils.atomic import atomic_dir
+
+log = logging.getLogger(__name__)
+
+BANK_ARTIFACT = "condition_bank"
+"""Run artifact path of a generator's condition bank."""
+BANK_FILE = "bank.json"
+BANK_FORMAT = "thyroaug-condition-bank/1"
+NO_BANK = ("", "none", "off", "false")
+EMBEDDED_WARNING = (
+    "WARNING - THIS REGISTERED MODEL CONTAINS PATIENT DATA: it was trained with --embed-sources, "
+    "so its files hold {cases} training case(s) ({what}) of cohort {cohort}. Anyone with READ on "
+    "this registered model can download them. Re-train without --embed-sources to keep them with "
+    "the training run only."
+)
+
+B = TypeVar("B", bound=ConditionBank)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bank(bank: ConditionBank, folder: str | Path, *, family: str, cohort_hash: str) -> Path:
+    """Write ``bank`` (its own ``save``) plus ``bank.json`` to ``folder`` atomically, private."""
+    folder = Path(folder)
+    with atomic_dir(folder, replace=True) as tmp:
+        bank.save(tmp)  # type: ignore[attr-defined]
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {
+            "format": BANK_FORMAT,
+            "family": family,
+            "cohort_hash": cohort_hash,
+            "cases": len(bank),
+            "counts": bank.counts(),
+            "files": files,
+        }
+        (tmp / BANK_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for path in tmp.iterdir():
+            os.chmod(path, 0o600)
+        os.chmod(tmp, 0o700)
+    return folder
+
+
+def read_bank(
+    folder: str | Path, load: Callable[[Path], B], *, family: str, cohort_hash: str = ""
+) -> B:
+    """Read a folder written by ``write_bank``, checking family, cohort and file hashes.
+
+    Raises:
+        GeneratorError: naming the folder / file and what is wrong.
+    """
+    folder = Path(folder)
+    path = folder / BANK_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise GeneratorError(f"{path}: not a readable condition bank ({exc})") from exc
+    if meta.get("format") != BANK_FORMAT or meta.get("family") != family:
+        raise GeneratorError(
+            f"{path}: a {meta.get('family')!r} bank of format {meta.get('format')!r}; this "
+            f"{family!r} generator needs {BANK_FORMAT!r}"
+        )
+    if cohort_hash and meta.get("cohort_hash") != cohort_hash:
+        raise GeneratorError(
+            f"{path}: bank of cohort {meta.get('cohort_hash')!r}, the generator was trained on "
+            f"{cohort_hash!r}"
+        )
+    for name, digest in dict(meta.get("files") or {}).items():
+        file = folder / name
+        if not file.is_file() or _sha256(file) != digest:
+            raise GeneratorError(f"{file}: missing or changed since the bank was written")
+    return load(folder)
+
+
+def log_bank(folder: str | Path) -> str:
+    """Log ``folder`` as the active run's ``condition_bank/`` artifact; return its URI."""
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        raise GeneratorError("log_bank needs an active MLflow run")
+    mlflow.log_artifacts(str(folder), BANK_ARTIFACT)
+    return f"runs:/{run.info.run_id}/{BANK_ARTIFACT}"
+
+
+def fetch_bank(
+    spec: str | None, load: Callable[[Path], B], *, family: str, cohort_hash: str = ""
+) -> B | None:
+    """The bank named by ``spec`` (local folder or artifact URI), or None if absent / refused.
+
+    A download goes to a private ``thyroaug-bank-*`` temp folder removed after reading. Any
+    failure (no access, missing, another cohort, changed files) is one warning line and None.
+    """
+    spec = (spec or "").strip()
+    if spec.lower() in NO_BANK:
+        return None
+    local = Path(spec)
+    try:
+        if "://" not in spec and local.is_dir():
+            return read_bank(local, load, family=family, cohort_hash=cohort_hash)
+        return _download_and_read(spec, load, family=family, cohort_hash=cohort_hash)
+    except Exception as exc:  # access / network / format: the bank is optional by design
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        log.warning(
+            "condition bank %s not loaded (%s); requests must bring their own conditions",
+            spec,
+            reason,
+        )
+        return None
+
+
+def _download_and_read(uri: str, load: Callable[[Path], B], *, family: str, cohort_hash: str) -> B:
+    import mlflow
+
+    tmp = Path(tempfile.mkdtemp(prefix="thyroaug-bank-"))
+    try:
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
+        return read_bank(got, load, family=family, cohort_hash=cohort_hash)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bank_config(uri: str | None, cohort_hash: str) -> dict[str, Any]:
+    """The ``model_config`` a logged generator carries: where its bank is, never the bank."""
+    return {"condition_bank": uri or "none", "cohort_hash": cohort_hash, "reveal_sources": False}
+
+
+def reveal(config: Mapping[str, Any] | None) -> bool:
+    """Whether answers may carry source ids and bank prompts (operator opt-in only)."""
+    value = (config or {}).get("reveal_sources", False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def embedded_files(folder: str | Path, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a model folder holds (an embedded bank, e.g. ``sources.safetensors``)."""
+    return [n for n in names if (Path(folder) / n).exists()]
