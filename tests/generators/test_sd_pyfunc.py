@@ -146,6 +146,20 @@ def test_registered_model_holds_no_training_pixels_ids_or_prompts(sd_home: Path)
     assert (bank / "bank.json").exists()
 
 
+def test_a_training_case_cannot_be_read_back_through_a_tiny_strength(sd_home: Path):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(URI)
+    low = {"steps": 2, "strength": 1e-6}
+    assert "below this model's 0.8" in _error(model, [{"label": "TI", "mode": "SD1"}], low)
+    assert "below this model's 0.8" in _error(model, [{"label": "TI", "mode": "SD4"}], low)
+    own = np.full((32, 32), 0.4).tolist()
+    row = {"label": "TI", "mode": "SD1", "image": own}
+    assert len(model.predict(pd.DataFrame([row]), params=low)) == 1  # the caller's own image
+    ok = model.predict(pd.DataFrame([{"label": "TI", "mode": "SD1"}]), params={"steps": 2})
+    assert len(ok) == 1
+
+
 def test_without_run_access_conditions_must_come_with_the_request(sd_home: Path):
     import mlflow
 

@@ -200,6 +200,27 @@ class SDGeneratorModel(GeneratorModel):
             out.append(SDRequest(base=req, mode=mode, prompt=prompt, image=image))
         return out
 
+    def check_bank_strength(self, requests: list[SDRequest], kwargs: Mapping[str, Any]) -> None:
+        """Refuse a ``strength`` below the model's default for rows whose start image / mask
+        comes from the source bank: near 0, img2img returns the training case itself. A caller's
+        own image, or an operator's ``reveal_sources``, lifts the floor.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400).
+        """
+        floor = float(getattr(getattr(self.generator, "cfg", None), "strength", 0.0) or 0.0)
+        strength = kwargs.get("strength")
+        if self.reveal_sources or strength is None or strength >= floor:
+            return
+        for r, req in enumerate(requests):
+            own = req.image is not None if req.mode in ("SD1", "SD3") else req.base.mask is not None
+            if req.mode != "SD2" and not own:
+                raise _invalid(
+                    f"row {r}: params.strength={strength} is below this model's {floor} while the "
+                    f"{req.mode} start comes from a training case (a low strength returns that "
+                    "case); give your own image / mask, or use strength >= the default"
+                )
+
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """Images for the requested rows (one ``SDGenerator.sample`` call per row).
 
@@ -214,6 +235,7 @@ class SDGeneratorModel(GeneratorModel):
             raise MlflowException("generator not loaded (load the model with mlflow.pyfunc)")
         requests = self.parse_requests(model_input)
         kwargs = self.sample_kwargs(params or {})
+        self.check_bank_strength(requests, kwargs)
         frames = []
         for r, req in enumerate(requests):
             n = req.base.count
