@@ -45,6 +45,7 @@ import torch
 
 from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
+from thyroaug.utils.atomic import staging_prefix, sweep_staging
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ class SyntheticSet:
         if folder.exists() and any(folder.iterdir()):
             raise ScenarioError(f"{folder} exists and is not empty; choose a new folder")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        sweep_staging(folder)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=staging_prefix(folder)))
         try:
             save_file(
                 {"images": self.images.float().contiguous(), "labels": self.labels.long()},

@@ -81,3 +81,26 @@ def test_atomic_dir_replaces_only_when_complete(tmp_path: Path) -> None:
         (tmp / "x.txt").write_text("3")
     assert (folder / "x.txt").read_text() == "3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_staging_of_a_killed_writer_is_swept_on_the_next_write(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)
+    target = tmp_path / "generator"
+    left = tmp_path / f".generator.tmp-{pid}-abc"
+    left.mkdir()
+    (left / "weights").write_bytes(b"x")
+    (tmp_path / f".generator.old-{pid}-def").mkdir()
+    alive = tmp_path / f".generator.tmp-{os.getpid()}-ghi"  # this process: maybe still writing
+    alive.mkdir()
+    legacy = tmp_path / ".generator.tmp-xyz"  # no pid in the name: left alone
+    legacy.mkdir()
+    with atomic_dir(target) as tmp:
+        (tmp / "ok").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["generator", alive.name, legacy.name]
+    )

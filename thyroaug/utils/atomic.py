@@ -2,7 +2,8 @@
 
 Everything is written to a temporary sibling (same folder, so the final ``os.replace`` is a rename
 on one file system) and renamed into place only when complete. A crash leaves a hidden
-``.<name>.tmp-*`` sibling, never a truncated ``<name>``.
+``.<name>.tmp-<pid>-*`` sibling, never a truncated ``<name>``; the next write of the same ``<name>``
+removes the siblings whose writer process is gone (``sweep_staging``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,43 @@ from pathlib import Path
 from typing import Any
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def sweep_staging(target: str | Path) -> list[Path]:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` siblings of ``target`` left by
+    writer processes that no longer run (killed mid-write); returns what was removed."""
+    target = Path(target)
+    removed = []
+    for kind in ("tmp", "old"):
+        try:
+            candidates = list(target.parent.glob(f".{target.name}.{kind}-*"))
+        except OSError:
+            return removed
+        for path in candidates:
+            pid = path.name[len(f".{target.name}.{kind}-") :].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def staging_prefix(target: Path, kind: str = "tmp") -> str:
+    """Name prefix of a staging sibling of ``target`` written by this process."""
+    return f".{target.name}.{kind}-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary file path next to ``path``; rename it to ``path`` if the block succeeds.
@@ -27,7 +65,8 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    sweep_staging(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path, "tmp"))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -56,12 +95,13 @@ def atomic_dir(folder: str | Path, replace: bool = False) -> Iterator[Path]:
     if folder.exists() and any(folder.iterdir()) and not replace:
         raise FileExistsError(f"{folder} exists and is not empty")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    sweep_staging(folder)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=staging_prefix(folder, "tmp")))
     try:
         yield tmp
         old = None
         if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=staging_prefix(folder, "old")))
             os.replace(folder, old / "previous")
         os.replace(tmp, folder)
         if old is not None:

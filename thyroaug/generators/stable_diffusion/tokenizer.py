@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from thyroaug.errors import PromptError
+from thyroaug.utils.atomic import staging_prefix, sweep_staging
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def train_clip_tokenizer(
     tok = CLIPTokenizer(vocab=vocab, merges=kept, model_max_length=model_max_length)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    sweep_staging(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=staging_prefix(out_dir)))
     try:
         tok.save_pretrained(str(tmp))
         # vocab.json + merges.txt too, the files older (slow) CLIPTokenizer versions read
