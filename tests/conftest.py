@@ -33,6 +33,16 @@ def _one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def _restore_umask():
+    """`thyroaug.cli.main` makes its process's files private (umask 077); in-process calls
+    would otherwise carry that mask into later tests."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_mlflow_experiment_state():
     """`mlflow.set_experiment` caches the experiment id in a global and in MLFLOW_EXPERIMENT_ID;
     a later test on another store would otherwise log into an experiment id that is not there."""

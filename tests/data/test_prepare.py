@@ -309,6 +309,11 @@ def test_cli_prepare_logs_to_mlflow(cohort_dir: Path, tracking_home: Path, capsy
     # nothing private in params / tags
     logged = " ".join([*run.data.params.values(), *run.data.tags.values()])
     assert "P0000" not in logged
+    # patient data on disk is private: the cohort cache and the run's artifacts, 0600 / 0700
+    written = [*out.rglob("*"), *(tracking_home / "mlartifacts").rglob("*")]
+    assert written and all(
+        p.stat().st_mode & 0o077 == 0 for p in written if p.is_file() or p.is_dir()
+    ), [oct(p.stat().st_mode) for p in written]
 
 
 def test_cli_bad_input_exit_2(tmp_path: Path, capsys) -> None:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import difflib
 import functools
 import logging
-import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,7 +56,6 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
@@ -65,114 +63,27 @@ from thyroaug.generators.base import INTENDED_USE as INTENDED_USE  # cards: re-e
 from thyroaug.generators.base import MAX_DESCRIPTION, Generator, label_index
 from thyroaug.generators.base import MUST_NOT as MUST_NOT
 from thyroaug.generators.base import model_card as model_card
+from thyroaug.generators.requests import (  # noqa: F401  (families import these from here)
+    MAX_SEED,
+    ROWS_HELP,
+    Request,
+    _as_int,
+    _count_seed,
+    _invalid,
+    _mask,
+    _missing,
+    _show,
+    request_rows,
+)
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_KEY = "generator"
 REQUEST_FIELDS: tuple[str, ...] = ("label", "count", "seed", "mask")
-MAX_SEED = 2**63 - 1
-"""Largest request seed (and answered seed): the answer's ``seed`` column is int64."""
 DEFAULT_MAX_WORK = 64 * 50 * 128 * 128
 """Default compute budget per request: images x steps x pixels of 64 images, 50 steps, 128 px."""
 TYPE_HINT_WARNING = "Add type hints to the `predict` method"
 """Start of the UserWarning MLflow 3 raises for a ``predict`` without type hints."""
-
-
-def _invalid(message: str) -> MlflowException:
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters (requests may carry megabytes in one field)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@dataclass
-class Request:
-    """One validated request row."""
-
-    label: int
-    count: int
-    seed: int
-    mask: np.ndarray | None = None
-
-
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    return isinstance(value, float) and math.isnan(value)
-
-
-def _as_int(value: Any, name: str, row: int, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
-        value = int(value.strip())
-    if not isinstance(value, (int, np.integer)):
-        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
-    if int(value) < minimum or int(value) > MAX_SEED:
-        raise _invalid(
-            f"row {row}: {name}={_show(int(value))} must be an integer from {minimum} to 2**63 - 1"
-        )
-    return int(value)
-
-
-def _count_seed(rec: Mapping[str, Any], row: int) -> tuple[int, int]:
-    """A row's validated (count, seed); its last seed ``seed + count - 1`` must fit int64."""
-    count = 1 if _missing(rec.get("count")) else _as_int(rec["count"], "count", row, 1)
-    seed = 0 if _missing(rec.get("seed")) else _as_int(rec["seed"], "seed", row, 0)
-    if seed + count - 1 > MAX_SEED:
-        raise _invalid(
-            f"row {row}: seed={seed} with count={count} would answer seeds past 2**63 - 1 (the "
-            f"largest seed); use seed <= {MAX_SEED - count + 1} or split the row"
-        )
-    return count, seed
-
-
-def _plain(value: Any) -> Any:
-    """Numpy scalars and 0-d arrays (what MLflow's JSON parsing makes of values) as Python."""
-    scalar = isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0)
-    return value.item() if scalar else value
-
-
-def _is_column(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim >= 1)
-
-
-ROWS_HELP = (
-    "request must be rows with fields label, count, seed[, mask], e.g. "
-    '{"inputs": [{"label": "DG", "count": 2, "seed": 0}]}'
-)
-
-
-def request_rows(model_input: Any) -> list[dict[str, Any]]:
-    """The request as a list of plain dicts: a DataFrame, a list of dicts, one dict (one row), or
-    a dict of equally long columns; MlflowException (400) for anything else."""
-    if isinstance(model_input, pd.DataFrame):
-        records: list[Mapping[Any, Any]] = model_input.to_dict("records")
-    elif isinstance(model_input, Mapping):
-        values = {str(k): _plain(v) for k, v in model_input.items()}
-        if "label" in values and not _is_column(values["label"]):
-            records = [values]  # one row
-        else:
-            lengths = {len(v) for v in values.values() if _is_column(v)}
-            if len(lengths) != 1 or not all(_is_column(v) for v in values.values()):
-                raise _invalid(
-                    "cannot read the request as rows: give rows, one row, or columns of equal "
-                    f"length ({ROWS_HELP})"
-                )
-            n = lengths.pop()
-            records = [{k: v[i] for k, v in values.items()} for i in range(n)]
-    elif isinstance(model_input, (list, tuple)) and all(
-        isinstance(r, Mapping) for r in model_input
-    ):
-        records = list(model_input)
-    else:
-        raise _invalid(ROWS_HELP)
-    return [{str(k): _plain(v) for k, v in rec.items()} for rec in records]
 
 
 def _screened(predict: Callable[..., Any]) -> Callable[..., Any]:
@@ -445,23 +356,6 @@ class GeneratorModel(_UntypedPythonModel):
                 )
             requests.append(Request(label=label, count=count, seed=seed, mask=mask))
         return requests
-
-
-def _mask(raw: Any, row: int, size: int) -> np.ndarray | None:
-    """A row's mask as a finite S x S float array (None if absent); 400 otherwise."""
-    if raw is None or (isinstance(raw, float) and math.isnan(raw)):
-        return None
-    try:
-        mask = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"row {row}: mask is not a numeric S x S array ({exc})") from exc
-    if mask.shape != (size, size):
-        raise _invalid(
-            f"row {row}: mask has shape {list(mask.shape)}, this generator needs [{size}, {size}]"
-        )
-    if not np.isfinite(mask).all():
-        raise _invalid(f"row {row}: mask contains NaN or inf")
-    return mask
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "study": ("thyroaug.jobs.study", "run the whole study as nested MLflow runs"),
     "tune": ("thyroaug.jobs.tune", "Optuna search over classifier hyperparameters"),
+    "serve": (
+        "thyroaug.jobs.serve",
+        "serve a registered generator behind body-size, content-type and error-body limits",
+    ),
 }
 
 
@@ -91,6 +95,23 @@ def run_command(argv: Sequence[str]) -> int:
         raise CommandError(argv, 2, str(exc)) from exc
 
 
+def private_files() -> int:
+    """Files this process writes from now on are private (umask 077: 0600 files, 0700 folders):
+    cohort caches, checkpoints, banks and the local artifact store hold patient data. The
+    environment variable ``THYROAUG_UMASK`` (octal, e.g. ``022``) overrides. Returns the old mask.
+    """
+    import os
+
+    text = os.environ.get("THYROAUG_UMASK", "077").strip()
+    try:
+        mask = int(text, 8)
+    except ValueError:
+        raise SystemExit(
+            f"thyroaug: THYROAUG_UMASK={text!r} is not an octal mask such as 077"
+        ) from None
+    return os.umask(mask & 0o777)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script. Returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -99,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = None
     parser = build_parser(only=command)
     args = parser.parse_args(argv)
+    private_files()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
