@@ -7,7 +7,10 @@ under ``torch.inference_mode``. After each epoch the validation loss drives Redu
 the best epoch's weights (by ``checkpoint_metric``) are kept in memory and written atomically to
 disk. With the same seed on the same CPU and thread count two fits give identical numbers: weights
 init, batch order and dropout are all seeded, and ``torch.use_deterministic_algorithms`` is on
-while training (the caller's RNG state and determinism setting are restored afterwards).
+while training (the caller's RNG state and determinism setting are restored afterwards). After each
+epoch ``on_state`` receives the whole training state (weights, optimiser, scheduler, RNG states,
+best epoch, history); ``resume_state`` continues from one, to the same numbers as an uninterrupted
+fit (``thyroaug.classifier.resume`` keeps it on disk for `train-classifier --resume`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ from thyroaug.utils.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+StateCallback = Callable[[dict[str, Any]], None]
+
+METRIC_ORDER: tuple[str, ...] = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+    "eval_time_s",
+)
+"""The per-epoch metrics ``fit`` reports (MLflow step = epoch)."""
 
 
 def cpu_name() -> str:
@@ -164,6 +180,197 @@ def _is_better(metric: str, loss: float, acc: float, best: tuple[float, float] |
     return loss < best[0]
 
 
+@dataclass
+class _Loop:
+    """What a fit carries from epoch to epoch; ``state`` / ``restore`` are its checkpoint."""
+
+    cfg: ClassifierConfig
+    device: torch.device
+    model: nn.Module
+    pretrained: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    order: torch.Generator
+    checkpoint_path: Path | None = None
+    epoch: int = 0
+    best: tuple[float, float] | None = None
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds_before: float = 0.0
+    saved: Path | None = None
+
+    def state(self, seconds: float) -> dict[str, Any]:
+        """The loop after ``epoch`` (live tensors: serialise it before training goes on)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if cuda else None,
+                "order": self.order.get_state(),
+            },
+            "best": list(self.best) if self.best is not None else None,
+            "best_epoch": self.best_epoch,
+            # the best epoch's weights, unless they are this epoch's (then they are "model")
+            "best_state": None if self.best_epoch == self.epoch else self.best_state,
+            "history": list(self.history),
+            "train_seconds": self.seconds_before + seconds,
+            "pretrained": self.pretrained,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue after the epoch ``state`` was taken at (``state`` from ``state()``)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.order.set_state(rng["order"])
+        self.epoch = int(state["epoch"])
+        self.best = tuple(state["best"]) if state["best"] is not None else None  # type: ignore[assignment]
+        self.best_epoch = int(state["best_epoch"])
+        best = state["best_state"]
+        self.best_state = copy.deepcopy(self.model.state_dict() if best is None else best)
+        self.history = [dict(h) for h in state["history"]]
+        self.seconds_before = float(state.get("train_seconds", 0.0))
+        if self.checkpoint_path is not None and self.best is not None:
+            self._save_best()  # a new output folder gets the best weights too
+        log.info("resumed after epoch %d (best epoch %d)", self.epoch, self.best_epoch)
+
+    def _save_best(self) -> None:
+        assert self.best is not None and self.checkpoint_path is not None
+        self.saved = save_checkpoint(
+            self.checkpoint_path,
+            {
+                "state_dict": self.best_state,
+                "epoch": self.best_epoch,
+                "val_loss": self.best[0],
+                "val_accuracy": self.best[1],
+                "classes": list(CLASSES),
+                "config": to_dict(self.cfg),
+                "pretrained": self.pretrained,
+            },
+        )
+
+    def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Record the epoch's metrics; keep (and save) the weights when they are the best."""
+        self.epoch = epoch
+        self.history.append({"epoch": float(epoch), **metrics})
+        val_loss, val_acc = metrics["val_loss"], metrics["val_accuracy"]
+        if _is_better(self.cfg.checkpoint_metric, val_loss, val_acc, self.best):
+            self.best = (val_loss, val_acc)
+            self.best_epoch = epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            if self.checkpoint_path is not None:
+                self._save_best()
+
+
+def _build_loop(
+    cfg: ClassifierConfig, device: torch.device, checkpoint_path: str | Path | None
+) -> _Loop:
+    """Network, optimiser, scheduler and batch-order generator, seeded (inside the context)."""
+    model, pretrained = build_resnet18(
+        len(CLASSES),
+        init=cfg.init,
+        conv1_stride=cfg.conv1_stride,
+        keep_maxpool=cfg.keep_maxpool,
+        dropout=cfg.dropout,
+    )
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+    )
+    return _Loop(
+        cfg=cfg,
+        device=device,
+        model=model,
+        pretrained=pretrained,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        order=torch.Generator().manual_seed(cfg.seed),
+        checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None,
+    )
+
+
+def _train_epoch(
+    loop: _Loop, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: bool
+) -> dict[str, float]:
+    """One pass over the training set in seeded order: loss, accuracy, time, throughput."""
+    cfg, device, model, cl = loop.cfg, loop.device, loop.model, bool(loop.cfg.channels_last)
+    model.train()
+    n, bs = len(y), cfg.batch_size
+    perm = torch.randperm(n, generator=loop.order).to(device)
+    starts = [i for i in range(0, n, bs) if n - i >= 2 or i == 0]  # BatchNorm needs >= 2
+    t0 = time.perf_counter()
+    loss_sum, seen = torch.zeros((), device=device), 0
+    correct_t = torch.zeros((), dtype=torch.int64, device=device)
+    for i in tqdm(starts, desc=f"epoch {epoch}", unit="batch", disable=not progress,
+                  leave=False, mininterval=1.0):  # fmt: skip
+        idx = perm[i : i + bs]
+        xb = _to_input(x[idx], device, cl)
+        yb = y[idx]
+        loop.optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        loss.backward()
+        loop.optimizer.step()
+        loss_sum += loss.detach() * len(idx)
+        correct_t += (logits.detach().argmax(1) == yb).sum()
+        seen += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    train_time = time.perf_counter() - t0
+    return {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_accuracy": int(correct_t) / max(seen, 1),
+        "epoch_time_s": train_time,
+        "train_images_per_s": seen / train_time if train_time > 0 else 0.0,
+    }
+
+
+def _validate_epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Validation loss / accuracy, then the plateau scheduler steps on the loss."""
+    t1 = time.perf_counter()
+    val_loss, val_acc, _ = evaluate_loss(
+        loop.model,
+        x,
+        y,
+        batch_size=loop.cfg.eval_batch_size,
+        channels_last=bool(loop.cfg.channels_last),
+    )
+    eval_time = time.perf_counter() - t1
+    lr = float(loop.optimizer.param_groups[0]["lr"])
+    loop.scheduler.step(val_loss)
+    return {"val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "eval_time_s": eval_time}
+
+
+def _check_inputs(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+) -> None:
+    if len(train_labels) < 2 or len(val_labels) < 1:
+        raise ConfigError(
+            f"need >= 2 training and >= 1 validation images, got {len(train_labels)} / "
+            f"{len(val_labels)}"
+        )
+    if train_images.shape[1:] != val_images.shape[1:]:
+        raise ConfigError(
+            f"training images {tuple(train_images.shape[1:])} and validation images "
+            f"{tuple(val_images.shape[1:])} differ in shape"
+        )
+
+
 def fit(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -174,6 +381,8 @@ def fit(
     checkpoint_path: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = True,
+    resume_state: dict[str, Any] | None = None,
+    on_state: StateCallback | None = None,
 ) -> FitResult:
     """Train the paper's ResNet18 and keep the best validation epoch.
 
@@ -186,140 +395,75 @@ def fit(
             train_loss, train_accuracy, val_loss, val_accuracy, lr, epoch_time_s,
             train_images_per_s, eval_time_s. It may raise to stop training (e.g. Optuna pruning).
         progress: tqdm bars for epochs and batches.
+        resume_state: a state ``on_state`` was given: training continues after its epoch, with
+            its weights, optimiser, scheduler, RNG states, best epoch and history, so that the
+            result equals an uninterrupted fit (bitwise on CPU with the same thread count).
+        on_state: called after every epoch (after ``on_epoch``) with the full training state
+            (tensors are live: save it before returning, e.g. ``torch.save``). There is no AMP
+            (no grad scaler state) and no early stopping: the plateau scheduler's counters are
+            in its state.
 
     Returns:
         ``FitResult`` whose model holds the best epoch's weights, in eval mode.
 
     Raises:
-        ConfigError: empty training or validation set, or mismatched shapes.
+        ConfigError: empty training or validation set, mismatched shapes, or a ``resume_state``
+            with more epochs than ``cfg.epochs``.
     """
-    if len(train_labels) < 2 or len(val_labels) < 1:
-        raise ConfigError(
-            f"need >= 2 training and >= 1 validation images, got {len(train_labels)} / "
-            f"{len(val_labels)}"
-        )
-    if train_images.shape[1:] != val_images.shape[1:]:
-        raise ConfigError(
-            f"training images {tuple(train_images.shape[1:])} and validation images "
-            f"{tuple(val_images.shape[1:])} differ in shape"
-        )
+    _check_inputs(train_images, train_labels, val_images, val_labels)
     device = resolve_device(cfg.device)
-    cl = bool(cfg.channels_last)
     with _training_context(cfg, device):
-        model, pretrained = build_resnet18(
-            len(CLASSES),
-            init=cfg.init,
-            conv1_stride=cfg.conv1_stride,
-            keep_maxpool=cfg.keep_maxpool,
-            dropout=cfg.dropout,
-        )
-        model = model.to(device)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-        )
-        x_train = train_images.float().to(device)
-        y_train = train_labels.long().to(device)
+        loop = _build_loop(cfg, device, checkpoint_path)
+        if resume_state is not None:
+            if int(resume_state["epoch"]) > cfg.epochs:
+                raise ConfigError(
+                    f"the checkpoint has {resume_state['epoch']} epochs done but epochs="
+                    f"{cfg.epochs}; resume with at least as many epochs"
+                )
+            loop.restore(resume_state)
+        x_train, y_train = train_images.float().to(device), train_labels.long().to(device)
         x_val, y_val = val_images.float().to(device), val_labels.long().to(device)
-        order = torch.Generator().manual_seed(cfg.seed)
-        n, bs = len(y_train), cfg.batch_size
-        best: tuple[float, float] | None = None
-        best_state: dict[str, torch.Tensor] = {}
-        best_epoch = 0
-        history: list[dict[str, float]] = []
-        saved: Path | None = None
         start = time.perf_counter()
-        epochs = tqdm(
-            range(1, cfg.epochs + 1), desc="epochs", unit="ep", disable=not progress, leave=False
-        )
+        epochs = tqdm(range(loop.epoch + 1, cfg.epochs + 1), desc="epochs", unit="ep",
+                      disable=not progress, leave=False)  # fmt: skip
         for epoch in epochs:
-            model.train()
-            perm = torch.randperm(n, generator=order).to(device)
-            starts = [i for i in range(0, n, bs) if n - i >= 2 or i == 0]  # BatchNorm needs >= 2
-            t0 = time.perf_counter()
-            loss_sum, seen = torch.zeros((), device=device), 0
-            correct_t = torch.zeros((), dtype=torch.int64, device=device)
-            for i in tqdm(starts, desc=f"epoch {epoch}", unit="batch", disable=not progress,
-                          leave=False, mininterval=1.0):  # fmt: skip
-                idx = perm[i : i + bs]
-                xb = _to_input(x_train[idx], device, cl)
-                yb = y_train[idx]
-                optimizer.zero_grad(set_to_none=True)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                loss.backward()
-                optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                correct_t += (logits.detach().argmax(1) == yb).sum()
-                seen += len(idx)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_time = time.perf_counter() - t0
-            correct = int(correct_t)
-            t1 = time.perf_counter()
-            val_loss, val_acc, _ = evaluate_loss(
-                model, x_val, y_val, batch_size=cfg.eval_batch_size, channels_last=cl
-            )
-            eval_time = time.perf_counter() - t1
-            lr = float(optimizer.param_groups[0]["lr"])
-            scheduler.step(val_loss)
-            metrics = {
-                "train_loss": float(loss_sum) / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": lr,
-                "epoch_time_s": train_time,
-                "train_images_per_s": seen / train_time if train_time > 0 else 0.0,
-                "eval_time_s": eval_time,
-            }
-            history.append({"epoch": float(epoch), **metrics})
-            if _is_better(cfg.checkpoint_metric, val_loss, val_acc, best):
-                best = (val_loss, val_acc)
-                best_epoch = epoch
-                best_state = copy.deepcopy(model.state_dict())
-                if checkpoint_path is not None:
-                    saved = save_checkpoint(
-                        checkpoint_path,
-                        {
-                            "state_dict": best_state,
-                            "epoch": epoch,
-                            "val_loss": val_loss,
-                            "val_accuracy": val_acc,
-                            "classes": list(CLASSES),
-                            "config": to_dict(cfg),
-                            "pretrained": pretrained,
-                        },
-                    )
+            metrics = _train_epoch(loop, x_train, y_train, epoch, progress)
+            metrics.update(_validate_epoch(loop, x_val, y_val))
+            metrics = {k: metrics[k] for k in METRIC_ORDER}
+            loop.end_epoch(epoch, metrics)
             epochs.set_postfix(
-                loss=f"{metrics['train_loss']:.3f}", val_loss=f"{val_loss:.3f}",
-                val_acc=f"{val_acc:.3f}", lr=f"{lr:.1e}",
+                loss=f"{metrics['train_loss']:.3f}", val_loss=f"{metrics['val_loss']:.3f}",
+                val_acc=f"{metrics['val_accuracy']:.3f}", lr=f"{metrics['lr']:.1e}",
             )  # fmt: skip
             log.debug("epoch %d: %s", epoch, metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
-        model.load_state_dict(best_state)
-        model.eval()
-    assert best is not None
-    total = time.perf_counter() - start
+            if on_state is not None:
+                on_state(loop.state(time.perf_counter() - start))
+        loop.model.load_state_dict(loop.best_state)
+        loop.model.eval()
+    return _result(loop, loop.seconds_before + time.perf_counter() - start)
+
+
+def _result(loop: _Loop, total: float) -> FitResult:
+    if loop.best is None:
+        raise ConfigError(f"no epoch was trained (epochs={loop.cfg.epochs})")
     log.info(
         "trained %d epochs in %.1f s; best epoch %d (val loss %.4f, accuracy %.3f)",
-        cfg.epochs,
+        loop.cfg.epochs,
         total,
-        best_epoch,
-        best[0],
-        best[1],
+        loop.best_epoch,
+        loop.best[0],
+        loop.best[1],
     )
     return FitResult(
-        model=model,
-        pretrained=pretrained,
-        best_epoch=best_epoch,
-        best_val_loss=best[0],
-        best_val_accuracy=best[1],
-        history=history,
-        checkpoint=saved,
-        device=str(device),
+        model=loop.model,
+        pretrained=loop.pretrained,
+        best_epoch=loop.best_epoch,
+        best_val_loss=loop.best[0],
+        best_val_accuracy=loop.best[1],
+        history=loop.history,
+        checkpoint=loop.saved,
+        device=str(loop.device),
         train_seconds=total,
     )

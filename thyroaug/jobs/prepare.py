@@ -6,19 +6,38 @@ Examples:
         --registry siteG/Scintigraphy.xlsx --center G --class-map 0=DG,1=NG,2=NL,3=TI --out out
 Prints a center x class summary. With MLflow on (default) the run ``prepare_data`` logs the
 settings, the cohort as a dataset input, count tables and an example grid.
+
+Kills: the phantom and the cohort are written through hidden staging siblings renamed into place
+when complete (``thyroaug.utils.atomic``), so a killed prepare never leaves a half-written cohort.
+The next prepare of the same ``--out`` takes an exclusive lock on the output folder and removes the
+staging leftovers of killed runs before it starts (``remove_stale_staging``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from thyroaug.config import PROFILE_NAMES, resolve
 from thyroaug.data.manifest import load_registry, parse_class_map
-from thyroaug.data.prepare import PrepareConfig, log_cohort, prepare, split_table, summary_table
+from thyroaug.data.prepare import (
+    PrepareConfig,
+    cohort_path,
+    log_cohort,
+    prepare,
+    split_table,
+    summary_table,
+)
 from thyroaug.data.preprocess import NON_SQUARE_POLICIES, NORMALISATIONS
 from thyroaug.errors import ConfigError
 from thyroaug.tracking.runs import describe_run
@@ -111,6 +130,50 @@ def phantom_manifest(folder: str | Path, scale: float, seed: int, progress: bool
     return manifest
 
 
+@contextlib.contextmanager
+def exclusive_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` keyed on ``folder`` (which need not exist) for the block.
+
+    The lock file lives in the system temp folder (nothing is added to ``folder``); the kernel
+    drops the lock when the process dies, so a killed prepare never blocks the next one.
+    """
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    fd = os.open(Path(tempfile.gettempdir()) / f"thyroaug-prepare-{digest}.lock",
+                 os.O_RDONLY | os.O_CREAT, 0o644)  # fmt: skip
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another prepare is writing %s: waiting for it", folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def remove_stale_staging(*targets: Path) -> list[Path]:
+    """Remove the hidden staging siblings (``.<name>.tmp-*`` / ``.<name>.old-*``) that killed
+    writers of ``targets`` left. Call it only while no other process writes them (the lock)."""
+    removed = []
+    for target in targets:
+        if not target.parent.is_dir():
+            continue
+        for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+            for stale in target.parent.glob(pattern):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+                removed.append(stale)
+    if removed:
+        log.warning(
+            "removed %d staging leftover(s) of a killed prepare: %s",
+            len(removed),
+            ", ".join(p.name for p in removed),
+        )
+    return removed
+
+
 def _inputs(args: argparse.Namespace, class_map: dict[str, str] | None, seed: int) -> list[Any]:
     registries, centers = list(args.registry), list(args.center)
     if len(registries) != len(centers):
@@ -157,17 +220,25 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     class_map = parse_class_map(args.class_map)
-    inputs = _inputs(args, class_map, int(cfg.seed))
-    outcome = prepare(
-        inputs,
-        Path(args.out),
-        cfg,
-        root=args.root,
-        class_map=class_map,
-        force=args.force,
-        progress=not args.no_progress,
-        allow_outside_root=args.allow_outside_root,
-    )
+    out = Path(args.out)
+    stale = [cohort_path(out).resolve()]
+    if args.phantom_scale and not (args.manifest or args.registry):
+        stale.append(Path(args.phantom_dir or out.parent / "phantom").resolve())
+    with contextlib.ExitStack() as locks:
+        for folder in sorted({p.parent for p in stale}):  # one lock per folder, fixed order
+            locks.enter_context(exclusive_folder(folder))
+        remove_stale_staging(*stale)
+        inputs = _inputs(args, class_map, int(cfg.seed))
+        outcome = prepare(
+            inputs,
+            out,
+            cfg,
+            root=args.root,
+            class_map=class_map,
+            force=args.force,
+            progress=not args.no_progress,
+            allow_outside_root=args.allow_outside_root,
+        )
     cohort = outcome.cohort
     state = "up to date, reused" if outcome.reused else "built"
     print(f"prepared cohort: {outcome.path} ({state}; {len(cohort)} cases, {cohort.size} px)")

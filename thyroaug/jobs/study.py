@@ -164,7 +164,10 @@ class Study:
         tags = {"study_id": self.study_id, "study_step": key, "config_hash": config_hash}
         env = {**self.env, RUN_TAGS_ENV: json.dumps(tags)}
         gpus = {"train": 1.0, "synthesize": 1.0, "classifier": 0.25}.get(kind, 0.0)
-        spec = StepSpec(key, argv, env, num_cpus=1.0, num_gpus=gpus if self.gpus >= 1 else 0.0)
+        # a killed classifier step continues from its checkpoint (outside the hash, so that
+        # studies from before --resume stay reusable)
+        run_argv = [*argv, "--resume"] if kind == "classifier" else argv
+        spec = StepSpec(key, run_argv, env, num_cpus=1.0, num_gpus=gpus if self.gpus >= 1 else 0.0)
         return Planned(spec, config_hash, self.find_step(key, config_hash))
 
     def execute(self, batch: list[Planned]) -> dict[str, tuple[Any, str]]:

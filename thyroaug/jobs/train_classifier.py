@@ -5,9 +5,19 @@ Examples:
     thyroaug train-classifier --scenario O+FM+CA --profile quick \\
         --synthetic FM=runs:/<run_id>/synthetic/FM
     thyroaug train-classifier --scenario O --profile smoke --cohort outputs/cohort --epochs 3
+    thyroaug train-classifier --scenario O --profile smoke --resume   # after a kill
 
 The cohort defaults to ``$THYROAUG_HOME/outputs/cohort`` (THYROAUG_HOME defaults to the current
 folder), where ``thyroaug prepare`` writes by default.
+
+Resume: after every epoch the whole training state is checkpointed atomically in
+``$THYROAUG_HOME/outputs/classifier/resume/<scenario>-<profile>-s<seed>-<identity hash>``
+(``thyroaug.classifier.resume``; the identity is scenario, profile, seed, study id, cohort hash
+and synthetic sets). ``--resume`` continues a killed run from there, in the same MLflow run when
+it still exists (set back to RUNNING) or else in a new one, sends the epochs' metrics the server
+has not got (each metric and epoch once), and reaches the numbers an uninterrupted run reaches.
+Without ``--resume`` an existing checkpoint is an error; with it and no checkpoint the run starts
+afresh. The folder is deleted when the run finishes (``--keep-checkpoint`` keeps it).
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +35,21 @@ import torch
 
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.evaluate import evaluate_and_report, write_csv
-from thyroaug.classifier.train import EpochCallback, cpu_name, fit, torch_threads
+from thyroaug.classifier.resume import RunCheckpoint
+from thyroaug.classifier.train import EpochCallback, FitResult, cpu_name, fit, torch_threads
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
 from thyroaug.jobs import substitutes
+from thyroaug.jobs.classifier_resume import (
+    Checkpointing,
+    EpochLog,
+    open_checkpoint,
+    open_run,
+    tracking_errors,
+    unreachable,
+)
 from thyroaug.jobs.common import (
     add_cohort,
     add_experiment,
@@ -39,7 +59,6 @@ from thyroaug.jobs.common import (
 )
 from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
 from thyroaug.tracking.runs import (
-    BufferedMetrics,
     describe_run,
     log_cohort_input,
     log_params_safely,
@@ -103,6 +122,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_experiment(parser)
     parser.add_argument("--out", help="output folder (default outputs/classifier/<run>)")
     parser.add_argument("--no-model", action="store_true", help="do not log the model")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this job's killed run from its last epoch checkpoint (none: start afresh)",
+    )
+    parser.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep the per-epoch checkpoint folder after the run finished",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -181,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cohort_source=cohort_file,
         allow_other_cohort=args.allow_other_cohort,
+        checkpoint=Checkpointing(resume=args.resume, keep=args.keep_checkpoint),
     )
     m = out["metrics"]
     print(
@@ -263,6 +293,7 @@ def train_and_evaluate(
     on_epoch: EpochCallback | None = None,
     cohort_source: str | Path | None = None,
     allow_other_cohort: bool = False,
+    checkpoint: Checkpointing | None = None,
 ) -> dict[str, Any]:
     """Train the ResNet18 for one scenario, evaluate it on the external centers, log to MLflow.
 
@@ -288,6 +319,8 @@ def train_and_evaluate(
         cohort_source: the cohort's file, logged as the run's dataset input (default: the
             default cohort folder when ``cohort`` is an object).
         allow_other_cohort: accept synthetic sets made for another cohort.
+        checkpoint: checkpoint every epoch in the job's folder and, with ``resume``, continue
+            from it (module docstring); None (``tune``, tests): no per-epoch checkpoint.
 
     The run gets tags scenario / profile / study_id / step=train_classifier / cohort_hash; params
     = the resolved config, profile, scenario, cohort hash, input size, pretrained, training-set
@@ -306,6 +339,9 @@ def train_and_evaluate(
 
     Raises:
         ScenarioError: bad scenario or synthetic sets (see ``prepare_scenario_data``).
+        ConfigError: a checkpoint of this job exists without ``resume``, or does not match.
+        TrackingError: the tracking server was unreachable where the run cannot go on without
+            it (the checkpoint is kept: ``resume`` finishes the run).
     """
     if cohort is None or isinstance(cohort, (str, Path)):
         cohort_source = cohort or project_home() / DEFAULT_COHORT_DIR
@@ -315,35 +351,68 @@ def train_and_evaluate(
     data = scenario_data(
         cohort, sc, cfg, synthetic_sets, progress=progress, allow_other_cohort=allow_other_cohort
     )
-
+    # checkpoint refusals come before any MLflow run exists
+    ckpt = open_checkpoint(checkpoint, data, cohort, cfg, study_id) if checkpoint else None
+    job = _Job(data, cohort, cfg, name, on_epoch, progress, log_model, evaluate_external, ckpt)
     if not tracking:
-        return _execute(
-            data, cohort, cfg, out_dir, name, None, on_epoch, progress, False, evaluate_external
-        )
+        out = _execute(job, out_dir, None)
+    else:
+        out = _tracked(job, out_dir, study_id, tags, cohort_source)
+    if ckpt is not None:
+        ckpt.finish()
+    return out
 
+
+@dataclass
+class _Job:
+    """One classifier job: its data, settings and callbacks (what ``_execute`` works on)."""
+
+    data: ScenarioData
+    cohort: PreparedCohort
+    cfg: ClassifierConfig
+    name: str
+    on_epoch: EpochCallback | None
+    progress: bool
+    log_model: bool
+    evaluate_external: bool
+    ckpt: RunCheckpoint | None
+
+
+def _tracked(
+    job: _Job,
+    out_dir: str | Path | None,
+    study_id: str,
+    tags: Mapping[str, str] | None,
+    cohort_source: str | Path | None,
+) -> dict[str, Any]:
+    """``_execute`` inside an MLflow run: the checkpoint's own run again when resuming."""
     import mlflow
 
-    from thyroaug.tracking.setup import start_run
-
+    sc, cfg = job.data.scenario, job.cfg
     run_tags = {
         "scenario": sc.name,
         "profile": cfg.profile,
         "study_id": study_id,
         TAG_STEP: STEP_CLASSIFIER,
-        "cohort_hash": cohort.content_hash,
+        "cohort_hash": job.cohort.content_hash,
         **dict(tags or {}),
     }
     nested = mlflow.active_run() is not None
-    with start_run(run_name=name, tags=run_tags, nested=nested) as run:
-        mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
-        log_cohort_input(cohort, cohort_source or project_home() / DEFAULT_COHORT_DIR)
-        for method, item in data.synthetic.items():
-            log_synthetic_input(item.data, item.ref, method, item.sha256, item.local_path)
-        out = _execute(
-            data, cohort, cfg, out_dir, name, run, on_epoch, progress, log_model, evaluate_external
-        )
-        describe_run(_description(out, cfg, len(data.train)))
-        return out
+    previous = job.ckpt.run_id if job.ckpt is not None else None
+    try:
+        with open_run(job.name, run_tags, nested, previous) as run:
+            mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
+            state = job.ckpt.train_state if job.ckpt is not None else None
+            if state is not None:
+                mlflow.set_tag("thyroaug.resumed_after_epoch", state["epoch"])
+            log_cohort_input(job.cohort, cohort_source or project_home() / DEFAULT_COHORT_DIR)
+            for method, item in job.data.synthetic.items():
+                log_synthetic_input(item.data, item.ref, method, item.sha256, item.local_path)
+            out = _execute(job, out_dir, run)
+            describe_run(_description(out, cfg, len(job.data.train)))
+            return out
+    except tracking_errors() as exc:
+        raise unreachable(exc, job.ckpt) from exc
 
 
 def _description(out: dict[str, Any], cfg: ClassifierConfig, n_train: int) -> str:
@@ -361,25 +430,46 @@ def _description(out: dict[str, Any], cfg: ClassifierConfig, n_train: int) -> st
     return text
 
 
-def _execute(
-    data: ScenarioData,
-    cohort: PreparedCohort,
-    cfg: ClassifierConfig,
-    out_dir: str | Path | None,
-    name: str,
-    run: Any,
-    on_epoch: EpochCallback | None,
-    progress: bool,
-    log_model: bool,
-    evaluate_external: bool,
-) -> dict[str, Any]:
-    """Train, evaluate and (when ``run`` is set) log; the shared body of train_and_evaluate."""
-    from thyroaug.tracking.setup import project_home
+def _run_params(job: _Job, counts: Any) -> dict[str, Any]:
+    """The run's params: resolved config, data composition, synthetic sets, machine."""
+    data, cfg = job.data, job.cfg
+    params: dict[str, Any] = {**to_dict(cfg)}
+    params.update(
+        {
+            "scenario": data.scenario.name,
+            "cohort_hash": job.cohort.content_hash,
+            "cohort_size": job.cohort.size,
+            "input_size": data.input_size,
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "n_external": len(data.external),
+            "torch_version": torch.__version__,
+            "cpu": cpu_name(),
+            "torch_threads": cfg.num_threads or torch.get_num_threads(),
+        }
+    )
+    for source, row in counts.iterrows():
+        params[f"train_count_{source}"] = int(row["total"])
+    for method, item in data.synthetic.items():
+        params[f"synthetic_{method}"] = item.ref
+        params[f"synthetic_{method}_sha256"] = item.sha256
+        params[f"synthetic_{method}_count"] = len(item.data.manifest)
+        gen = item.data.info.get("generator_uri") or ",".join(
+            sorted(set(item.data.manifest["generator_uri"].astype(str)))
+        )
+        params[f"synthetic_{method}_generator"] = gen
+    if data.scenario.uses_ca and "CA" not in data.synthetic:
+        params["synthetic_CA"] = f"generated in this run (seed {cfg.seed})"
+    return params
 
+
+def _execute(job: _Job, out_dir: str | Path | None, run: Any) -> dict[str, Any]:
+    """Train, evaluate and (when ``run`` is set) log; the shared body of train_and_evaluate."""
+    data, cfg = job.data, job.cfg
     run_id = run.info.run_id if run is not None else None
     if out_dir is None:
         stamp = run_id or time.strftime("%Y%m%d-%H%M%S")
-        out_dir = project_home() / "outputs" / "classifier" / f"{name}-{stamp}"
+        out_dir = project_home() / "outputs" / "classifier" / f"{job.name}-{stamp}"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = data.train.counts()
@@ -388,46 +478,11 @@ def _execute(
     for method, item in data.synthetic.items():
         write_json(out / "inputs" / f"synthetic_{method}.json", item.describe())
 
-    callback = on_epoch
+    callback, epoch_log = job.on_epoch, None
     if run is not None:
-        import mlflow
-
-        params: dict[str, Any] = {**to_dict(cfg)}
-        params.update(
-            {
-                "scenario": data.scenario.name,
-                "cohort_hash": cohort.content_hash,
-                "cohort_size": cohort.size,
-                "input_size": data.input_size,
-                "n_train": len(data.train),
-                "n_val": len(data.val),
-                "n_external": len(data.external),
-                "torch_version": torch.__version__,
-                "cpu": cpu_name(),
-                "torch_threads": cfg.num_threads or torch.get_num_threads(),
-            }
-        )
-        for source, row in counts.iterrows():
-            params[f"train_count_{source}"] = int(row["total"])
-        for method, item in data.synthetic.items():
-            params[f"synthetic_{method}"] = item.ref
-            params[f"synthetic_{method}_sha256"] = item.sha256
-            params[f"synthetic_{method}_count"] = len(item.data.manifest)
-            gen = item.data.info.get("generator_uri") or ",".join(
-                sorted(set(item.data.manifest["generator_uri"].astype(str)))
-            )
-            params[f"synthetic_{method}_generator"] = gen
-        if data.scenario.uses_ca and "CA" not in data.synthetic:
-            params["synthetic_CA"] = f"generated in this run (seed {cfg.seed})"
-        log_params_safely(params)
-
-        buffered = BufferedMetrics(out / "metrics" / "unsent_epoch_metrics.json")
-
-        def callback(epoch: int, metrics: dict[str, float]) -> None:
-            buffered.log(metrics, step=epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-
+        log_params_safely(_run_params(job, counts))
+        epoch_log = EpochLog(out, run_id, job.ckpt)
+        callback = _chain(epoch_log, job.on_epoch)
     result = fit(
         data.train.images,
         data.train.labels,
@@ -436,35 +491,19 @@ def _execute(
         cfg,
         checkpoint_path=out / "checkpoint" / "best.pt",
         on_epoch=callback,
-        progress=progress,
+        progress=job.progress,
+        resume_state=job.ckpt.train_state if job.ckpt is not None else None,
+        on_state=_saver(job.ckpt, run_id, epoch_log),
     )
     with torch_threads(cfg.num_threads):
         report = evaluate_and_report(
-            result, data, cfg, out, name=data.scenario.name, external=evaluate_external
+            result, data, cfg, out, name=data.scenario.name, external=job.evaluate_external
         )
-    metrics = report["metrics"]
-    epoch_times = [h["epoch_time_s"] for h in result.history]
-    metrics["train_time_s"] = result.train_seconds
-    metrics["mean_epoch_time_s"] = float(np.mean(epoch_times))
-    metrics["mean_train_images_per_s"] = float(
-        np.mean([h["train_images_per_s"] for h in result.history])
-    )
+    metrics = _final_metrics(report["metrics"], result)
     model_uri = None
     if run is not None:
-        import mlflow
-
-        buffered.flush()
-
-        log_params_safely({"pretrained": result.pretrained, "device": result.device})
-        mlflow.set_tag("pretrained", str(result.pretrained).lower())
-        mlflow.log_metrics(metrics)
-        for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
-            if (out / sub).exists():
-                mlflow.log_artifacts(str(out / sub), artifact_path=sub)
-        if log_model:
-            with torch_threads(cfg.num_threads):
-                model_uri = _log_model(result.model, data.input_size, model_name(data.scenario))
-    if evaluate_external:
+        model_uri = _log_results(job, out, result, metrics, epoch_log)
+    if job.evaluate_external:
         log.info(
             "%s: external accuracy %.3f, F1 macro %.3f, AUC macro %.3f (best epoch %d)",
             data.scenario.name,
@@ -486,3 +525,62 @@ def _execute(
         "model_uri": model_uri,
         "model": result.model,
     }
+
+
+def _chain(first: EpochCallback, then: EpochCallback | None) -> EpochCallback:
+    """``first`` then ``then`` (the caller's own callback) after every epoch."""
+
+    def callback(epoch: int, metrics: dict[str, float]) -> None:
+        first(epoch, metrics)
+        if then is not None:
+            then(epoch, metrics)
+
+    return callback
+
+
+def _saver(
+    ckpt: RunCheckpoint | None, run_id: str | None, epoch_log: EpochLog | None
+) -> Callable[[dict[str, Any]], None] | None:
+    """``fit``'s per-epoch state -> the job's checkpoint (with the metrics not sent yet)."""
+    if ckpt is None:
+        return None
+    ckpt.run_id = run_id
+
+    def save(state: dict[str, Any]) -> None:
+        ckpt.save(state, list(epoch_log.buffered.pending) if epoch_log is not None else [])
+
+    return save
+
+
+def _final_metrics(metrics: dict[str, float], result: FitResult) -> dict[str, float]:
+    """The report's metrics plus training time and throughput."""
+    metrics["train_time_s"] = result.train_seconds
+    metrics["mean_epoch_time_s"] = float(np.mean([h["epoch_time_s"] for h in result.history]))
+    metrics["mean_train_images_per_s"] = float(
+        np.mean([h["train_images_per_s"] for h in result.history])
+    )
+    return metrics
+
+
+def _log_results(
+    job: _Job,
+    out: Path,
+    result: FitResult,
+    metrics: dict[str, float],
+    epoch_log: EpochLog | None,
+) -> str | None:
+    """Final metrics, artifacts and (optionally) the model into the active run."""
+    import mlflow
+
+    if epoch_log is not None:
+        epoch_log.flush()
+    log_params_safely({"pretrained": result.pretrained, "device": result.device})
+    mlflow.set_tag("pretrained", str(result.pretrained).lower())
+    mlflow.log_metrics(metrics)
+    for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
+        if (out / sub).exists():
+            mlflow.log_artifacts(str(out / sub), artifact_path=sub)
+    if not job.log_model:
+        return None
+    with torch_threads(job.cfg.num_threads):
+        return _log_model(result.model, job.data.input_size, model_name(job.data.scenario))

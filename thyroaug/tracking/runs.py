@@ -141,7 +141,8 @@ class BufferedMetrics:
             if not self._warned:
                 logging.getLogger(__name__).warning(
                     "tracking server unreachable (%s); metrics are buffered and sent when it "
-                    "answers again", type(exc).__name__
+                    "answers again",
+                    type(exc).__name__,
                 )
                 self._warned = True
 

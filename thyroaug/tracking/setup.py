@@ -199,13 +199,16 @@ def start_run(
     run_id = os.environ.get("MLFLOW_RUN_ID") if mlflow.active_run() is None else None
     sweep_stale_runs()
     all_tags.update({"thyroaug.host": socket.gethostname(), "thyroaug.pid": str(os.getpid())})
-    with _signals_end_the_run(), mlflow.start_run(
-        run_id=run_id,
-        run_name=None if run_id else run_name,
-        nested=nested,
-        tags=all_tags,
-        **kwargs,
-    ) as run:
+    with (
+        _signals_end_the_run(),
+        mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else run_name,
+            nested=nested,
+            tags=all_tags,
+            **kwargs,
+        ) as run,
+    ):
         if run_id:  # `mlflow run` made the run: give it the name and tags a CLI run gets
             if run_name:
                 mlflow.set_tag("mlflow.runName", run_name)
