@@ -95,6 +95,26 @@ def _log_params(cfg_dict: dict[str, Any], extra: dict[str, Any]) -> None:
         mlflow.set_tag("resumed_with", json.dumps(changed, default=str))
 
 
+def _log_missing_losses(run_id: str, losses: list[float]) -> list[int]:
+    """Log the epochs' ``train_loss`` the run lacks (an outage or a kill between checkpoint and
+    logging skipped them); returns the epochs logged now."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    have = {m.step for m in client.get_metric_history(run_id, "train_loss")}
+    now = int(time.time() * 1000)
+    missing = [e for e in range(1, len(losses) + 1) if e not in have]
+    if missing:
+        metrics = [Metric("train_loss", float(losses[e - 1]), now, e) for e in missing]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        log.info("logged train_loss of epoch(s) %s the run was missing", missing)
+    return missing
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, save, log, and optionally register the generator."""
     import mlflow
@@ -137,10 +157,9 @@ def run(args: argparse.Namespace) -> int:
     tags = {TAG_STEP: train_step("fm"), TAG_METHOD: "FM", "profile": cfg.profile}
     if previous and not os.environ.get("MLFLOW_RUN_ID") and mlflow.active_run() is None:
         log.info("resuming MLflow run %s", previous)
-        context = mlflow.start_run(run_id=previous)
     else:
-        context = start_run(run_name=f"train-fm-{cfg.profile}", tags=tags)
-    with context as active:
+        previous = None
+    with start_run(run_name=f"train-fm-{cfg.profile}", tags=tags, resume_run_id=previous) as active:
         run_id = active.info.run_id
         mlflow.set_tags(tags)
         _log_params(
@@ -164,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
             result.mask_bank, output / BANK_ARTIFACT, family="fm", cohort_hash=cohort.content_hash
         )
         bank_uri = log_bank(bank)
+        _log_missing_losses(run_id, result.losses)
         mlflow.log_metric("final_train_loss", result.losses[-1])
         logged = log_fm_generator(
             folder,

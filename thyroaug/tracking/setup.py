@@ -179,9 +179,12 @@ def start_run(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     nested: bool = False,
+    resume_run_id: str | None = None,
     **kwargs: Any,
 ) -> Iterator[Any]:
-    """``mlflow.start_run`` that continues the run `mlflow run` made (MLFLOW_RUN_ID) if any.
+    """``mlflow.start_run`` that continues the run `mlflow run` made (MLFLOW_RUN_ID) if any, or
+    ``resume_run_id`` (a killed run a checkpoint belongs to: it is RUNNING again, tagged with this
+    process, and gets the same signal handlers as a new run).
 
     A parent study run is picked up through ``MLFLOW_PARENT_RUN_ID`` (set by ``thyroaug study``)
     so that steps become its nested runs, and extra tags (the study's step config hash) through
@@ -197,6 +200,7 @@ def start_run(
     if parent and not nested and mlflow.active_run() is None:
         all_tags.setdefault("mlflow.parentRunId", parent)
     run_id = os.environ.get("MLFLOW_RUN_ID") if mlflow.active_run() is None else None
+    run_id = run_id or resume_run_id
     sweep_stale_runs()
     all_tags.update({"thyroaug.host": socket.gethostname(), "thyroaug.pid": str(os.getpid())})
     with (

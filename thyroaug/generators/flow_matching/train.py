@@ -350,17 +350,21 @@ def _save_checkpoint(tr: _Training, done: int) -> None:
 
 
 def _after_epoch(tr: _Training, done: int, seconds: float) -> None:
-    """Log the epoch (and a sample grid every ``sample_every``), checkpoint when due."""
+    """Checkpoint when due, then log the epoch (and a sample grid every ``sample_every``).
+
+    Checkpoint first: a kill in between leaves an epoch unlogged, never logged twice after a
+    resume; ``train-fm`` logs the losses the run lacks (``TrainResult.losses``) at the end.
+    """
     cfg, loss = tr.cfg, tr.losses[-1]
     if tr.main:
         log.info("epoch %d/%d loss %.5f (%.1f s)", done, cfg.epochs, loss, seconds)
+    if tr.main and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
+        _save_checkpoint(tr, done)
     if tr.log_mlflow:
-        try:  # a tracking outage must not stop training: the checkpoint below is what counts
+        try:  # a tracking outage must not stop training: the checkpoint is what counts
             _log_epoch(tr, done, loss)
         except Exception as exc:
             log.warning("epoch %d not logged to MLflow (%s); training goes on", done, exc)
-    if tr.main and (done % cfg.checkpoint_every == 0 or done == cfg.epochs):
-        _save_checkpoint(tr, done)
     tr.accelerator.wait_for_everyone()
 
 
