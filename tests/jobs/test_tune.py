@@ -39,3 +39,25 @@ def test_three_smoke_trials_nested_with_best_params(tracking_home: Path) -> None
     assert load_best_params(out["run_id"]) == out["best_params"]
     # the optuna study lives in the tracking profile's SQL database, so workers can share it
     assert (tracking_home / "optuna.db").exists()
+    # the same command again tops the study up to --n-trials: a rerun after a kill resumes it
+    again = tune(cohort_dir, scenario="O", profile="smoke", n_trials=4, seed=0)
+    new = client.search_runs([exp], f"tags.mlflow.parentRunId = '{again['run_id']}'")
+    assert len(new) == 1
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_trials_of_a_killed_tune_end_failed(tracking_home: Path) -> None:
+    import optuna
+    from optuna.trial import TrialState
+
+    from thyroaug.jobs.tune import _finished_trials, _storage
+
+    url = f"sqlite:///{tracking_home / 'optuna.db'}"
+    storage = _storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    orphan = study.ask()  # a trial whose process died: RUNNING, no heartbeat any more
+    storage.record_heartbeat(orphan._trial_id)
+    with storage.engine.begin() as conn:  # its last heartbeat long ago
+        conn.exec_driver_sql("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00'")
+    optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == TrialState.FAIL and _finished_trials(study) == 0

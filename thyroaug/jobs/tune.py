@@ -5,7 +5,9 @@ loss (MedianPruner, reported per epoch). The Optuna storage is the tracking prof
 it is a SQL database (SQLite file locally, PostgreSQL on the server profile), so workers on several
 machines share one study by pointing at the same storage; ``--storage`` overrides it. The best
 parameters are logged as ``tune/best_params.json``; ``thyroaug train-classifier --params-from
-<that file or run id>`` reuses them.
+<that file or run id>`` reuses them. ``--n-trials`` is the study's total: running the same
+command again after a kill (or with a larger ``--n-trials``) tops the study up to it; trials of a
+killed process end FAIL through Optuna's heartbeat.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,30 @@ def default_storage() -> str | None:
     if uri.startswith("postgresql"):
         return uri
     return os.environ.get("THYROAUG_OPTUNA_STORAGE")
+
+
+HEARTBEAT_S = 30
+"""A trial whose process stops beating for 4 x this is marked FAIL (a killed tune)."""
+
+
+def _storage(url: str | None) -> Any:
+    """The Optuna storage with a heartbeat, so trials of a killed tune end FAIL, not RUNNING."""
+    import optuna
+
+    if not url:
+        return None
+    with warnings.catch_warnings():  # heartbeat_interval is flagged experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S
+        )
+
+
+def _finished_trials(study: Any) -> int:
+    """Trials that count toward ``--n-trials``: complete or pruned (a rerun tops up to it)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def suggest(trial: Any) -> dict[str, Any]:
@@ -73,7 +100,7 @@ def tune(
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage,
+        storage=_storage(storage),
         load_if_exists=True,
         direction="minimize",
         sampler=sampler,
@@ -114,7 +141,10 @@ def tune(
             )
             return float(out["best_val_loss"])
 
-        study.optimize(objective, n_trials=n_trials, catch=())
+        finished = _finished_trials(study)
+        if finished:
+            log.info("study %s already has %d finished trial(s)", study_name, finished)
+        study.optimize(objective, n_trials=max(0, n_trials - finished), catch=())
         best = {
             "params": study.best_params,
             "value": study.best_value,
