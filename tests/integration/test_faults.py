@@ -402,21 +402,37 @@ def _report_outage(what: str, outage: float, log: str, code: int | None) -> list
     return failed
 
 
-def test_tracking_server_killed_mid_run_then_restarted(tmp_path: Path) -> None:
-    make_tiny_cohort().save(tmp_path / "cohort")
+@contextlib.contextmanager
+def _classifier_under_server(home: Path, epochs: int) -> Iterator[dict[str, Any]]:
+    """A smoke classifier training against a real `mlflow server`; yields once it is under way
+    (``argv``, ``env``, ``client``, ``port``, ``proc``, ``run_id``, ``servers`` to append
+    restarts to); every server and the classifier are killed afterwards."""
+    make_tiny_cohort().save(home / "cohort")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
-    env = _env(tmp_path, THYROAUG_TRACKING="server", THYROAUG_TRACKING_URI=uri)
-    argv = _classifier_argv(tmp_path, 10)
+    env = _env(home, THYROAUG_TRACKING="server", THYROAUG_TRACKING_URI=uri)
+    argv = _classifier_argv(home, epochs)
     client = MlflowClient(uri)
-    servers = [_start_server(tmp_path, port)]
-    proc = _cli(tmp_path, *argv, env=env)
+    servers = [_start_server(home, port)]
+    proc = _cli(home, *argv, env=env)
     try:
         run_id = _wait_for_running(client)
-        _kill_server(servers[-1])
+        yield {"argv": argv, "env": env, "client": client, "port": port, "proc": proc,
+               "run_id": run_id, "servers": servers}  # fmt: skip
+    finally:
+        proc.kill()
+        for server in servers:
+            _kill_server(server)
+
+
+def test_tracking_server_killed_mid_run_then_restarted(tmp_path: Path) -> None:
+    with _classifier_under_server(tmp_path, 10) as job:
+        argv, env, client, proc, run_id = (job[k] for k in ("argv", "env", "client", "proc",
+                                                           "run_id"))  # fmt: skip
+        _kill_server(job["servers"][-1])
         down = time.monotonic()
         time.sleep(4)  # away for a few seconds, then the same store comes back on the same port
-        servers.append(_start_server(tmp_path, port))
+        job["servers"].append(_start_server(tmp_path, job["port"]))
         outage = time.monotonic() - down
         log = _finish(proc, timeout=300)
         code = proc.returncode
@@ -430,34 +446,23 @@ def test_tracking_server_killed_mid_run_then_restarted(tmp_path: Path) -> None:
         steps = _epoch_steps(client, run_id)
         assert all(s == list(range(1, 11)) for s in steps.values()), steps
         _assert_nothing_running(client)
-    finally:
-        proc.kill()
-        for server in servers:
-            _kill_server(server)
     failed = _report_outage("restarted after a few seconds", outage, log, proc.returncode)
     assert failed, "the outage hit no epoch-logging call: " + log[-3000:]
 
 
 def test_tracking_server_away_longer_than_the_retry_budget(tmp_path: Path) -> None:
     """Still away when training ends: one clear line, non-zero; --resume completes the run."""
-    make_tiny_cohort().save(tmp_path / "cohort")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = _env(tmp_path, THYROAUG_TRACKING="server", THYROAUG_TRACKING_URI=uri)
-    argv = _classifier_argv(tmp_path, 3)
-    client = MlflowClient(uri)
-    servers = [_start_server(tmp_path, port)]
-    proc = _cli(tmp_path, *argv, env=env)
-    try:
-        run_id = _wait_for_running(client)
-        _kill_server(servers[-1])
+    with _classifier_under_server(tmp_path, 3) as job:
+        argv, env, client, proc, run_id = (job[k] for k in ("argv", "env", "client", "proc",
+                                                           "run_id"))  # fmt: skip
+        _kill_server(job["servers"][-1])
         down = time.monotonic()
         log = _finish(proc, timeout=300)
         outage = time.monotonic() - down
         assert proc.returncode == 2, log[-3000:]
         _assert_one_clear_error(log, "tracking", "--resume")
         assert len(_checkpoints(tmp_path)) == 1  # kept for --resume
-        servers.append(_start_server(tmp_path, port))
+        job["servers"].append(_start_server(tmp_path, job["port"]))
         code, log2 = _run_cli(tmp_path, *argv, "--resume", env=env)
         assert code == 0, log2[-3000:]
         assert f"run {run_id}" in log2
@@ -467,8 +472,4 @@ def test_tracking_server_away_longer_than_the_retry_budget(tmp_path: Path) -> No
         assert "external_accuracy" in run.data.metrics
         _assert_nothing_running(client)
         assert _checkpoints(tmp_path) == []
-    finally:
-        proc.kill()
-        for server in servers:
-            _kill_server(server)
     _report_outage("away until the end of training", outage, log, proc.returncode)
