@@ -249,6 +249,32 @@ def test_resumed_train_fm_run_is_tagged_with_its_own_process(fm_home: dict[str, 
     assert resumed.data.tags.get("thyroaug.pid") == str(fm_home["pid"])
 
 
+def test_train_sd_killed_then_resumed_in_the_same_run(tmp_path: Path) -> None:
+    """SIGKILL after an SD checkpoint; --resume continues that run, every step's loss once."""
+    make_tiny_cohort().save(tmp_path / "cohort")
+    argv = ["train-sd", "--profile", "smoke", "--cohort", str(tmp_path / "cohort"), "--output",
+            str(tmp_path / "sd"), "--max-steps", "48", "--set", "checkpointing_steps=4",
+            "--no-progress"]  # fmt: skip
+    client = _client(tmp_path)
+    env = _env(tmp_path, THYROAUG_SD_BASE="", THYROAUG_WEIGHTS_DIR="")
+    proc = _cli(tmp_path, *argv, env=env)
+    try:
+        _wait_for("an SD checkpoint", (tmp_path / "sd" / "checkpoints" / "checkpoint-8").exists,
+                  proc)  # fmt: skip
+        (killed,) = _runs(client, "tags.step = 'train_sd'")
+        _sigkill(proc)
+    finally:
+        proc.kill()
+    code, out = _run_cli(tmp_path, *argv, "--resume", env=env)
+    assert code == 0, out[-3000:]
+    (run,) = _runs(client, "tags.step = 'train_sd'")
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["thyroaug.pid"] != killed.data.tags["thyroaug.pid"]
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == list(range(1, 49)), steps
+    _assert_nothing_running(client)
+
+
 def test_synthesize_killed_then_rerun(fm_home: dict[str, Any]) -> None:
     home, client = fm_home["home"], fm_home["client"]
     assert fm_home["code"] == 0, "needs the generator of test_train_fm_killed_then_resumed"

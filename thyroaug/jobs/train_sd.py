@@ -16,6 +16,7 @@ pyfunc ``thyroaug-sd`` (``--register``), whose artifact is the diffusers directo
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from thyroaug.data.cohort import PreparedCohort
     from thyroaug.generators.banks import BANK_ARTIFACT, log_bank
+    from thyroaug.generators.stable_diffusion.checkpoint import checkpoint_run_id
     from thyroaug.generators.stable_diffusion.config import SDConfig
     from thyroaug.generators.stable_diffusion.pyfunc import SD_REGISTERED_NAME, log_sd_generator
     from thyroaug.generators.stable_diffusion.train import train_sd
@@ -135,7 +137,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     configure_tracking(experiment=args.experiment)
     tags = {TAG_STEP: train_step("sd"), TAG_METHOD: "SD", "profile": cfg.profile}
-    with start_run(run_name=args.run_name or f"train_sd-{cfg.profile}", tags=tags) as run:
+    previous = checkpoint_run_id(out / "checkpoints") if args.resume else None
+    if previous and (os.environ.get("MLFLOW_RUN_ID") or mlflow.active_run() is not None):
+        previous = None  # `mlflow run` / a study made the run: log into that one
+    with start_run(
+        run_name=args.run_name or f"train_sd-{cfg.profile}", tags=tags, resume_run_id=previous
+    ) as run:
         log_params_safely(to_dict(cfg))
         log_params_safely(
             {"cohort": str(cohort_file), "cohort_hash": cohort.content_hash, "resume": args.resume}

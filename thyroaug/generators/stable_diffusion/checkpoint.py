@@ -119,6 +119,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def checkpoint_run_id(root: Path) -> str | None:
+    """The MLflow run the newest checkpoint under ``root`` was trained in (None if unknown)."""
+    folder = latest_checkpoint(Path(root))
+    if folder is None:
+        return None
+    return json.loads((folder / TRAINER_STATE_FILE).read_text()).get("mlflow_run_id")
+
+
 def save_checkpoint(
     accelerator: Any, root: Path, step: int, losses: list[float], keep: int
 ) -> None:
@@ -126,9 +134,13 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
+    import mlflow
+
+    run = mlflow.active_run()
+    state = {"step": step, "losses": losses, "mlflow_run_id": run.info.run_id if run else None}
     with atomic_dir(root / f"checkpoint-{step}", replace=True) as tmp:
         accelerator.save_state(str(tmp))
-        (tmp / TRAINER_STATE_FILE).write_text(json.dumps({"step": step, "losses": losses}))
+        (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state))
     if keep and keep > 0:
         for _, p in _checkpoints(root)[:-keep]:
             shutil.rmtree(p, ignore_errors=True)

@@ -8,6 +8,7 @@ MLflow logging, checkpoints and sample grids on schedule, and saves the generato
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -130,12 +131,29 @@ def _train_images(cohort: Any, cfg: SDConfig) -> tuple[torch.Tensor, list[str], 
     return images, prompts, ids
 
 
+@functools.lru_cache(maxsize=64)
+def _logged_up_to(run_id: str, key: str) -> int:
+    """The last step of ``key`` the run had when this process first logged it (-1: none)."""
+    from mlflow import MlflowClient
+
+    return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=-1)
+
+
 def _log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log to the active MLflow run, if there is one."""
+    """Log to the active MLflow run, if there is one; a resumed run skips the steps it already
+    has (the steps between its last checkpoint and the kill), so every step appears once."""
     import mlflow
 
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    run = mlflow.active_run()
+    if run is None:
+        return
+    try:  # a tracking outage must not stop training: the checkpoints are what counts
+        if step is not None:
+            metrics = {k: v for k, v in metrics.items() if step > _logged_up_to(run.info.run_id, k)}
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    except Exception as exc:  # the tracking client raises several types
+        log.warning("step %s not logged to MLflow (%s); training goes on", step, type(exc).__name__)
 
 
 def _log_image(array: np.ndarray, artifact_file: str) -> None:
