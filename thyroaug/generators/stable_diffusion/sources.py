@@ -2,8 +2,10 @@
 
 ``SourceBank`` holds the images (SD1 / SD3 start images), masks (SD4), prompts (SD1 / SD2 / SD4),
 labels and case ids of one cohort split. It is a ``generators.base.ConditionBank``: the case for
-(label, seed) is drawn by ``ConditionBank.pick``; SD4 draws only among cases with a mask. It is
-saved in the generator folder as ``sources.safetensors`` + ``sources.csv``.
+(label, seed) is drawn by ``ConditionBank.pick``; SD4 draws only among cases with a mask. Its files
+are ``sources.safetensors`` + ``sources.csv``, written beside the model (``generators.banks``: the
+training run's ``condition_bank/`` artifact), inside the model folder only with
+``--embed-sources``.
 """
 
 from __future__ import annotations
