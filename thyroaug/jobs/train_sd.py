@@ -10,7 +10,9 @@ Without ``--base-model`` (or ``THYROAUG_SD_BASE``) a compact latent diffusion mo
 trained from scratch on the cohort (VAE, tokenizer, text encoder, UNet); with it, the UNet of that
 local diffusers SD directory is fine-tuned with the authors' recipe. The run (tag
 ``step=train_sd``) logs the resolved config, the per-step loss, sample grids and the model as the
-pyfunc ``thyroaug-sd`` (``--register``), whose artifact is the diffusers directory.
+pyfunc ``thyroaug-sd`` (``--register``), whose artifact is the diffusers directory; the source bank
+(training images, masks, prompts, case ids) is the run's artifact ``condition_bank/``, not part of
+the model unless ``--embed-sources``. ``--resume`` continues the run of the newest checkpoint.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """What the Stable Diffusion generator writes to disk and reads back.
 
 The generator folder: a diffusers SD directory (``save_pretrained``) plus ``thyroaug_sd.json`` (the
-model card: source, training, config), ``README.md`` and the source bank (``save_components``,
-``read_card``, ``card_config``). Training state: ``checkpoints/checkpoint-<step>/`` (accelerate
-state + EMA + ``trainer_state.json``) and the scratch VAE stage. Every folder is written atomically.
+model card: source, training, config), ``README.md`` and, only with ``--embed-sources``, the source
+bank (``save_components``, ``read_card``, ``card_config``). Training state:
+``checkpoints/checkpoint-<step>/`` (accelerate state + EMA + ``trainer_state.json`` with the MLflow
+run id, ``checkpoint_run_id``) and the scratch VAE stage. Every folder is written atomically.
 """
 
 from __future__ import annotations
