@@ -52,21 +52,26 @@ def generator_folder(tmp_path_factory, mask_bank) -> Path:
     return save_generator(folder, net, mask_bank, {"content_hash": "tiny", "epochs_done": 0})
 
 
+def log_smoke_fm(folder: Path, bank, scratch: Path, **kwargs):
+    """In the active run: log the tiny cohort's mask bank, then the generator referring to it."""
+    bank_dir = write_bank(bank, scratch / "bank", family="fm", cohort_hash="tiny")
+    return log_fm_generator(folder, bank_uri=log_bank(bank_dir), **kwargs)
+
+
 @pytest.fixture
 def registered(tracking_home, generator_folder, mask_bank, tmp_path):
     import mlflow
 
     mlflow.set_experiment("pyfunc-test")
     with mlflow.start_run():
-        bank_dir = write_bank(mask_bank, tmp_path / "bank", family="fm", cohort_hash="tiny")
-        logged = log_fm_generator(
+        return log_smoke_fm(
             generator_folder,
+            mask_bank,
+            tmp_path,
             registered_name=FM_REGISTERED_NAME,
             alias="champion",
             max_count=8,
-            bank_uri=log_bank(bank_dir),
         )
-    return logged
 
 
 def test_pyfunc_roundtrip_through_the_registry(registered, generator_folder, mask_bank):

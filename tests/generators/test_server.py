@@ -21,10 +21,14 @@ from typing import Any
 import mlflow
 import pytest
 from starlette.testclient import TestClient
-from test_fm_pyfunc import _free_port, generator_folder, mask_bank  # noqa: F401  (fixtures)
+from test_fm_pyfunc import (  # noqa: F401  (fixtures)
+    _free_port,
+    generator_folder,
+    log_smoke_fm,
+    mask_bank,
+)
 
-from thyroaug.generators.banks import log_bank, write_bank
-from thyroaug.generators.flow_matching.pyfunc import FM_REGISTERED_NAME, log_fm_generator
+from thyroaug.generators.flow_matching.pyfunc import FM_REGISTERED_NAME
 from thyroaug.generators.server import (
     INTERNAL_MESSAGE,
     MB,
@@ -56,13 +60,13 @@ def registered(tmp_path_factory, generator_folder, mask_bank) -> Iterator[tuple[
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment("serve-test")
         with mlflow.start_run():
-            bank = write_bank(mask_bank, home / "bank", family="fm", cohort_hash="tiny")
-            logged = log_fm_generator(
+            logged = log_smoke_fm(
                 generator_folder,
+                mask_bank,
+                home,
                 registered_name=FM_REGISTERED_NAME,
                 alias="champion",
                 max_count=8,
-                bank_uri=log_bank(bank),
             )
         yield str(logged.registry_uri), home
     mlflow.set_tracking_uri(before)

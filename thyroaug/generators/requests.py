@@ -118,18 +118,23 @@ def request_rows(model_input: Any) -> list[dict[str, Any]]:
     return [{str(k): _plain(v) for k, v in rec.items()} for rec in records]
 
 
+def square(raw: Any, name: str, row: int, size: int) -> np.ndarray:
+    """A row's ``name`` field as a finite S x S float array from a nested list; 400 otherwise."""
+    try:
+        arr = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"row {row}: {name} is not a numeric S x S array ({exc})") from exc
+    if arr.shape != (size, size):
+        raise _invalid(
+            f"row {row}: {name} has shape {list(arr.shape)}, this generator needs [{size}, {size}]"
+        )
+    if not np.isfinite(arr).all():
+        raise _invalid(f"row {row}: {name} contains NaN or inf")
+    return arr
+
+
 def _mask(raw: Any, row: int, size: int) -> np.ndarray | None:
     """A row's mask as a finite S x S float array (None if absent); 400 otherwise."""
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
         return None
-    try:
-        mask = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"row {row}: mask is not a numeric S x S array ({exc})") from exc
-    if mask.shape != (size, size):
-        raise _invalid(
-            f"row {row}: mask has shape {list(mask.shape)}, this generator needs [{size}, {size}]"
-        )
-    if not np.isfinite(mask).all():
-        raise _invalid(f"row {row}: mask contains NaN or inf")
-    return mask
+    return square(raw, "mask", row, size)

@@ -42,6 +42,7 @@ from thyroaug import CLASSES
 from thyroaug.errors import GeneratorError, PromptError
 from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
 from thyroaug.generators.base import Generator
+from thyroaug.generators.requests import square
 from thyroaug.generators.serving import (
     GeneratorModel,
     LoggedGenerator,
@@ -92,21 +93,6 @@ def _records(model_input: Any) -> list[dict[str, Any]]:
         "request must be rows with fields label, mode[, prompt, image, mask, count, seed], e.g. "
         '{"inputs": [{"label": "DG", "mode": "SD2", "prompt": "...", "count": 2, "seed": 0}]}'
     )
-
-
-def _square(raw: Any, name: str, row: int, size: int) -> np.ndarray:
-    """An S x S finite float array from a nested list, or a 400."""
-    try:
-        arr = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"row {row}: {name} is not a numeric S x S array ({exc})") from exc
-    if arr.shape != (size, size):
-        raise _invalid(
-            f"row {row}: {name} has shape {list(arr.shape)}, this generator needs [{size}, {size}]"
-        )
-    if not np.isfinite(arr).all():
-        raise _invalid(f"row {row}: {name} contains NaN or inf")
-    return arr
 
 
 class SDGeneratorModel(GeneratorModel):
@@ -192,7 +178,7 @@ class SDGeneratorModel(GeneratorModel):
             if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
                 if mode not in ("SD1", "SD3"):
                     raise _invalid(f"row {r}: image is used by SD1 and SD3 only, not {mode}")
-                image = _square(raw, "image", r, size)
+                image = square(raw, "image", r, size)
                 if image.min() < 0 or image.max() > 1:
                     raise _invalid(f"row {r}: image values must be in [0, 1] (the cohort's range)")
             if req.mask is not None and mode != "SD4":
