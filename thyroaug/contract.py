@@ -36,13 +36,49 @@ def registered_name(family: str) -> str:
 
 # --- run tags ----------------------------------------------------------------------------------
 TAG_STEP = "step"
-"""What a run did: one of the ``STEP_*`` values."""
+"""What a run did: one of the ``STEP_*`` values (or ``train_step(family)``)."""
 TAG_STUDY_ID = "study_id"
 TAG_STUDY_STEP = "study_step"
+"""The study's key of a step run (``classifier_O+FM``, ``synthesize_SD1``...)."""
 TAG_CONFIG_HASH = "config_hash"
+"""Hash of a study step's command line and of the steps it consumes (resume key)."""
 TAG_SCENARIO = "scenario"
 TAG_METHOD = "method"
+TAG_PROFILE = "profile"
+TAG_SEEDS = "seeds"
+"""A study run's training seeds (comma-separated)."""
+TAG_TRIAL = "trial"
 TAG_COHORT_HASH = "cohort.content_hash"
+TAG_COHORT_REUSED = "cohort.reused_cache"
+TAG_CLASSIFIER_COHORT_HASH = "cohort_hash"
+"""The same hash as ``TAG_COHORT_HASH``, under the name classifier runs have always carried."""
+TAG_GENERATOR_NAME = "generator.name"
+TAG_GENERATOR_VERSION = "generator.version"
+TAG_REGISTERED_VERSION = "registered_version"
+TAG_PARAMS_FROM = "params_from"
+TAG_PRETRAINED = "pretrained"
+TAG_SOURCE = "source"
+TAG_TEXT_ENCODER = "text_encoder"
+TAG_RESUMED_AFTER_EPOCH = "thyroaug.resumed_after_epoch"
+TAG_HOST = "thyroaug.host"
+"""Host and process of the run's writer: the stale-run sweep ends runs whose process is gone."""
+TAG_PID = "thyroaug.pid"
+TAG_ENDED_BY = "thyroaug.ended_by"
+TAG_EXECUTOR_WORKER = "executor.worker"
+TAG_MISSING_SCENARIOS = "missing_scenarios"
+TAG_NOT_TESTED = "not_tested"
+DEVIATION_TAG_PREFIX = "deviation."
+# MLflow's own reserved tags (``mlflow.utils.mlflow_tags``), spelled here so that importing the
+# contract does not import MLflow
+TAG_MLFLOW_PARENT_RUN = "mlflow.parentRunId"
+TAG_MLFLOW_RUN_NAME = "mlflow.runName"
+TAG_MLFLOW_NOTE = "mlflow.note.content"
+
+
+def deviation_tag(key: str) -> str:
+    """Run tag of a recorded deviation from the paper (``deviation.<key>``)."""
+    return f"{DEVIATION_TAG_PREFIX}{key}"
+
 
 STEP_PREPARE = "prepare_data"
 STEP_SYNTHESIZE = "synthesize"

@@ -46,6 +46,7 @@ import torch
 from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
 from thyroaug.utils.atomic import staging_prefix, sweep_staging
+from thyroaug.utils.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +256,6 @@ class LoadedSynthetic:
         }
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tensor_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
     """Content hash of an in-memory set (images as float32 bytes + labels)."""
     h = hashlib.sha256()
@@ -374,7 +367,7 @@ def resolve_set(
                 f"synthetic set {ref!r} holds method {data.method!r} images, but was given as "
                 f"{method}"
             )
-        sha = _sha256_file(local / "images.safetensors")
+        sha = file_sha256(local / "images.safetensors")
     finally:
         if temporary is not None:  # the tensors are in memory: drop the ~260 MB download
             shutil.rmtree(temporary, ignore_errors=True)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from thyroaug.config import to_dict
-from thyroaug.contract import CLASS_NAMES, CLASSES
+from thyroaug.contract import CLASS_NAMES, CLASSES, TAG_COHORT_HASH, TAG_COHORT_REUSED
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.io import read_image, read_mask
 from thyroaug.data.manifest import (
@@ -517,8 +517,8 @@ def log_cohort(
     mlflow.log_params(params)
     mlflow.set_tags(
         {
-            "cohort.content_hash": cohort.content_hash,
-            "cohort.reused_cache": str(outcome.reused).lower(),
+            TAG_COHORT_HASH: cohort.content_hash,
+            TAG_COHORT_REUSED: str(outcome.reused).lower(),
         }
     )
     dataset_table = cohort.table.drop(columns=["report"], errors="ignore")

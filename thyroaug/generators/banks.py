@@ -19,7 +19,6 @@ behaviour (bank inside the model folder) and the model card says so loudly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 from thyroaug.errors import GeneratorError
 from thyroaug.generators.base import ConditionBank
 from thyroaug.utils.atomic import atomic_dir
+from thyroaug.utils.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,12 @@ EMBEDDED_WARNING = (
 B = TypeVar("B", bound=ConditionBank)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_bank(bank: ConditionBank, folder: str | Path, *, family: str, cohort_hash: str) -> Path:
     """Write ``bank`` (its own ``save``) plus ``bank.json`` to ``folder`` atomically, private."""
     folder = Path(folder)
     with atomic_dir(folder, replace=True) as tmp:
         bank.save(tmp)  # type: ignore[attr-defined]
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
             "format": BANK_FORMAT,
             "family": family,
@@ -105,7 +97,7 @@ def read_bank(
         )
     for name, digest in dict(meta.get("files") or {}).items():
         file = folder / name
-        if not file.is_file() or _sha256(file) != digest:
+        if not file.is_file() or file_sha256(file) != digest:
             raise GeneratorError(f"{file}: missing or changed since the bank was written")
     return load(folder)
 

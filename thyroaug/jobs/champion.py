@@ -15,9 +15,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from thyroaug.contract import CHAMPION, STEP_SYNTHESIZE, synthetic_artifact
+from thyroaug.contract import (
+    CHAMPION,
+    STEP_SYNTHESIZE,
+    TAG_COHORT_HASH,
+    TAG_GENERATOR_NAME,
+    TAG_GENERATOR_VERSION,
+    TAG_METHOD,
+    TAG_STEP,
+    synthetic_artifact,
+)
 from thyroaug.errors import ScenarioError
 from thyroaug.generators import registry
+from thyroaug.tracking.runs import tag_clause
+from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +67,16 @@ def newest_set(method: str, name: str, version: str, cohort_hash: str) -> str | 
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
         ids,
-        f"tags.step = '{STEP_SYNTHESIZE}' and tags.method = '{method}' and "
-        f"tags.`generator.name` = '{name}' and tags.`generator.version` = '{version}' and "
-        f"tags.`cohort.content_hash` = '{cohort_hash}' and attributes.status = 'FINISHED'",
+        " and ".join(
+            [
+                tag_clause(TAG_STEP, STEP_SYNTHESIZE),
+                tag_clause(TAG_METHOD, method),
+                tag_clause(TAG_GENERATOR_NAME, name),
+                tag_clause(TAG_GENERATOR_VERSION, version),
+                tag_clause(TAG_COHORT_HASH, cohort_hash),
+                "attributes.status = 'FINISHED'",
+            ]
+        ),
         max_results=1,
         order_by=["attributes.end_time DESC"],
     )
@@ -76,25 +94,22 @@ def _nested_env() -> Iterator[None]:
     import mlflow
     from mlflow import MlflowClient
 
-    keys = ("MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME")
-    saved = {k: os.environ.get(k) for k in keys}
-    experiment_id = None
-    if saved["MLFLOW_RUN_ID"]:
-        client = MlflowClient()
-        experiment_id = client.get_run(saved["MLFLOW_RUN_ID"]).info.experiment_id
-        os.environ["MLFLOW_EXPERIMENT_NAME"] = client.get_experiment(experiment_id).name
-        os.environ["MLFLOW_PARENT_RUN_ID"] = saved["MLFLOW_RUN_ID"]
-        del os.environ["MLFLOW_RUN_ID"]
-    try:
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
         yield
+        return
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    env = {
+        "MLFLOW_EXPERIMENT_NAME": client.get_experiment(experiment_id).name,
+        "MLFLOW_PARENT_RUN_ID": run_id,
+        "MLFLOW_RUN_ID": None,
+    }
+    try:
+        with scoped_env(env):
+            yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if experiment_id is not None:
-            mlflow.set_experiment(experiment_id=experiment_id)
+        mlflow.set_experiment(experiment_id=experiment_id)
 
 
 def resolve_generator_sets(

@@ -56,8 +56,11 @@ from thyroaug.contract import (
     BOOTSTRAP_ARTIFACT,
     PREDICTIONS_ARTIFACT,
     STEP_COMPARE,
+    TAG_MISSING_SCENARIOS,
+    TAG_NOT_TESTED,
     TAG_STEP,
     TAG_STUDY_ID,
+    deviation_tag,
 )
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation.report import RunFacts
@@ -499,9 +502,9 @@ def _log_run(
         )
         mlflow.set_tags(
             {
-                "missing_scenarios": ",".join(runs.missing) or "none",
-                "not_tested": ",".join(cmp.not_tested) or "none",
-                **{f"deviation.{k}": v for k, v in deviations.items()},
+                TAG_MISSING_SCENARIOS: ",".join(runs.missing) or "none",
+                TAG_NOT_TESTED: ",".join(cmp.not_tested) or "none",
+                **{deviation_tag(k): v for k, v in deviations.items()},
             }
         )
         mlflow.log_dict({s: r.info.run_id for s, r in runs.chosen.items()}, "compare/runs.json")

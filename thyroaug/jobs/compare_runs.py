@@ -13,7 +13,6 @@ and refuses runs scored on different cases.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +27,16 @@ from thyroaug.contract import (
     STEP_CLASSIFIER,
     STEP_STUDY,
     STEP_SYNTHESIZE,
+    TAG_METHOD,
+    TAG_SCENARIO,
     TAG_STEP,
     TAG_STUDY_ID,
     synthetic_artifact,
     train_step,
 )
 from thyroaug.errors import ThyroaugError, TrackingError
+from thyroaug.tracking.runs import tag_clause
+from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ def _search(client: Any, ids: list[str], query: str) -> list[Any]:
 def _study_params(client: Any, ids: list[str], study_id: str) -> dict[str, str]:
     """The params of the study's latest parent run ({} when there is none)."""
     for run in _search(
-        client, ids, f"tags.{TAG_STUDY_ID} = '{study_id}' and tags.{TAG_STEP} = '{STEP_STUDY}'"
+        client, ids, f"{tag_clause(TAG_STUDY_ID, study_id)} and {tag_clause(TAG_STEP, STEP_STUDY)}"
     ):
         return dict(run.data.params)
     return {}
@@ -128,9 +131,9 @@ def _classifier_runs(
     from thyroaug.scenarios import canonical
 
     wanted = None if seeds is None else {seed_key(s) for s in seeds}
-    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_CLASSIFIER}'"):
+    for run in _search(client, ids, f"{base} and {tag_clause(TAG_STEP, STEP_CLASSIFIER)}"):
         try:
-            scenario = canonical(run.data.tags.get("scenario", ""))
+            scenario = canonical(run.data.tags.get(TAG_SCENARIO, ""))
         except ThyroaugError as exc:
             log.warning("run %s: unusable scenario tag (%s), skipped", run.info.run_id, exc)
             continue
@@ -164,7 +167,7 @@ def find_runs(
     if "'" in study_id or "\\" in study_id:
         raise CompareError(f"study id {study_id!r}: quotes and backslashes are not supported")
     ids = _experiment_ids(client, experiment)
-    base = f"tags.{TAG_STUDY_ID} = '{study_id}' and attributes.status = 'FINISHED'"
+    base = f"{tag_clause(TAG_STUDY_ID, study_id)} and attributes.status = 'FINISHED'"
     out = StudyRuns()
     _classifier_runs(client, ids, base, seeds, out)
     study = _study_params(client, ids, study_id)
@@ -190,12 +193,12 @@ def find_runs(
     order = {s: i for i, s in enumerate(out.expected)}
     out.chosen = dict(sorted(out.chosen.items(), key=lambda kv: order[kv[0]]))
     out.by_seed = {s: out.by_seed[s] for s in out.chosen}
-    for run in _search(client, ids, f"{base} and tags.{TAG_STEP} = '{STEP_SYNTHESIZE}'"):
-        method = run.data.tags.get("method", "")
+    for run in _search(client, ids, f"{base} and {tag_clause(TAG_STEP, STEP_SYNTHESIZE)}"):
+        method = run.data.tags.get(TAG_METHOD, "")
         if method and method not in out.synth:
             out.synth[method] = run
     for step in (train_step("sd"), train_step("fm")):
-        found = _search(client, ids, f"{base} and tags.{TAG_STEP} = '{step}'")
+        found = _search(client, ids, f"{base} and {tag_clause(TAG_STEP, step)}")
         if found:
             out.generators[step] = found[0]
     return out
@@ -207,16 +210,8 @@ def find_runs(
 @contextmanager
 def _quiet_mlflow_downloads() -> Iterator[None]:
     """No per-file "Downloading artifacts" bars from MLflow (restored afterwards)."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
+    with scoped_env({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def download_csvs(

@@ -23,7 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from thyroaug.contract import TAG_EXECUTOR_WORKER
 from thyroaug.tracking.setup import RUN_TAGS_ENV
+from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +63,12 @@ def run_step(argv: list[str], env: dict[str, str]) -> str | None:
     """Run one step in this process with ``env`` set; ``None`` or the step's error message."""
     from thyroaug.jobs.commands import CommandError, run_command
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        run_command(argv)
+        with scoped_env(env):
+            run_command(argv)
         return None
     except CommandError as exc:
         return exc.message
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class SequentialExecutor:
@@ -102,7 +97,7 @@ def _ray_worker_step(argv: list[str], env: dict[str, str], threads: int) -> str 
     )
     torch.set_num_threads(max(1, threads))
     tags = json.loads(env.get(RUN_TAGS_ENV, "{}"))
-    tags["executor.worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    tags[TAG_EXECUTOR_WORKER] = f"{socket.gethostname()}:{os.getpid()}"
     return run_step(argv, {**env, RUN_TAGS_ENV: json.dumps(tags)})
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thyroaug.config import PROFILE_NAMES, resolve
+from thyroaug.contract import STEP_PREPARE, TAG_STEP
 from thyroaug.data.manifest import load_registry, parse_class_map
 from thyroaug.data.prepare import (
     PrepareConfig,
@@ -252,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         from thyroaug.tracking.setup import configure_tracking, start_run
 
         configure_tracking()
-        with start_run(run_name="prepare_data", tags={"step": "prepare_data"}) as active:
+        with start_run(run_name="prepare_data", tags={TAG_STEP: STEP_PREPARE}) as active:
             files = [str(s) for s in inputs if isinstance(s, str | Path)]
             log_cohort(outcome, cfg, sources=[*files, *args.registry])
             if not args.manifest and not args.registry:

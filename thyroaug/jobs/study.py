@@ -46,17 +46,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thyroaug.contract import CHAMPION, DEFAULT_COHORT_DIR, EXPERIMENT, synthetic_artifact
+from thyroaug.contract import (
+    CHAMPION,
+    DEFAULT_COHORT_DIR,
+    EXPERIMENT,
+    STEP_COMPARE,
+    STEP_PREPARE,
+    STEP_STUDY,
+    TAG_COHORT_HASH,
+    TAG_CONFIG_HASH,
+    TAG_MLFLOW_NOTE,
+    TAG_PROFILE,
+    TAG_SEEDS,
+    TAG_STEP,
+    TAG_STUDY_ID,
+    TAG_STUDY_STEP,
+    synthetic_artifact,
+)
 from thyroaug.errors import ConfigError, ThyroaugError
 from thyroaug.generators import registry
 from thyroaug.jobs.common import PHANTOM_SCALE
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
+from thyroaug.tracking.runs import tag_clause
 from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_home, resolve_uris
+from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
-
-PER_CLASS = {"paper": 1000, "quick": 80, "smoke": 8}
-
 
 def parse_scenarios(text: str) -> list[str]:
     """``all`` (= ``default``: the paper's 18) / a comma-separated list -> canonical names."""
@@ -149,8 +164,8 @@ class Study:
         """The latest FINISHED run of this step with this config hash, or None."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            f"tags.study_id = '{self.study_id}' and tags.study_step = '{key}' and "
-            f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+            f"{tag_clause(TAG_STUDY_ID, self.study_id)} and {tag_clause(TAG_STUDY_STEP, key)} "
+            f"and {tag_clause(TAG_CONFIG_HASH, config_hash)} and attributes.status = 'FINISHED'",
             max_results=1,
             order_by=["attributes.end_time DESC"],
         )
@@ -161,7 +176,7 @@ class Study:
     ) -> Planned:
         """A step with its hash; ``found`` is set when an identical finished run exists."""
         config_hash = _hash({"argv": argv, "depends": depends or [], "profile": self.profile})
-        tags = {"study_id": self.study_id, "study_step": key, "config_hash": config_hash}
+        tags = {TAG_STUDY_ID: self.study_id, TAG_STUDY_STEP: key, TAG_CONFIG_HASH: config_hash}
         env = {**self.env, RUN_TAGS_ENV: json.dumps(tags)}
         gpus = {"train": 1.0, "synthesize": 1.0, "classifier": 0.25}.get(kind, 0.0)
         # a killed classifier step continues from its checkpoint (outside the hash, so that
@@ -227,6 +242,14 @@ class StudyPlan:
     seeds: list[int] = field(default_factory=list)  # training seeds, base seed first
 
     @property
+    def per_class(self) -> int:
+        """Synthetic images per class and method: what the profile's classifier takes."""
+        from thyroaug.classifier.config import ClassifierConfig
+        from thyroaug.config import resolve
+
+        return resolve(ClassifierConfig, self.profile).per_class_synthetic
+
+    @property
     def training_seeds(self) -> list[int]:
         return self.seeds or [self.seed]
 
@@ -269,8 +292,8 @@ def _prepare(st: Study, plan: StudyPlan, out: Path, scale: float, manifest: str 
     # A manifest's bytes enter the hash so that an edited manifest is prepared again; the
     # cohort's content hash (logged by prepare) is what downstream steps depend on.
     manifest_hash = _hash(Path(manifest).read_bytes().hex()) if manifest else ""
-    ((run, _),) = st.execute([st.plan("prepare_data", argv, [manifest_hash])]).values()
-    return run.data.tags.get("cohort.content_hash") or run.info.run_id
+    ((run, _),) = st.execute([st.plan(STEP_PREPARE, argv, [manifest_hash])]).values()
+    return run.data.tags.get(TAG_COHORT_HASH) or run.info.run_id
 
 
 def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, str]:
@@ -298,7 +321,7 @@ def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, s
         model_uri = _registered_uri(st.client, fam.registered_name, gen_run.info.run_id)
         for method in (m for m in fam.methods if m in methods):
             argv = ["synthesize", "--generator", model_uri, *fam.mode_args(method)]
-            argv += ["--per-class", str(PER_CLASS[plan.profile]), "--cohort", str(plan.cohort_dir)]
+            argv += ["--per-class", str(plan.per_class), "--cohort", str(plan.cohort_dir)]
             argv += ["--seed", str(plan.seed), *plan.feature_args]
             synth.append(st.plan(f"synthesize_{method}", argv, [gen_hash], kind="synthesize"))
     for key, (run, config_hash) in st.execute(synth).items():
@@ -335,7 +358,7 @@ def _open_parent(
     seed) and ``seeds`` (the training seeds; a resume with another list sets tag ``seeds``)."""
     parents = st.client.search_runs(
         [st.experiment_id],
-        f"tags.study_id = '{st.study_id}' and tags.step = 'study'",
+        f"{tag_clause(TAG_STUDY_ID, st.study_id)} and {tag_clause(TAG_STEP, STEP_STUDY)}",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -347,20 +370,20 @@ def _open_parent(
         if logged is None:  # a parent from before --seeds
             st.client.log_param(st.parent_id, "seeds", text)
         elif logged != text:  # params are immutable: the tag says what this resume trains
-            st.client.set_tag(st.parent_id, "seeds", text)
+            st.client.set_tag(st.parent_id, TAG_SEEDS, text)
         echo(f"resuming study {st.study_id} (parent run {st.parent_id}, seeds {text})")
         return
     parent = st.client.create_run(
         st.experiment_id,
         run_name=f"study-{st.study_id}",
-        tags={"step": "study", "study_id": st.study_id, "profile": st.profile},
+        tags={TAG_STEP: STEP_STUDY, TAG_STUDY_ID: st.study_id, TAG_PROFILE: st.profile},
     )
     st.parent_id = parent.info.run_id
     st.client.log_param(st.parent_id, "profile", st.profile)
     st.client.log_param(st.parent_id, "scenarios", ",".join(names))
     st.client.log_param(st.parent_id, "seed", seeds[0])
     st.client.log_param(st.parent_id, "seeds", text)
-    st.client.set_tag(st.parent_id, "seeds", text)
+    st.client.set_tag(st.parent_id, TAG_SEEDS, text)
     st.client.log_param(st.parent_id, "executor", st.executor.name)
 
 
@@ -421,7 +444,7 @@ def run_study(
         status = "FINISHED"
         st.client.set_tag(
             st.parent_id,
-            "mlflow.note.content",
+            TAG_MLFLOW_NOTE,
             f"Study {study_id} ({profile} profile, executor {runner.name}): {len(names)} "
             f"scenario(s) x {len(seed_list)} training seed(s) on the cohort in {plan.cohort_dir}; "
             f"finished in {(time.monotonic() - t0) / 60:.1f} min. The comparison (paired tests, "
@@ -452,17 +475,9 @@ def _compare(
     """The compare step, in this process, as a child run of the study (its training seeds)."""
     from thyroaug.jobs.compare import compare_study
 
-    saved = {k: os.environ.get(k) for k in (RUN_TAGS_ENV, "MLFLOW_PARENT_RUN_ID")}
-    os.environ[RUN_TAGS_ENV] = json.dumps({"study_step": "compare"})
-    os.environ["MLFLOW_PARENT_RUN_ID"] = parent_id
-    try:
+    tags = json.dumps({TAG_STUDY_STEP: STEP_COMPARE})
+    with scoped_env({RUN_TAGS_ENV: tags, "MLFLOW_PARENT_RUN_ID": parent_id}):
         return compare_study(study_id, experiment, expected=names, seeds=seeds)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _dispatch_kubernetes(scenario: str, plan: StudyPlan, seed: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
+from thyroaug.contract import deviation_tag
 from thyroaug.errors import ConfigError
 
 NEEDS: dict[str, tuple[str, str]] = {
@@ -88,4 +89,4 @@ def tag(subs: dict[str, str]) -> None:
     import mlflow
 
     if subs:
-        mlflow.set_tags({f"deviation.{k}": v for k, v in subs.items()})
+        mlflow.set_tags({deviation_tag(k): v for k, v in subs.items()})

@@ -24,6 +24,8 @@ from pathlib import Path
 from thyroaug.contract import (
     STEP_SYNTHESIZE,
     TAG_COHORT_HASH,
+    TAG_GENERATOR_NAME,
+    TAG_GENERATOR_VERSION,
     TAG_METHOD,
     TAG_STEP,
     synthetic_artifact,
@@ -146,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         mlflow.set_tags(
             {
                 TAG_COHORT_HASH: sset.info["cohort_hash"],
-                "generator.name": name if handle.uri.startswith("models:/") else "",
-                "generator.version": handle.version,
+                TAG_GENERATOR_NAME: name if handle.uri.startswith("models:/") else "",
+                TAG_GENERATOR_VERSION: handle.version,
             }
         )
         with tempfile.TemporaryDirectory(prefix="thyroaug-synth-") as tmp:

@@ -38,7 +38,20 @@ from thyroaug.classifier.evaluate import evaluate_and_report, write_csv
 from thyroaug.classifier.resume import RunCheckpoint
 from thyroaug.classifier.train import EpochCallback, FitResult, cpu_name, fit, torch_threads
 from thyroaug.config import resolve, to_dict
-from thyroaug.contract import DEFAULT_COHORT_DIR, STEP_CLASSIFIER, TAG_STEP
+from thyroaug.contract import (
+    DEFAULT_COHORT_DIR,
+    STEP_CLASSIFIER,
+    TAG_CLASSIFIER_COHORT_HASH,
+    TAG_COHORT_HASH,
+    TAG_PARAMS_FROM,
+    TAG_PRETRAINED,
+    TAG_PROFILE,
+    TAG_RESUMED_AFTER_EPOCH,
+    TAG_SCENARIO,
+    TAG_STEP,
+    TAG_STUDY_ID,
+    deviation_tag,
+)
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
 from thyroaug.jobs import substitutes
@@ -175,12 +188,12 @@ def run(args: argparse.Namespace) -> int:
         from thyroaug.tracking.runs import load_best_params
 
         overrides.update(load_best_params(args.params_from))
-        tags["params_from"] = args.params_from
+        tags[TAG_PARAMS_FROM] = args.params_from
     overrides.update(explicit)
     cfg = resolve(ClassifierConfig, args.profile, **overrides)
     needs = ["classifier_init"] if cfg.init == "imagenet" else []
     subs = substitutes.check(cfg.profile, needs, args.allow_substitutes)
-    tags.update({f"deviation.{k}": v for k, v in subs.items()})
+    tags.update({deviation_tag(k): v for k, v in subs.items()})
     cohort = PreparedCohort.load(cohort_file)
     missing = [m for m in scenario.generator_methods if m not in synthetic]
     if missing:
@@ -390,11 +403,12 @@ def _tracked(
 
     sc, cfg = job.data.scenario, job.cfg
     run_tags = {
-        "scenario": sc.name,
-        "profile": cfg.profile,
-        "study_id": study_id,
+        TAG_SCENARIO: sc.name,
+        TAG_PROFILE: cfg.profile,
+        TAG_STUDY_ID: study_id,
         TAG_STEP: STEP_CLASSIFIER,
-        "cohort_hash": job.cohort.content_hash,
+        TAG_CLASSIFIER_COHORT_HASH: job.cohort.content_hash,
+        TAG_COHORT_HASH: job.cohort.content_hash,
         **dict(tags or {}),
     }
     nested = mlflow.active_run() is not None
@@ -404,7 +418,7 @@ def _tracked(
             mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
             state = job.ckpt.train_state if job.ckpt is not None else None
             if state is not None:
-                mlflow.set_tag("thyroaug.resumed_after_epoch", state["epoch"])
+                mlflow.set_tag(TAG_RESUMED_AFTER_EPOCH, state["epoch"])
             log_cohort_input(job.cohort, cohort_source or project_home() / DEFAULT_COHORT_DIR)
             for method, item in job.data.synthetic.items():
                 log_synthetic_input(item.data, item.ref, method, item.sha256, item.local_path)
@@ -575,7 +589,7 @@ def _log_results(
     if epoch_log is not None:
         epoch_log.flush()
     log_params_safely({"pretrained": result.pretrained, "device": result.device})
-    mlflow.set_tag("pretrained", str(result.pretrained).lower())
+    mlflow.set_tag(TAG_PRETRAINED, str(result.pretrained).lower())
     mlflow.log_metrics(metrics)
     for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
         if (out / sub).exists():

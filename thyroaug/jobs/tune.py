@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from thyroaug.contract import STEP_TUNE, STEP_TUNE_TRIAL, TAG_SCENARIO, TAG_STEP, TAG_TRIAL
 from thyroaug.jobs.common import add_cohort, add_profile, cohort_path
 from thyroaug.tracking.runs import BEST_PARAMS_ARTIFACT
 
@@ -107,7 +108,7 @@ def tune(
         pruner=pruner,
     )
     with start_run(
-        run_name=f"tune-{scenario}", tags={"step": "tune", "scenario": scenario}
+        run_name=f"tune-{scenario}", tags={TAG_STEP: STEP_TUNE, TAG_SCENARIO: scenario}
     ) as parent:
         mlflow.log_params(
             {
@@ -136,7 +137,7 @@ def tune(
                 log_model=False,
                 run_name=f"trial-{trial.number}",
                 progress=False,
-                tags={"step": "tune_trial", "trial": str(trial.number)},
+                tags={TAG_STEP: STEP_TUNE_TRIAL, TAG_TRIAL: str(trial.number)},
                 on_epoch=report,
             )
             return float(out["best_val_loss"])

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from thyroaug.contract import TAG_MLFLOW_NOTE
+
 BEST_PARAMS_ARTIFACT = "tune/best_params.json"
 """Where `thyroaug tune` logs the best hyperparameters (read by ``--params-from``)."""
 
@@ -22,6 +24,18 @@ def load_best_params(source: str) -> dict[str, Any]:
         )
     data = json.loads(path.read_text())
     return dict(data.get("params", data))
+
+
+def tag_clause(name: str, value: str) -> str:
+    """``tags.<name> = '<value>'`` for an MLflow search filter (dotted names in backticks).
+
+    Raises:
+        ValueError: the value holds a quote or backslash (MLflow's filter has no escape for them).
+    """
+    if "'" in value or "\\" in value:
+        raise ValueError(f"tag value {value!r}: quotes and backslashes cannot be searched for")
+    key = f"`{name}`" if "." in name else name
+    return f"tags.{key} = '{value}'"
 
 
 def log_params_safely(params: Mapping[str, Any]) -> None:
@@ -51,7 +65,7 @@ def describe_run(text: str) -> None:
     """The run's description in the MLflow UI (``mlflow.note.content``): what it did, headlines."""
     import mlflow
 
-    mlflow.set_tag("mlflow.note.content", text.strip())
+    mlflow.set_tag(TAG_MLFLOW_NOTE, text.strip())
 
 
 def log_cohort_input(cohort: Any, source: str | Path, context: str = "training") -> None:

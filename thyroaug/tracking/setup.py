@@ -22,11 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from thyroaug.contract import (
+    EXPERIMENT,
+    TAG_ENDED_BY,
+    TAG_HOST,
+    TAG_MLFLOW_PARENT_RUN,
+    TAG_MLFLOW_RUN_NAME,
+    TAG_PID,
+)
 from thyroaug.errors import TrackingError
+from thyroaug.tracking.runs import tag_clause
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "thyroaug"
 RUN_TAGS_ENV = "THYROAUG_RUN_TAGS"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "mlruns_config"
 
@@ -91,7 +99,7 @@ def configure_tracking(profile: str | None = None, experiment: str | None = None
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
     if os.environ.get("MLFLOW_RUN_ID"):
         chosen = os.environ.get("THYROAUG_TRACKING")
         if chosen and chosen != "local" and os.environ.get("THYROAUG_TRACKING_URI", uri) != uri:
@@ -136,16 +144,16 @@ def sweep_stale_runs() -> list[str]:
         ids = [e.experiment_id for e in client.search_experiments()]
         runs = client.search_runs(
             ids,
-            f"attributes.status = 'RUNNING' and tags.`thyroaug.host` = '{socket.gethostname()}'",
+            f"attributes.status = 'RUNNING' and {tag_clause(TAG_HOST, socket.gethostname())}",
             max_results=200,
         )
     except Exception:  # the sweep is housekeeping: never block a run on it
         return []
     ended = []
     for run in runs:
-        pid = run.data.tags.get("thyroaug.pid", "")
+        pid = run.data.tags.get(TAG_PID, "")
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            client.set_tag(run.info.run_id, "thyroaug.ended_by", "stale-run sweep (process gone)")
+            client.set_tag(run.info.run_id, TAG_ENDED_BY, "stale-run sweep (process gone)")
             client.set_terminated(run.info.run_id, status="KILLED")
             ended.append(run.info.run_id)
     if ended:
@@ -198,11 +206,11 @@ def start_run(
         all_tags.update(json.loads(extra))
     parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
     if parent and not nested and mlflow.active_run() is None:
-        all_tags.setdefault("mlflow.parentRunId", parent)
+        all_tags.setdefault(TAG_MLFLOW_PARENT_RUN, parent)
     run_id = os.environ.get("MLFLOW_RUN_ID") if mlflow.active_run() is None else None
     run_id = run_id or resume_run_id
     sweep_stale_runs()
-    all_tags.update({"thyroaug.host": socket.gethostname(), "thyroaug.pid": str(os.getpid())})
+    all_tags.update({TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())})
     with (
         _signals_end_the_run(),
         mlflow.start_run(
@@ -215,7 +223,7 @@ def start_run(
     ):
         if run_id:  # `mlflow run` made the run: give it the name and tags a CLI run gets
             if run_name:
-                mlflow.set_tag("mlflow.runName", run_name)
+                mlflow.set_tag(TAG_MLFLOW_RUN_NAME, run_name)
             if all_tags:
                 mlflow.set_tags(all_tags)
         yield run
