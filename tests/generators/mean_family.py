@@ -3,7 +3,7 @@
 "Training" computes each class's mean training image; sampling returns that mean plus seeded
 Gaussian noise. It is deliberately trivial - what it exercises is the path a real third generator
 takes: a training command (``add_arguments`` / ``run``) that logs and registers a pyfunc built on
-``generators.serving.GeneratorModel``, a ``Generator`` the synthesize job samples, and one
+``generators.pyfunc_base.GeneratorModel``, a ``Generator`` the synthesize job samples, and one
 ``register_family`` call. Nothing else in the package knows it exists.
 """
 
@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from thyroaug.contract import CLASSES, TAG_STEP
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.generators.base import GeneratedBatch, Generator, label_index
+from thyroaug.generators.pyfunc_base import GeneratorModel, log_generator
 from thyroaug.generators.registry import GeneratorFamily
-from thyroaug.generators.serving import GeneratorModel, log_generator
 from thyroaug.jobs.common import add_cohort, add_experiment, add_profile, cohort_path
 from thyroaug.tracking.setup import configure_tracking, start_run
 

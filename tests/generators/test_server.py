@@ -1,5 +1,5 @@
 """`thyroaug serve`: body-size, content-type, concurrency and error-body limits around MLflow's
-scoring app (``thyroaug.generators.server``), in-process through Starlette's ``TestClient`` with
+scoring app (``thyroaug.generators.http_guard``), in-process through Starlette's ``TestClient`` with
 the smoke FM generator registered once per module; the slow test starts the real command."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from test_fm_pyfunc import (  # noqa: F401  (fixtures)
 )
 
 from thyroaug.generators.flow_matching.pyfunc import FM_REGISTERED_NAME
-from thyroaug.generators.server import (
+from thyroaug.generators.http_guard import (
     INTERNAL_MESSAGE,
     MB,
     GuardMiddleware,

@@ -15,15 +15,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from thyroaug.contract import CLASSES
-from thyroaug.generators.base import GeneratedBatch, Generator, label_index
-from thyroaug.generators.flow_matching.pyfunc import fm_card
-from thyroaug.generators.serving import (
+from thyroaug.generators.base import (
     INTENDED_USE,
-    TYPE_HINT_WARNING,
-    GeneratorModel,
-    log_generator,
+    GeneratedBatch,
+    Generator,
+    label_index,
     model_card,
 )
+from thyroaug.generators.flow_matching.pyfunc import fm_card
+from thyroaug.generators.pyfunc_base import TYPE_HINT_WARNING, GeneratorModel, log_generator
 from thyroaug.generators.stable_diffusion.pyfunc import sd_card
 
 HASH = "0123456789abcdef0123456789abcdef"

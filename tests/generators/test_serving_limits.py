@@ -29,14 +29,8 @@ from test_fm_pyfunc import _free_port, generator_folder, mask_bank  # noqa: F401
 
 from thyroaug.generators.base import GeneratedBatch, Generator, label_index
 from thyroaug.generators.flow_matching.pyfunc import FMGeneratorModel
-from thyroaug.generators.serving import (
-    DEFAULT_MAX_WORK,
-    MAX_SEED,
-    GeneratorModel,
-    _as_int,
-    _invalid,
-    log_generator,
-)
+from thyroaug.generators.pyfunc_base import DEFAULT_MAX_WORK, GeneratorModel, log_generator
+from thyroaug.generators.request_rows import MAX_SEED, as_int, invalid
 
 
 class CountingGenerator:
@@ -68,7 +62,7 @@ class StepsModel(GeneratorModel):
 
     def sample_kwargs(self, params):
         steps = params.get("steps")
-        return {} if steps is None else {"steps": _as_int(steps, "steps", 0, 1)}
+        return {} if steps is None else {"steps": as_int(steps, "steps", 0, 1)}
 
 
 class OwnPredictModel(StepsModel):
@@ -188,7 +182,7 @@ def test_numpy_scalars_and_columns_are_read_as_rows() -> None:
 
 
 def test_invalid_helper_is_a_400() -> None:
-    assert _invalid("x").error_code == "INVALID_PARAMETER_VALUE"
+    assert invalid("x").error_code == "INVALID_PARAMETER_VALUE"
 
 
 def test_unexpected_errors_answer_without_trace_or_paths() -> None:

@@ -3,7 +3,7 @@
 A generator is anything with the small ``Generator`` protocol below: ``sample(labels, seeds,
 masks=None, **kw)`` returns images in the cohort's [0, 1] intensity range plus per-image provenance
 columns. Registered generators are MLflow pyfunc models whose python model (see
-``thyroaug.generators.serving.GeneratorModel``) holds such an object after loading, so
+``thyroaug.generators.pyfunc_base.GeneratorModel``) holds such an object after loading, so
 ``open_generator("models:/thyroaug-fm@champion")`` works for any flavour without a registry of
 loaders: the logged python model class is the dispatch.
 
@@ -13,7 +13,7 @@ the j-th image of class c from the run seed s as ``SeedSequence([s, c, j])`` (fi
 records it in the manifest, so any single image can be regenerated from its manifest row.
 
 ``model_card`` (with ``INTENDED_USE`` / ``MUST_NOT``) writes the registry description every family
-registers its generator with (``serving.log_generator`` sets it; ``serving`` re-exports them).
+registers its generator with (``pyfunc_base.log_generator`` sets it).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def synthesize(
 
 
 # ----------------------------------------------------------------------------------------------
-# Model cards (registry descriptions; ``serving.log_generator`` writes them)
+# Model cards (registry descriptions; ``pyfunc_base.log_generator`` writes them)
 # ----------------------------------------------------------------------------------------------
 INTENDED_USE = (
     "research data augmentation for thyroid scintigraphy classifiers; synthetic images are not "

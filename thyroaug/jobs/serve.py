@@ -6,7 +6,7 @@ Example:
 
 MLflow's own scoring app (/ping, /health, /invocations) for the model, loaded with
 ``mlflow.pyfunc.load_model`` from the project's tracking store, behind
-``thyroaug.generators.server.GuardMiddleware``: bodies over ``--max-body-mb`` get 413, a body
+``thyroaug.generators.http_guard.GuardMiddleware``: bodies over ``--max-body-mb`` get 413, a body
 that is not ``application/json`` gets 415, at most ``--max-concurrent`` predictions run (others
 wait ``--queue-timeout`` s, then 503 with Retry-After), every error body is a short JSON
 ``{"error_code", "message"}`` without stack trace, paths, versions or echoed input, and /version
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and serve it until interrupted."""
     import mlflow
 
-    from thyroaug.generators.server import MB, Limits, serve
+    from thyroaug.generators.http_guard import MB, Limits, serve
     from thyroaug.tracking.setup import resolve_uris
 
     if not 0 <= args.port <= 65535:

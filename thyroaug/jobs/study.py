@@ -73,6 +73,7 @@ from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
 
+
 def parse_scenarios(text: str) -> list[str]:
     """``all`` (= ``default``: the paper's 18) / a comma-separated list -> canonical names."""
     from thyroaug.scenarios import PAPER_SCENARIOS, canonical

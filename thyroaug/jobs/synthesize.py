@@ -3,7 +3,7 @@
 Example:
     thyroaug synthesize --generator models:/thyroaug-fm@champion --per-class 1000 --seed 0
 
-Works for any generator logged through ``thyroaug.generators.serving`` (flow matching, Stable
+Works for any generator logged through ``thyroaug.generators.pyfunc_base`` (flow matching, Stable
 Diffusion with ``--mode SD1..SD4``). The set (``thyroaug.synthetic.SyntheticSet``: images,
 manifest with per-image seed / source case / solver..., ``set.json``, one sample grid per class)
 is logged as run artifacts under ``synthetic/<METHOD>/``; the run is tagged ``step=synthesize``

@@ -1,8 +1,9 @@
 """MLflow pyfunc of the flow-matching generator (registered as ``thyroaug-fm``).
 
-Request rows and the answer are those of ``generators.serving.GeneratorModel``; params ``solver``
-(euler / midpoint / rk4 / dopri5) and ``steps`` (1..1000) choose the ODE integration. The logged
-model is named ``generator-fm``; a registered version carries ``fm_card`` as its description.
+Request rows and the answer are those of ``generators.pyfunc_base.GeneratorModel``; params
+``solver`` (euler / midpoint / rk4 / dopri5) and ``steps`` (1..1000) choose the ODE integration.
+The logged model is named ``generator-fm``; a registered version carries ``fm_card`` as its
+description.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from typing import Any
 
 from thyroaug.contract import registered_name
 from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
-from thyroaug.generators.base import Generator
+from thyroaug.generators.base import Generator, model_card
 from thyroaug.generators.flow_matching.config import SOLVERS
-from thyroaug.generators.serving import (
+from thyroaug.generators.pyfunc_base import (
     GeneratorModel,
     LoggedGenerator,
-    _as_int,
-    _invalid,
     log_generator,
-    model_card,
     pip_requirements,
 )
+from thyroaug.generators.request_rows import as_int, invalid
 
 FM_REGISTERED_NAME = registered_name("fm")
 FM_MODEL_NAME = "generator-fm"
@@ -53,13 +52,13 @@ class FMGeneratorModel(GeneratorModel):
         solver = params.get("solver")
         if solver not in (None, ""):
             if solver not in SOLVERS:
-                raise _invalid(f"params.solver={solver!r}: choose one of {', '.join(SOLVERS)}")
+                raise invalid(f"params.solver={solver!r}: choose one of {', '.join(SOLVERS)}")
             kwargs["solver"] = str(solver)
         steps = params.get("steps")
         if steps not in (None, ""):
-            steps = _as_int(steps, "steps", 0, 1)
+            steps = as_int(steps, "steps", 0, 1)
             if steps > 1000:
-                raise _invalid(f"params.steps={steps}: at most 1000")
+                raise invalid(f"params.steps={steps}: at most 1000")
             kwargs["steps"] = steps
         return kwargs
 

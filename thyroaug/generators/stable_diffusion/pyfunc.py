@@ -41,20 +41,15 @@ import torch
 from thyroaug import CLASSES
 from thyroaug.errors import GeneratorError, PromptError
 from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
-from thyroaug.generators.base import Generator
-from thyroaug.generators.requests import square
-from thyroaug.generators.serving import (
+from thyroaug.generators.base import Generator, model_card
+from thyroaug.generators.pyfunc_base import (
     GeneratorModel,
     LoggedGenerator,
-    Request,
-    _as_int,
-    _invalid,
-    _missing,
     log_generator,
-    model_card,
     pip_requirements,
     request_signature,
 )
+from thyroaug.generators.request_rows import Request, as_int, invalid, is_missing, square
 from thyroaug.generators.stable_diffusion.checkpoint import read_card
 from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, MODES
 from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE, SOURCES_TENSORS
@@ -86,10 +81,10 @@ def _records(model_input: Any) -> list[dict[str, Any]]:
         try:
             return pd.DataFrame(dict(model_input)).to_dict("records")
         except ValueError as exc:
-            raise _invalid(f"cannot read the request as rows: {exc}") from exc
+            raise invalid(f"cannot read the request as rows: {exc}") from exc
     if isinstance(model_input, (list, tuple)) and all(isinstance(r, Mapping) for r in model_input):
         return [dict(r) for r in model_input]
-    raise _invalid(
+    raise invalid(
         "request must be rows with fields label, mode[, prompt, image, mask, count, seed], e.g. "
         '{"inputs": [{"label": "DG", "mode": "SD2", "prompt": "...", "count": 2, "seed": 0}]}'
     )
@@ -126,27 +121,27 @@ class SDGeneratorModel(GeneratorModel):
         kwargs: dict[str, Any] = {}
         unknown = sorted(set(params) - {"steps", "guidance_scale", "strength"})
         if unknown:
-            raise _invalid(f"unknown param(s) {unknown}; allowed: steps, guidance_scale, strength")
+            raise invalid(f"unknown param(s) {unknown}; allowed: steps, guidance_scale, strength")
         steps = params.get("steps")
-        if not _missing(steps) and steps != "":
-            steps = _as_int(steps, "steps", 0, 1)
+        if not is_missing(steps) and steps != "":
+            steps = as_int(steps, "steps", 0, 1)
             if steps > MAX_STEPS:
-                raise _invalid(f"params.steps={steps}: at most {MAX_STEPS}")
+                raise invalid(f"params.steps={steps}: at most {MAX_STEPS}")
             kwargs["steps"] = steps
         for name, low, high, low_open in (
             ("guidance_scale", 0.0, MAX_GUIDANCE, False),
             ("strength", 0.0, 1.0, True),
         ):
             value = params.get(name)
-            if _missing(value) or value == "":
+            if is_missing(value) or value == "":
                 continue
             try:
                 x = float(value)
             except (TypeError, ValueError) as exc:
-                raise _invalid(f"params.{name}={value!r} must be a number") from exc
+                raise invalid(f"params.{name}={value!r} must be a number") from exc
             if not math.isfinite(x) or x > high or x < low or (low_open and x == low):
                 bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-                raise _invalid(f"params.{name}={value!r} must be in {bound}")
+                raise invalid(f"params.{name}={value!r} must be in {bound}")
             kwargs[name] = x
         return kwargs
 
@@ -159,30 +154,30 @@ class SDGeneratorModel(GeneratorModel):
         out = []
         for r, (rec, req) in enumerate(zip(records, base)):
             mode = rec.get("mode")
-            if _missing(mode) or not isinstance(mode, str) or mode.strip().upper() not in MODES:
-                raise _invalid(f"row {r}: mode={mode!r}; choose one of {', '.join(MODES)}")
+            if is_missing(mode) or not isinstance(mode, str) or mode.strip().upper() not in MODES:
+                raise invalid(f"row {r}: mode={mode!r}; choose one of {', '.join(MODES)}")
             mode = mode.strip().upper()
             prompt = rec.get("prompt")
-            prompt = None if _missing(prompt) else prompt
+            prompt = None if is_missing(prompt) else prompt
             if prompt is not None:
                 if not isinstance(prompt, str):
-                    raise _invalid(f"row {r}: prompt must be text, got {type(prompt).__name__}")
+                    raise invalid(f"row {r}: prompt must be text, got {type(prompt).__name__}")
                 if mode == "SD3":
-                    raise _invalid(f"row {r}: SD3 (image -> image) uses the empty prompt; drop it")
+                    raise invalid(f"row {r}: SD3 (image -> image) uses the empty prompt; drop it")
                 try:
                     self.generator.check_prompts([prompt], [f"row {r}"])  # type: ignore[union-attr]
                 except PromptError as exc:
-                    raise _invalid(str(exc)) from exc
+                    raise invalid(str(exc)) from exc
             raw = rec.get("image")
             image = None
             if raw is not None and not (isinstance(raw, float) and math.isnan(raw)):
                 if mode not in ("SD1", "SD3"):
-                    raise _invalid(f"row {r}: image is used by SD1 and SD3 only, not {mode}")
+                    raise invalid(f"row {r}: image is used by SD1 and SD3 only, not {mode}")
                 image = square(raw, "image", r, size)
                 if image.min() < 0 or image.max() > 1:
-                    raise _invalid(f"row {r}: image values must be in [0, 1] (the cohort's range)")
+                    raise invalid(f"row {r}: image values must be in [0, 1] (the cohort's range)")
             if req.mask is not None and mode != "SD4":
-                raise _invalid(f"row {r}: mask is used by SD4 only, not {mode}")
+                raise invalid(f"row {r}: mask is used by SD4 only, not {mode}")
             out.append(SDRequest(base=req, mode=mode, prompt=prompt, image=image))
         return out
 
@@ -201,7 +196,7 @@ class SDGeneratorModel(GeneratorModel):
         for r, req in enumerate(requests):
             own = req.image is not None if req.mode in ("SD1", "SD3") else req.base.mask is not None
             if req.mode != "SD2" and not own:
-                raise _invalid(
+                raise invalid(
                     f"row {r}: params.strength={strength} is below this model's {floor} while the "
                     f"{req.mode} start comes from a training case (a low strength returns that "
                     "case); give your own image / mask, or use strength >= the default"
@@ -241,7 +236,7 @@ class SDGeneratorModel(GeneratorModel):
             try:
                 out = self.generator.sample(labels, seeds, masks, mode=req.mode, **extra, **kwargs)
             except (GeneratorError, PromptError) as exc:
-                raise _invalid(f"row {r}: {exc}") from exc
+                raise invalid(f"row {r}: {exc}") from exc
             images = out.images.float().cpu().numpy()[:, 0].astype(np.float32)
             sources = self.public_sources(out.columns.get("source_id", [""] * n))
             prompts = [

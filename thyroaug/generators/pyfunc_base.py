@@ -59,21 +59,15 @@ from mlflow.exceptions import MlflowException
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
-from thyroaug.generators.base import INTENDED_USE as INTENDED_USE  # cards: re-exported
 from thyroaug.generators.base import MAX_DESCRIPTION, Generator, label_index
-from thyroaug.generators.base import MUST_NOT as MUST_NOT
-from thyroaug.generators.base import model_card as model_card
-from thyroaug.generators.requests import (  # noqa: F401  (families import these from here)
-    MAX_SEED,
-    ROWS_HELP,
+from thyroaug.generators.request_rows import (
     Request,
-    _as_int,
-    _count_seed,
-    _invalid,
-    _mask,
-    _missing,
-    _show,
+    count_and_seed,
+    invalid,
+    is_missing,
+    mask_array,
     request_rows,
+    show,
 )
 
 log = logging.getLogger(__name__)
@@ -238,9 +232,9 @@ class GeneratorModel(_UntypedPythonModel):
             MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) naming what to change.
         """
         rows = request_rows(model_input)
-        total = sum(_count_seed(rec, r)[0] for r, rec in enumerate(rows))
+        total = sum(count_and_seed(rec, r)[0] for r, rec in enumerate(rows))
         if total > self.max_count:
-            raise _invalid(
+            raise invalid(
                 f"the request asks for {total} images; at most {self.max_count} per request "
                 "(split it into several)"
             )
@@ -263,7 +257,7 @@ class GeneratorModel(_UntypedPythonModel):
             if fit >= 1
             else f"lower params.steps to at most {max(1, self.max_work // (size * size))}"
         )
-        raise _invalid(
+        raise invalid(
             f"the request needs {count} image(s) x {steps} steps x {size}x{size} px = {work:,} "
             f"pixel-steps, over this server's budget of {self.max_work:,} per request; {how}"
         )
@@ -290,14 +284,14 @@ class GeneratorModel(_UntypedPythonModel):
                 rows.append((r, j))
         given = [m is not None for m in masks]
         if any(given) and not all(given):
-            raise _invalid("give a mask on every row or on none (mixed requests: split them)")
+            raise invalid("give a mask on every row or on none (mixed requests: split them)")
         mask_tensor = None
         if all(given) and masks:
             mask_tensor = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
         try:
             out = self.generator.sample(labels, seeds, mask_tensor, **kwargs)
         except GeneratorError as exc:
-            raise _invalid(str(exc)) from exc
+            raise invalid(str(exc)) from exc
         images = out.images.float().cpu().numpy()[:, 0]
         source = self.public_sources(out.columns.get("source_id", [""] * len(labels)))
         return pd.DataFrame(
@@ -325,9 +319,9 @@ class GeneratorModel(_UntypedPythonModel):
         for name, row in list(unknown.items())[:10]:
             close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
             hint = f", did you mean {close[0]!r}?" if close else ""
-            parts.append(f"{_show(name)} (row {row}{hint})")
+            parts.append(f"{show(name)} (row {row}{hint})")
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise _invalid(
+        raise invalid(
             f"unknown field(s) {', '.join(parts)}{more}; allowed fields: {', '.join(allowed)}"
         )
 
@@ -335,22 +329,22 @@ class GeneratorModel(_UntypedPythonModel):
         """Validate the request rows; MlflowException (400) naming the row and field if bad."""
         records = request_rows(model_input)
         if not records:
-            raise _invalid("empty request: give at least one row with a label")
+            raise invalid("empty request: give at least one row with a label")
         self.check_fields(records)
         size = int(getattr(self.generator, "image_size", 0))
         requests, total = [], 0
         for r, rec in enumerate(records):
-            if _missing(rec.get("label")):
-                raise _invalid(f"row {r}: label is required (one of {', '.join(CLASSES)})")
+            if is_missing(rec.get("label")):
+                raise invalid(f"row {r}: label is required (one of {', '.join(CLASSES)})")
             try:
                 label = label_index(rec["label"])
             except GeneratorError as exc:
-                raise _invalid(f"row {r}: {exc}") from exc
-            count, seed = _count_seed(rec, r)
-            mask = _mask(rec.get("mask"), r, size)
+                raise invalid(f"row {r}: {exc}") from exc
+            count, seed = count_and_seed(rec, r)
+            mask = mask_array(rec.get("mask"), r, size)
             total += count
             if total > self.max_count:
-                raise _invalid(
+                raise invalid(
                     f"the request asks for {total} or more images; at most {self.max_count} per "
                     "request (split it into several)"
                 )

@@ -1,7 +1,7 @@
 """Reading and checking generator request rows (the parts every family shares).
 
 ``request_rows`` turns what MLflow hands ``predict`` (a DataFrame, rows, one row, columns) into
-plain dicts; ``_count_seed``, ``_as_int`` and ``_mask`` check one field each and raise
+plain dicts; ``count_and_seed``, ``as_int`` and ``_mask`` check one field each and raise
 ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the row and field.
 """
 
@@ -21,11 +21,11 @@ MAX_SEED = 2**63 - 1
 """Largest request seed (and answered seed): the answer's ``seed`` column is int64."""
 
 
-def _invalid(message: str) -> MlflowException:
+def invalid(message: str) -> MlflowException:
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def _show(value: Any, limit: int = 40) -> str:
+def show(value: Any, limit: int = 40) -> str:
     """``repr(value)`` cut to ``limit`` characters (requests may carry megabytes in one field)."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -41,34 +41,34 @@ class Request:
     mask: np.ndarray | None = None
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     return isinstance(value, float) and math.isnan(value)
 
 
-def _as_int(value: Any, name: str, row: int, minimum: int) -> int:
+def as_int(value: Any, name: str, row: int, minimum: int) -> int:
     if isinstance(value, bool):
-        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
+        raise invalid(f"row {row}: {name}={show(value)} must be an integer")
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 40:
         value = int(value.strip())
     if not isinstance(value, (int, np.integer)):
-        raise _invalid(f"row {row}: {name}={_show(value)} must be an integer")
+        raise invalid(f"row {row}: {name}={show(value)} must be an integer")
     if int(value) < minimum or int(value) > MAX_SEED:
-        raise _invalid(
-            f"row {row}: {name}={_show(int(value))} must be an integer from {minimum} to 2**63 - 1"
+        raise invalid(
+            f"row {row}: {name}={show(int(value))} must be an integer from {minimum} to 2**63 - 1"
         )
     return int(value)
 
 
-def _count_seed(rec: Mapping[str, Any], row: int) -> tuple[int, int]:
+def count_and_seed(rec: Mapping[str, Any], row: int) -> tuple[int, int]:
     """A row's validated (count, seed); its last seed ``seed + count - 1`` must fit int64."""
-    count = 1 if _missing(rec.get("count")) else _as_int(rec["count"], "count", row, 1)
-    seed = 0 if _missing(rec.get("seed")) else _as_int(rec["seed"], "seed", row, 0)
+    count = 1 if is_missing(rec.get("count")) else as_int(rec["count"], "count", row, 1)
+    seed = 0 if is_missing(rec.get("seed")) else as_int(rec["seed"], "seed", row, 0)
     if seed + count - 1 > MAX_SEED:
-        raise _invalid(
+        raise invalid(
             f"row {row}: seed={seed} with count={count} would answer seeds past 2**63 - 1 (the "
             f"largest seed); use seed <= {MAX_SEED - count + 1} or split the row"
         )
@@ -103,7 +103,7 @@ def request_rows(model_input: Any) -> list[dict[str, Any]]:
         else:
             lengths = {len(v) for v in values.values() if _is_column(v)}
             if len(lengths) != 1 or not all(_is_column(v) for v in values.values()):
-                raise _invalid(
+                raise invalid(
                     "cannot read the request as rows: give rows, one row, or columns of equal "
                     f"length ({ROWS_HELP})"
                 )
@@ -114,7 +114,7 @@ def request_rows(model_input: Any) -> list[dict[str, Any]]:
     ):
         records = list(model_input)
     else:
-        raise _invalid(ROWS_HELP)
+        raise invalid(ROWS_HELP)
     return [{str(k): _plain(v) for k, v in rec.items()} for rec in records]
 
 
@@ -123,17 +123,17 @@ def square(raw: Any, name: str, row: int, size: int) -> np.ndarray:
     try:
         arr = np.asarray([np.asarray(r, dtype=np.float64) for r in raw], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise _invalid(f"row {row}: {name} is not a numeric S x S array ({exc})") from exc
+        raise invalid(f"row {row}: {name} is not a numeric S x S array ({exc})") from exc
     if arr.shape != (size, size):
-        raise _invalid(
+        raise invalid(
             f"row {row}: {name} has shape {list(arr.shape)}, this generator needs [{size}, {size}]"
         )
     if not np.isfinite(arr).all():
-        raise _invalid(f"row {row}: {name} contains NaN or inf")
+        raise invalid(f"row {row}: {name} contains NaN or inf")
     return arr
 
 
-def _mask(raw: Any, row: int, size: int) -> np.ndarray | None:
+def mask_array(raw: Any, row: int, size: int) -> np.ndarray | None:
     """A row's mask as a finite S x S float array (None if absent); 400 otherwise."""
     if raw is None or (isinstance(raw, float) and math.isnan(raw)):
         return None
