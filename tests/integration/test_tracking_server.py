@@ -1,9 +1,9 @@
 """The `server` tracking profile end to end: PostgreSQL + S3 (moto) + a real `mlflow server`.
 
-``services.server_stack`` is the S3 code path's test stack: PostgreSQL with a generated password,
-and moto's S3 server, a TEST DOUBLE that accepts any credentials and keeps objects in memory. The
-supervised production stack (disk artifacts, basic auth, credentials outside the working tree) is
-tested in ``tests/integration/test_services_security.py``.
+``service_doubles.server_stack`` is the S3 code path's test stack: PostgreSQL with a generated
+password, and moto's S3 server, a TEST DOUBLE that accepts any credentials and keeps objects in
+memory. The supervised production stack (disk artifacts, basic auth, credentials outside the
+working tree) is tested in ``tests/integration/test_services_security.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from service_doubles import server_stack
 
 from thyroaug.tracking import services
 
@@ -23,7 +24,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     if reason:
         pytest.skip(f"PostgreSQL cannot run here: {reason}")
     workdir = tmp_path_factory.mktemp("server-stack")
-    with services.server_stack(workdir) as (url, s3):
+    with server_stack(workdir) as (url, s3):
         yield url, s3, workdir
 
 

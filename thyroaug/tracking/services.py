@@ -1,16 +1,12 @@
 """The `server` tracking profile's services on 127.0.0.1: PostgreSQL and ``mlflow server``.
 
-``python -m thyroaug.tracking.services`` (``main``) supervises them (``mlruns_config/README.md``).
-Secrets are generated into ``credentials.env`` (0600) in a private state dir OUTSIDE the working
-tree (``--state-dir``, ``$THYROAUG_SERVICES_DIR`` or ``$XDG_STATE_HOME/thyroaug/services``, 0700).
-PostgreSQL takes scram-sha-256 passwords on TCP and socket (MLflow's role gets its password via
-``PGPASSWORD``, never argv); artifacts live in ``<state>/artifacts`` (or a real S3/MinIO), proxied
-by ``mlflow server --serve-artifacts`` behind basic auth (user store ``<state>/basic_auth.db``,
-0600; clients set ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``). SIGTERM, SIGHUP
-and Ctrl-C share one shutdown path: ``pg_ctl stop -m fast``, the MLflow server's process group
-(uvicorn, huey consumers) ended, leftover tagged children killed. ``moto_s3`` / ``server_stack``
-are TEST DOUBLES: moto's S3 accepts any credentials and keeps objects in memory; production
-artifacts go to disk or to a real S3/MinIO with real credentials.
+``python -m thyroaug.tracking.services`` (``main``) supervises them (``mlruns_config/README.md``):
+secrets in ``credentials.env`` (0600) in a private state dir outside the working tree; PostgreSQL
+with scram-sha-256 passwords (MLflow's role gets its password via ``PGPASSWORD``, never argv);
+artifacts on disk or a real S3/MinIO, proxied by ``mlflow server --serve-artifacts`` behind basic
+auth (user store ``basic_auth.db``, 0600). SIGTERM, SIGHUP and Ctrl-C share one shutdown path:
+``pg_ctl stop -m fast``, the server's process group (uvicorn, huey consumers) ended, leftover
+tagged children killed. The moto S3 test stack is in ``tests/integration/service_doubles.py``.
 """
 
 from __future__ import annotations
@@ -61,7 +57,14 @@ def port_in_use(port: int, host: str = HOST) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _wait(check: Check, what: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+def wait_until(
+    check: Check, what: str, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll ``check`` until it returns True.
+
+    Raises:
+        TrackingError: ``proc`` exited first, or ``timeout`` seconds passed.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -73,7 +76,8 @@ def _wait(check: Check, what: str, timeout: float, proc: subprocess.Popen | None
     raise TrackingError(f"{what} did not become ready within {timeout:.0f} s")
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
+    """True when ``url`` answers with a status below 500."""
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return resp.status < 500
@@ -81,7 +85,7 @@ def _http_ok(url: str) -> bool:
         return exc.code < 500
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+def stop_session(proc: subprocess.Popen, timeout: float = 15) -> None:
     """End ``proc``'s whole process group (it was started in its own session)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -258,7 +262,7 @@ def _check_hba(pgdata: Path) -> None:
 
 def _ensure_role_and_db(db: PostgresDB, superuser_password: str) -> None:
     """Create (or re-password) MLflow's role and its database, closed to other roles."""
-    import psycopg2
+    import psycopg2  # optional: the dev extra's psycopg2-binary; only the server profile needs it
     from psycopg2 import sql
 
     login = {"user": "postgres", "password": superuser_password, "dbname": "postgres"}
@@ -335,56 +339,6 @@ def postgres(
         _pg_stop(prefix, pgdata)
 
 
-@dataclass
-class S3Endpoint:
-    """An S3-compatible endpoint and the credentials to reach it."""
-
-    url: str
-    bucket: str
-    access_key: str = "thyroaug-test"
-    secret_key: str = "thyroaug-test-secret"
-    region: str = "us-east-1"
-
-    def env(self) -> dict[str, str]:
-        """Environment for a process (the MLflow server) that talks to this endpoint."""
-        names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-        values = (self.access_key, self.secret_key, self.region, self.url)
-        return dict(zip((*names, "MLFLOW_S3_ENDPOINT_URL"), values))
-
-    def client(self):
-        """A boto3 S3 client for this endpoint."""
-        import boto3
-
-        keys = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key}
-        return boto3.client("s3", endpoint_url=self.url, region_name=self.region, **keys)
-
-    def keys(self, prefix: str = "") -> list[str]:
-        """All object keys in the bucket under ``prefix``."""
-        pages = self.client().get_paginator("list_objects_v2")
-        pages = pages.paginate(Bucket=self.bucket, Prefix=prefix)
-        return [o["Key"] for page in pages for o in page.get("Contents", [])]
-
-
-@contextlib.contextmanager
-def moto_s3(port: int | None = None, bucket: str = "thyroaug") -> Iterator[S3Endpoint]:
-    """Run moto's S3 server (TEST DOUBLE: no auth, in memory) and create ``bucket``."""
-    exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not Path(exe).exists():
-        raise TrackingError("moto_server not found (pip install 'moto[server]')")
-    port = port or free_port()
-    out = subprocess.DEVNULL
-    cmd = [exe, "-H", HOST, "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
-    try:
-        url = f"http://{HOST}:{port}"
-        _wait(lambda: _http_ok(url), "moto S3 server", 30, proc)
-        endpoint = S3Endpoint(url=url, bucket=bucket)
-        endpoint.client().create_bucket(Bucket=bucket)
-        yield endpoint
-    finally:
-        _stop(proc)
-
-
 def basic_auth_env(state_dir: Path, creds: Credentials) -> dict[str, str]:
     """Write the auth config (user store ``basic_auth.db``, 0600) in ``state_dir``; its env."""
     state_dir = Path(state_dir).resolve()
@@ -437,32 +391,12 @@ def mlflow_server(
     proc = subprocess.Popen(cmd, env=proc_env, umask=0o077, cwd=cwd, **opts)
     try:
         url, what = f"http://{HOST}:{port}", f"mlflow server (log: {log_file})"
-        _wait(lambda: _http_ok(f"{url}/health"), what, 120, proc)
+        wait_until(lambda: http_ok(f"{url}/health"), what, 120, proc)
         yield url
     finally:
-        _stop(proc)
+        stop_session(proc)
         if log_file:
             out.close()  # type: ignore[union-attr]
-
-
-@contextlib.contextmanager
-def server_stack(
-    workdir: Path, auth: bool = False, credentials: Credentials | None = None
-) -> Iterator[tuple[str, S3Endpoint]]:
-    """TEST stack: PostgreSQL + moto S3 + MLflow server; yields (tracking URL, S3 endpoint)."""
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    creds = credentials or Credentials.generate()
-    with postgres(workdir / "postgres", credentials=creds) as db, moto_s3() as s3:
-        env = {
-            **s3.env(),
-            "PGPASSWORD": db.password,
-            **(basic_auth_env(workdir, creds) if auth else {}),
-        }
-        log_file = workdir / "mlflow-server.log"
-        artifacts = f"s3://{s3.bucket}/artifacts"
-        with mlflow_server(db.uri, artifacts, env=env, auth=auth, log_file=log_file) as url:
-            yield url, s3
 
 
 @dataclass
