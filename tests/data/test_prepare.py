@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from data_helpers import (
 )
 from test_manifest import make_registry
 
+import thyroaug.data.prepare
 from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.manifest import load_registry
@@ -144,10 +144,7 @@ def test_prompts_built_from_reports(cohort_dir: Path, tmp_path: Path, monkeypatc
     fake = types.ModuleType("thyroaug.reports.prompts")
     fake.__file__ = str(cohort_dir / "manifest.csv")  # any file: its bytes version the builder
     fake.report_to_prompt = lambda report: "prompt: " + report.split(".")[0].lower()
-    monkeypatch.setitem(sys.modules, "thyroaug.reports.prompts", fake)
-    import thyroaug.reports
-
-    monkeypatch.setattr(thyroaug.reports, "prompts", fake, raising=False)
+    monkeypatch.setattr(thyroaug.data.prepare, "prompts", fake)
     table = pd.read_csv(cohort_dir / "manifest.csv", keep_default_na=False)
     table.loc[0, ["prompt", "report"]] = ["", "Enlarged gland. Homogeneous uptake."]
     table.loc[1, ["prompt", "report"]] = ["kept as is", "Ignored report."]

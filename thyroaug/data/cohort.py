@@ -1,17 +1,6 @@
 """The prepared cohort: every case as tensors plus a table, saved as one safetensors file.
 
-Layout of ``cohort.safetensors``:
-  tensors  ``images`` float32 [N, 1, S, S] (normalised, see ``thyroaug.data.preprocess``),
-           ``masks`` uint8 [N, 1, S, S] (0/1; all zero when a case has no mask),
-           ``labels`` int64 [N] (index into ``thyroaug.CLASSES``).
-  metadata ``table``: JSON records, one per case, in tensor order, with at least
-           case_id, patient_id, center, label, split (train / val / external), has_mask, prompt,
-           source_image; ``content_hash``: hash of the inputs + preparation settings;
-           ``settings``: JSON of the preparation settings.
-
-Loading 3000 cases of 128x128 takes a few tens of milliseconds (memory-mapped read). A file that is
-truncated, has a damaged header, or lacks a tensor / the table raises ``CohortFileError`` naming
-the file and saying to prepare the cohort again.
+File layout: ``docs/data.md``, "The prepared cohort".
 """
 
 from __future__ import annotations
@@ -24,13 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ThyroaugError
 from thyroaug.utils.atomic import atomic_path
 from thyroaug.utils.resize import resize_images, resize_masks
 
-SPLITS: tuple[str, ...] = ("train", "val", "external")
 COHORT_FILE = "cohort.safetensors"
 TENSORS: tuple[str, ...] = ("images", "masks", "labels")
 
@@ -91,8 +81,7 @@ class PreparedCohort:
         )
 
     def resized(self, size: int) -> PreparedCohort:
-        """The cohort at ``size`` px (``utils.resize``: images bilinear antialiased, masks
-        nearest-exact); the same object when it already has that size."""
+        """The cohort at ``size`` px (``utils.resize``); the same object if it has that size."""
         if self.size == size:
             return self
         return PreparedCohort(
@@ -113,8 +102,6 @@ class PreparedCohort:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file in the same folder, then rename)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.is_dir() or path.suffix != ".safetensors":
             path = path / COHORT_FILE
@@ -172,8 +159,6 @@ class PreparedCohort:
 
 def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Metadata and the three tensors of a cohort file; CohortFileError if it is damaged."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -1,31 +1,7 @@
-"""Read planar scintigraphy images and thyroid masks with SimpleITK.
+"""Read planar scintigraphy images and thyroid masks with SimpleITK (integrity-checked first).
 
-Formats: DICOM single-frame (uncompressed and the compressed transfer syntaxes GDCM decodes: JPEG
-lossless / baseline, JPEG 2000, RLE; 8/16-bit, signed or unsigned), NIfTI (``.nii`` / ``.nii.gz``,
-e.g. ITK-SNAP segmentations), PNG / JPEG / TIFF / BMP (8 or 16 bit), and anything else SimpleITK
-reads (MetaImage, NRRD) without the extra integrity checks below.
-
-Conventions (all documented choices):
-  * Values are returned as stored *after* DICOM Rescale Slope / Intercept: SimpleITK (GDCM) applies
-    them by default (a non-integral slope yields float pixels), so a count image comes back in
-    counts. MONOCHROME1 is not inverted (nuclear-medicine images are MONOCHROME2).
-  * The array is the stored voxel grid, rows x columns (SimpleITK's ``GetArrayFromImage``); no
-    reorientation is applied. ITK-SNAP writes a mask on the voxel grid of the image it was drawn on,
-    so image and mask arrays stay aligned.
-  * Planar only: extra dimensions of size 1 (a single-frame DICOM read as 1 slice, a NIfTI of shape
-    X x Y x 1) are squeezed; a 3-D volume or a multi-frame DICOM raises ``ImageReadError``.
-  * Colour files (RGB / RGBA exports of grey images) become luminance with the ITU-R BT.601 weights
-    0.299 R + 0.587 G + 0.114 B (what PIL's ``convert("L")`` uses; for R = G = B it is exact);
-    alpha is dropped; grey+alpha keeps the grey channel.
-  * Integrity: SimpleITK silently zero-fills truncated JPEG and ``.nii.gz`` files (and turns NaN
-    in NIfTI into 0), so PNG / JPEG / BMP (and TIFF, when Pillow can decode it) are fully decoded
-    with Pillow first, and NIfTI files are checked against the size their header announces and
-    for non-finite floats. GDCM refuses truncated DICOM and libtiff truncated TIFF by themselves.
-  * Images with NaN / inf pixels, all zero, or a single constant value raise ``ImageReadError``.
-
-Masks (``read_mask``) are binarised to uint8 {0, 1}: any value > 0 is thyroid for lossless files
-(label maps with labels 1, 2, ... and {0, 255} masks alike); for lossy JPEG files and colour files,
-whose edges carry compression noise, a pixel is thyroid when it exceeds half the mask's maximum.
+Formats, value conventions, integrity checks and the mask binarisation rule: ``docs/data.md``,
+"Reading images and masks".
 """
 
 from __future__ import annotations
@@ -39,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from PIL import Image
 
 from thyroaug.errors import ImageReadError
 
@@ -60,8 +37,6 @@ def _suffix(path: Path) -> str:
 
 def _check_raster(path: Path, where: str) -> np.ndarray | None:
     """Decode with Pillow (raises on truncation); return Pillow's array for formats ITK lacks."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             im.load()
@@ -191,7 +166,7 @@ def read_image(path: str | Path, case_id: str | None = None) -> np.ndarray:
 
 
 def read_mask(path: str | Path, case_id: str | None = None) -> np.ndarray:
-    """Read a planar mask as uint8 {0, 1} (see the module docstring for the binarisation rule).
+    """Read a planar mask as uint8 {0, 1} (binarisation rule: ``docs/data.md``).
 
     Raises:
         ImageReadError: missing / unreadable / truncated file, not planar, NaN / inf pixels.

@@ -1,42 +1,6 @@
 """Manifest schema, loading (CSV / Parquet / Excel, the authors' registry) and validation.
 
-A manifest has one row per case. Canonical columns (see ``CANONICAL_COLUMNS``):
-
-  ``case_id``       unique id of the image (required)
-  ``patient_id``    groups cases of one patient for splitting (default: the case id, i.e. one
-                    case per patient, with a log line saying so)
-  ``center``        acquiring center, e.g. ``A`` .. ``I`` (required; ``center=`` fills it when a
-                    file has none)
-  ``label``         DG / NG / NL / TI (required). Also accepted, case-insensitively: the full
-                    names of ``thyroaug.CLASS_NAMES`` ("diffuse goiter"...), and numbers when a
-                    ``class_map`` says what they mean (the authors' sheets use class numbers).
-  ``image``         image file under ``root`` (default: the manifest's folder), relative or absolute
-  ``mask``          optional thyroid mask file (same rules); empty = no mask for that case
-  ``report``        optional physician report text (turned into a prompt when ``prompt`` is empty)
-  ``prompt``        optional text prompt for Stable Diffusion
-  ``split``         optional train / val / external ("training", "validation", "valid", "test"
-                    and "ext" are read as those; test = external, as in the paper). Either every
-                    row has one (the manifest's splits are kept and validated; with no val
-                    row, val is carved 9:1 from the train rows) or none does
-                    (``thyroaug.data.splits.assign_splits`` makes them).
-  ``age``, ``sex``, ``manufacturer``, ``model``  optional descriptive columns (sex M / F).
-
-Column names are matched case-insensitively, ignoring spaces, ``_`` and ``-``, and common aliases
-are accepted (``ID``, ``Class``, ``Prompt``, ``Image``, ``Mask``, ``Folder``, ``Class3``, ``site``,
-... see ``ALIASES``). Other columns are ignored (logged).
-
-Validation collects every problem before raising one ``ManifestError`` whose lines each name the
-row (1-based data row, header not counted) and the case. The returned table has the canonical
-columns (strings, ``""`` when absent; ``age`` float) plus ``image_path`` / ``mask_path``: the
-resolved absolute file paths (trusted when a validated table is validated again; in a manifest
-*file* they are mere aliases of image / mask). Also refused: a case id or center starting with
-``= + - @``, tab or CR (a spreadsheet runs it as a formula), and an image / mask path leaving the
-root (absolute elsewhere, ``..``, a symlink out) unless ``allow_outside_root=True``.
-
-Registry layout (the authors' code): an Excel workbook with ``ID`` (or ``Folder``), ``Class`` (or
-``Class3``) and ``Prompt`` columns, and the files ``IMAGES/<ID>.jpg`` and ``MASKS/<ID>.jpg`` next to
-the workbook or next to its folder (the authors keep it in ``Data/``). It has no center or patient
-columns: ``load_registry(..., center="A")`` sets the center of every row, and patient_id = ID.
+Columns, aliases, validation rules and the registry layout: ``docs/data.md``, "Manifest".
 """
 
 from __future__ import annotations
@@ -51,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from thyroaug.contract import CLASS_NAMES, CLASSES
+from thyroaug.data.splits import SPLITS
 from thyroaug.errors import ManifestError
 from thyroaug.utils.csvsafe import needs_escape
 
@@ -73,7 +38,6 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "center", "label", "image")
 PATH_COLUMNS: tuple[str, ...] = ("image_path", "mask_path")
-SPLIT_VALUES: tuple[str, ...] = ("train", "val", "external")
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "case_id": ("caseid", "id", "case", "folder", "imageid", "studyid", "caseno", "casenumber"),
@@ -335,9 +299,7 @@ def _check_row(
     if split:
         canon_split = _SPLIT_ALIASES.get(split.lower())
         if canon_split is None:
-            problems.append(
-                f"{where}: bad split {split!r}; expected one of {', '.join(SPLIT_VALUES)}"
-            )
+            problems.append(f"{where}: bad split {split!r}; expected one of {', '.join(SPLITS)}")
         else:
             out.at[i, "split"] = canon_split
     sex = out.at[i, "sex"]
@@ -405,7 +367,7 @@ def _table_problems(out: pd.DataFrame) -> list[str]:
 def patient_split_conflicts(table: pd.DataFrame) -> list[str]:
     """One message per patient whose cases lie in more than one split (empty splits ignored)."""
     messages: list[str] = []
-    sub = table[table["split"].isin(SPLIT_VALUES)]
+    sub = table[table["split"].isin(SPLITS)]
     for pid, group in sub.groupby("patient_id", sort=True):
         if group["split"].nunique() > 1:
             parts = [f"{c} ({s})" for c, s in zip(group["case_id"], group["split"])]
@@ -438,7 +400,7 @@ def load_manifest(
         allow_outside_root: accept image / mask paths outside ``root`` (default: refused).
 
     Returns:
-        The validated canonical table (see the module docstring).
+        The validated canonical table (see ``validate_manifest``).
 
     Raises:
         ManifestError: listing every problem found.
@@ -498,11 +460,8 @@ def load_registry(
 ) -> pd.DataFrame:
     """Load the authors' registry layout: an Excel sheet + ``IMAGES/<ID>.jpg`` + ``MASKS/<ID>.jpg``.
 
-    Defaults, since the registry has no such columns: every row gets ``center``; patient_id =
-    case id (one case per patient); split empty (assigned by center later). If the workbook does
-    have center / patient / split columns, they are used. ``IMAGES`` / ``MASKS`` are looked for next
-    to the workbook, then next to its folder. Without a ``MASKS`` folder the cases have no masks;
-    with one, every case's mask must exist.
+    Every row gets ``center`` and patient_id = case id unless the workbook has such columns
+    (``docs/data.md``, "The authors' registry").
 
     Args:
         folder_or_xlsx: the workbook, or a folder holding exactly one (directly or in ``Data/``).

@@ -1,14 +1,8 @@
 """Manifest + files on disk -> the prepared cohort cache (``cohort.safetensors``).
 
-``prepare_cohort`` validates the manifest(s), assigns splits, hashes the inputs, and then either
-loads the existing cache (same hash) or reads, resamples and normalises every case and saves the
-cohort atomically. Nothing is written unless every case succeeds; all failing cases are reported
-in one error.
-
-The content hash is the first 32 hex digits (128 bits) of a SHA-256 over the preparation settings,
-every manifest row (canonical columns, paths as written in the manifest) and the bytes of every
-referenced image and mask. 32 digits fit MLflow's dataset digest column (36 characters), so the
-same string serves as cache key, run tag and dataset digest.
+Validate, split, hash the inputs, then reuse the cache of the same content hash or read and
+preprocess every case; nothing is written unless every case succeeds. The content hash:
+``docs/data.md``, "The prepared cohort".
 """
 
 from __future__ import annotations
@@ -26,7 +20,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 import torch
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from thyroaug.config import to_dict
@@ -42,6 +38,7 @@ from thyroaug.data.manifest import (
 from thyroaug.data.preprocess import PreprocessSettings, preprocess_case
 from thyroaug.data.splits import SPLITS, assign_splits, carves_val, parse_centers
 from thyroaug.errors import ImageReadError, PromptError, ThyroaugError
+from thyroaug.reports import prompts
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +109,6 @@ def cached_hash(out: str | Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             return (fh.metadata() or {}).get("content_hash")
     except Exception as exc:  # a damaged cache is rebuilt, not fatal
@@ -176,13 +171,6 @@ def _prompt_builder(table: pd.DataFrame) -> tuple[Any, dict[str, Any] | None]:
     need = (table["prompt"] == "") & (table["report"] != "")
     if not need.any():
         return None, None
-    try:
-        import thyroaug.reports.prompts as prompts
-    except ImportError as exc:
-        raise PromptError(
-            f"{int(need.sum())} case(s) have a report but no prompt, and thyroaug.reports.prompts "
-            f"cannot be imported ({exc}); add prompts to the manifest"
-        ) from exc
     source = Path(prompts.__file__).read_bytes()
     record = {
         "function": "thyroaug.reports.prompts.report_to_prompt",
@@ -215,8 +203,6 @@ def _process_case(task: tuple[str, str, str, dict[str, Any]]) -> tuple[Any, ...]
 
 
 def _settings(cfg: PrepareConfig, class_map: dict[str, str] | None) -> dict[str, Any]:
-    import SimpleITK as sitk
-
     settings: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         **cfg.preprocess().to_dict(),
@@ -286,15 +272,7 @@ def prepare(
     ]
     results = _run_tasks(tasks, int(cfg.workers), progress)
     errors = [msg for res in results for msg in res[3]]
-    prompts = list(table["prompt"])
-    prompt_errors: list[str] = []
-    if builder is not None:
-        for i, report in enumerate(table["report"]):
-            if not prompts[i] and report:
-                try:
-                    prompts[i] = builder(report)
-                except ThyroaugError as exc:
-                    prompt_errors.append(f"case {table['case_id'].iloc[i]}: prompt: {exc}")
+    case_prompts, prompt_errors = _build_prompts(table, builder)
     if errors or prompt_errors:
         problems = [*errors, *prompt_errors]
         error_type = ImageReadError if errors else PromptError
@@ -302,7 +280,44 @@ def prepare(
             f"{len(problems)} problem(s) in {len(tasks)} case(s); nothing was written:\n"
             + "\n".join(f"  - {e}" for e in problems)
         )
-    size = pre.size
+    cohort = _assemble(table, results, case_prompts, pre.size, chash, settings)
+    saved = cohort.save(path)
+    log.info(
+        "prepared %d cases (%s%s) -> %s in %.1f s (hash %s)",
+        len(cohort),
+        ", ".join(f"{s} {len(cohort.indices(s))}" for s in SPLITS),
+        "; val carved from the manifest's train cases" * bool(carved_from_train(cohort)),
+        saved,
+        time.perf_counter() - started,
+        chash,
+    )
+    return PrepareOutcome(cohort=cohort, path=saved, reused=False)
+
+
+def _build_prompts(table: pd.DataFrame, builder: Any) -> tuple[list[str], list[str]]:
+    """Each case's prompt (built from its report where it has none); the build errors."""
+    case_prompts = list(table["prompt"])
+    errors: list[str] = []
+    if builder is None:
+        return case_prompts, errors
+    for i, report in enumerate(table["report"]):
+        if not case_prompts[i] and report:
+            try:
+                case_prompts[i] = builder(report)
+            except ThyroaugError as exc:
+                errors.append(f"case {table['case_id'].iloc[i]}: prompt: {exc}")
+    return case_prompts, errors
+
+
+def _assemble(
+    table: pd.DataFrame,
+    results: list[tuple],
+    case_prompts: list[str],
+    size: int,
+    chash: str,
+    settings: dict[str, Any],
+) -> PreparedCohort:
+    """The cohort from the preprocessed cases (``_process_case`` results, in table order)."""
     images = np.stack([r[0] for r in results])[:, None]
     masks = np.stack(
         [r[1] if r[1] is not None else np.zeros((size, size), np.uint8) for r in results]
@@ -316,7 +331,7 @@ def prepare(
             "label": table["label"],
             "split": table["split"],
             "has_mask": table["mask_path"] != "",
-            "prompt": prompts,
+            "prompt": case_prompts,
             "report": table["report"],
             "age": table["age"],
             "sex": table["sex"],
@@ -329,7 +344,7 @@ def prepare(
             "padded": [r[2]["padded"] for r in results],
         }
     )
-    cohort = PreparedCohort(
+    return PreparedCohort(
         images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)),
         masks=torch.from_numpy(np.ascontiguousarray(masks, dtype=np.uint8)),
         labels=labels,
@@ -337,17 +352,6 @@ def prepare(
         content_hash=chash,
         settings=settings,
     )
-    saved = cohort.save(path)
-    log.info(
-        "prepared %d cases (%s%s) -> %s in %.1f s (hash %s)",
-        len(cohort),
-        ", ".join(f"{s} {len(cohort.indices(s))}" for s in SPLITS),
-        "; val carved from the manifest's train cases" * bool(carved_from_train(cohort)),
-        saved,
-        time.perf_counter() - started,
-        chash,
-    )
-    return PrepareOutcome(cohort=cohort, path=saved, reused=False)
 
 
 def _run_tasks(tasks: list[tuple[Any, ...]], workers: int, progress: bool) -> list[tuple]:
@@ -426,14 +430,11 @@ def prepare_cohort(
 
 def summary_table(cohort: PreparedCohort) -> pd.DataFrame:
     """Cases per center x class, with each center's splits and a total row."""
-    table = cohort.table
-    counts = pd.crosstab(table["center"], table["label"]).reindex(columns=list(CLASSES))
-    counts = counts.fillna(0).astype(int)
-    splits = table.groupby("center")["split"].agg(
+    counts = cohort.counts()
+    splits = cohort.table.groupby("center")["split"].agg(
         lambda s: "+".join(x for x in SPLITS if x in set(s))
     )
     counts.insert(0, "split", splits.reindex(counts.index))
-    counts["total"] = counts[list(CLASSES)].sum(axis=1)
     total = counts[[*CLASSES, "total"]].sum().to_frame().T.assign(split="")
     total.index = ["all"]
     out = pd.concat([counts, total[counts.columns]])
@@ -452,7 +453,7 @@ def split_table(cohort: PreparedCohort) -> pd.DataFrame:
 
 def example_grid(cohort: PreparedCohort, per_class: int = 6, seed: int = 0) -> Any:
     """A matplotlib Figure: one row per class, ``per_class`` random cases with mask outlines."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # ~0.4 s: only for the figure, not for `--help`
 
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(1.6 * per_class, 1.7 * len(CLASSES)), dpi=100)
@@ -493,16 +494,11 @@ def log_cohort(
     config: PrepareConfig,
     sources: Sequence[str] = (),
 ) -> None:
-    """Log a prepared cohort to the active MLflow run.
+    """Log a prepared cohort to the active MLflow run (what is logged: ``docs/data.md``).
 
-    Params: the settings, the content hash, case counts per split, ``val_carved_from_train``
-    (val carved ``val_fraction`` : rest from the train cases a manifest named, with ``seed``;
-    false when the manifest named val cases or had no splits); tags: the content hash and
-    whether the cache was reused; the cohort as an MLflow dataset input (context ``prepared``,
-    digest = content hash; report text left out); counts per center x class as a table and as
-    CSV; an example grid image. Patient ids and report text are never logged as params / tags.
+    Patient ids and report text are never logged as params or tags.
     """
-    import mlflow
+    import mlflow  # ~1.5 s: only when logging, not for `thyroaug prepare --help`
 
     cohort = outcome.cohort
     params: dict[str, Any] = {k: v for k, v in to_dict(config).items() if k not in ("workers",)}

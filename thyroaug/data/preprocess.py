@@ -1,24 +1,7 @@
-"""Bring every case to one square size and one intensity scale.
+"""Bring every case to one square size and one intensity scale: pad, B-spline resample, normalise.
 
-Order per case: check image / mask sizes agree -> make square -> resample -> normalise.
-
-* **Resampling** follows the paper (Sec. 3.1): images with SimpleITK's B-spline interpolator
-  (``sitk.sitkBSpline``, cubic), masks with nearest neighbour. The physical extent of the image is
-  kept (output spacing = input size / target size, pixel centres aligned), so 256 -> 128 averages
-  2 x 2 neighbourhoods' worth of signal. B-spline overshoot below zero is clamped to 0. An image
-  already at the target size is not resampled.
-* **Masks** are binary uint8 {0, 1} before and after (``thyroaug.data.io.read_mask`` binarises
-  {0, 255} masks and label maps); nearest neighbour keeps them binary.
-* **Non-square inputs** are never stretched. ``non_square="pad"`` (default) pads image and mask with
-  zeros, centred, to a square of the longer side (an odd difference puts the extra row / column at
-  the bottom / right); ``non_square="error"`` refuses them.
-* **Normalisation**:
-  ``max`` (default): divide by a robust maximum, the ``percentile`` (99.9th) of the resampled image
-  (the true maximum if that percentile is 0), then clip to [0, 1]. A few hot pixels saturate
-  instead of darkening the whole image.
-  ``counts``: count-preserving; after resampling, the image is scaled so that its total equals
-  the original image's total (negative values counted as 0), values stay in counts (not bounded
-  by 1).
+Resampling follows the paper (Sec. 3.1); the padding and normalisation rules are in
+``docs/data.md``, "Preprocessing".
 """
 
 from __future__ import annotations
@@ -122,13 +105,16 @@ def normalise(
     percentile: float = 99.9,
     total: float | None = None,
 ) -> np.ndarray:
-    """Intensity normalisation (see the module docstring).
+    """Intensity normalisation (``docs/data.md``, "Preprocessing").
 
     Args:
         image: resampled image (non-negative).
-        method: ``max`` or ``counts``.
+        method: ``max`` (robust maximum -> [0, 1]) or ``counts`` (total kept at ``total``).
         percentile: robust-maximum percentile for ``max``.
         total: original total counts for ``counts`` (required there).
+
+    Raises:
+        ConfigError: unknown ``method``, or ``counts`` without ``total``.
     """
     image = image.astype(np.float64)
     if method == "max":

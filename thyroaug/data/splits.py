@@ -1,21 +1,7 @@
 """Train / val / external splits: by center first, then a stratified, patient-grouped 9:1 split.
 
-As in the paper (Sec. 3.2), centers A-F are for training and G-I are the external test set. The
-training centers' cases are split into train and val with ``val_fraction`` (0.1 -> 9:1), stratified
-by class and grouped by patient (all cases of a patient land in the same split), reproducible by
-``seed``.
-
-The val split is chosen greedily: patients are shuffled with the seed, larger patients (more
-cases) first, and a patient joins val when that keeps every class at or under its quota
-round(val_fraction x class count). With one case per patient every class lands exactly on its
-quota, i.e. within 0.5 of the ideal; patients with several cases can leave a class below quota,
-so the contract is "within +-1 of the ideal per class", checked and logged. (scikit-learn's
-``StratifiedGroupKFold`` only offers 1/k fractions and balances folds less tightly.)
-
-If a manifest gives splits in every row, they are kept and only validated - except that a
-manifest naming no val case (clinical exports often name only train and external cases) gets its
-val set carved from its train cases by the same stratified, patient-grouped ``val_fraction`` split
-(``carves_val`` says whether that happens; ``val_fraction=0`` keeps the manifest as it is).
+Centers A-F train, G-I external (paper Sec. 3.2). The greedy val choice, its +-1 per-class
+contract and the carve from a manifest that names no val case: ``docs/data.md``, "Splits".
 """
 
 from __future__ import annotations
@@ -67,7 +53,7 @@ def check_splits(table: pd.DataFrame) -> None:
 def stratified_group_split(
     labels: Sequence[str], groups: Sequence[str], fraction: float, seed: int = 0
 ) -> np.ndarray:
-    """Boolean mask of the rows chosen for the held-out part (see the module docstring).
+    """Boolean mask of the rows chosen for the held-out part (greedy: ``docs/data.md``).
 
     Args:
         labels: class of each row.
