@@ -14,7 +14,7 @@ from thyroaug.errors import ConfigError
 from thyroaug.phantom.reports import draft_report, write_report
 from thyroaug.phantom.styles import CENTER_STYLES, LAYOUTS
 from thyroaug.reports.findings import FIELD_VALUES, Findings
-from thyroaug.reports.prompts import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
+from thyroaug.reports.rules import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
 
 FIELDS = [f.name for f in fields(Findings)]
 

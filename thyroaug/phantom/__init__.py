@@ -1,12 +1,7 @@
-"""Phantom cohort: a simulator of anterior 99mTc-pertechnetate thyroid scintigraphy for the
-paper's nine centers (private data stand-in).
+"""Phantom cohort: a simulator of anterior 99mTc-pertechnetate thyroid scintigraphy for the paper's
+nine centers (private data stand-in). Design and data flow: ``docs/phantom.md``.
 
-``simulate_cohort(out_dir, scale, seed)`` writes clinical-format images (DICOM / PNG / JPEG),
-masks (NIfTI / PNG), free-text reports and a manifest that ``thyroaug prepare`` ingests.
-
-Data flow (each module imports only those before it): ``scanners`` / ``anatomy`` -> ``cases`` ->
-``planning`` -> ``scene`` -> ``imaging`` / ``describe`` -> ``styles`` / ``phrases`` -> ``reports``
--> ``writer`` -> ``simulate``. This package file only re-exports.
+This package file only re-exports.
 """
 
 from thyroaug.phantom.planning import plan_cohort, planned_counts

@@ -1,12 +1,8 @@
-"""Anatomy of the anterior neck for the phantom: thyroid lobes, isthmus, pyramidal lobe, nodules,
-salivary glands, neck background and point-source markers, and their rendering.
+"""Anatomy of the anterior neck for the phantom (gland, salivary glands, neck, markers) and its
+rendering as projected activity on a pixel grid.
 
-Geometry lives in millimetres in a patient frame centred on the gland: x to the image right
-(the patient's LEFT on an anterior view), y downwards (caudal). Every structure is a (tapered)
-ellipsoid or sphere whose *projected thickness* along the anterior view is computed in closed form
-on a pixel grid, so a scene renders in a few vectorised numpy operations. Activity units: the neck
-background projects to 1 at the midline (``Neck.level``); a lobe of concentration ``c`` (per mm of
-thickness) projects ``c * thickness``.
+Millimetres in a patient frame centred on the gland, x to the image right, y caudal; units and
+geometry: ``docs/phantom.md``, "Anatomy and rendering".
 """
 
 from __future__ import annotations

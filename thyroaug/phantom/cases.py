@@ -1,10 +1,4 @@
-"""The records a simulated case is made of, and the random streams that make it.
-
-Owns ``CasePlan`` (who was scanned where), ``Traits`` (a scene's scalar summary), ``Acquisition``
-(one acquired image) and ``SimulatedCase`` (all of it plus findings and report), so that the
-sampling, imaging, simulating and writing modules can share them without importing each other.
-``case_rng`` gives the generator keyed by (seed, center, case number, purpose).
-"""
+"""The records a simulated case is made of, and ``case_rng``, the random stream of each step."""
 
 from __future__ import annotations
 

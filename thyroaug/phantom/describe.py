@@ -1,8 +1,5 @@
-"""Describing a scene: the structured findings a physician would state for it.
-
-Owns the thresholds that turn a sampled scene's geometry and ``Traits`` into ``Findings`` words
-(gland size, uptake level, distribution, nodule count / kind / side, background, salivary glands,
-pyramidal lobe), so the report always agrees with what was rendered.
+"""Describing a scene: the structured ``Findings`` a physician would state for it (fixed thresholds,
+so the report agrees with what was rendered).
 """
 
 from __future__ import annotations

@@ -1,9 +1,4 @@
-"""Image formation: a scene acquired on one center's gamma camera.
-
-Owns the scanner physics of a single scan: framing (zoom, offset, rotation), the collimator's
-PSF plus scatter, the count level, Poisson noise, the pinhole's circular field, and the
-physician's contour mask (``acquire``). The camera settings come from ``scanners.CenterProfile``.
-"""
+"""Image formation: a scene acquired on one center's gamma camera (``acquire``)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
 """The phrasebook of the phantom's report writer: every sentence, synonym and surface form.
 
-Owns the synonym banks per finding and register (prose sentences, adjectives, terse lines, list
-values), the diagnosis wordings, hedges, history / technique / recommendation lines, the British
-spellings, and two small text helpers. ``reports`` picks from these with the case's generator, so
-editing a bank (or its order) changes the reports a seed gives.
+``reports`` picks from these banks with the case's generator, so editing a bank (or its order)
+changes the reports a seed gives.
 """
 
 from __future__ import annotations

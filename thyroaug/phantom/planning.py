@@ -1,8 +1,5 @@
-"""Planning the cohort: which cases exist before any image is made.
-
-Owns the per-center case counts (Table 1 times ``scale``), the shuffled class order, sexes, ages
-and repeat scans of earlier patients (``plan_center`` / ``plan_cohort``), and the validation of
-``scale`` and ``seed`` shared by every entry point.
+"""Planning the cohort: which cases exist before any image is made (Table 1 counts x ``scale``,
+class order, sexes, ages, repeat scans; ``docs/phantom.md``, "Planning").
 """
 
 from __future__ import annotations
@@ -71,9 +68,50 @@ def plan_center(profile: CenterProfile, seed: int, scale: float) -> list[CasePla
     sexes = np.array(["M"] * n_male + ["F"] * (n - n_male))[rng.permutation(n)]
     mean, sd = profile.age if profile.age is not None else OVERALL_AGE
     ages = np.clip(np.rint(rng.normal(mean, sd, n)), 6, 95).astype(int)
+    repeat_of = _pick_repeats(labels, sexes, rng)
 
-    # Repeat scans: a later case becomes a second scan of an earlier patient with the same class
-    # and sex (a follow-up months later).
+    plans: list[CasePlan] = []
+    next_patient = 1
+    for i in range(n):
+        number = i + 1
+        if i in repeat_of:  # same patient, anatomy and sex; scanned again months later
+            base = plans[repeat_of[i]]
+            patient_id, sex, repeat_id, anatomy = (
+                base.patient_id,
+                base.sex,
+                base.case_id,
+                base.number,
+            )
+            age = min(base.age + int(rng.integers(0, 2)), 95)
+        else:
+            patient_id = f"{profile.center}-P{next_patient:05d}"
+            next_patient += 1
+            sex, repeat_id, anatomy, age = str(sexes[i]), None, number, int(ages[i])
+        plans.append(
+            CasePlan(
+                case_id=f"{profile.center}-{number:04d}",
+                patient_id=patient_id,
+                center=profile.center,
+                label=str(labels[i]),
+                number=number,
+                age=age,
+                sex=sex,
+                repeat_of=repeat_id,
+                anatomy_number=anatomy,
+            )
+        )
+    return plans
+
+
+def _pick_repeats(
+    labels: np.ndarray, sexes: np.ndarray, rng: np.random.Generator
+) -> dict[int, int]:
+    """Later case -> the earlier case (same class and sex) it is a second scan of.
+
+    ``REPEAT_FRACTION`` of a center's cases (at least one from 10 cases on), chosen from its
+    second half; an earlier case is scanned twice at most.
+    """
+    n = len(labels)
     n_repeat = math.floor(n * REPEAT_FRACTION + 0.5) if n >= 10 else 0
     n_repeat = max(n_repeat, 1) if n >= 10 else 0
     repeat_of: dict[int, int] = {}
@@ -88,48 +126,7 @@ def plan_center(profile: CenterProfile, seed: int, scale: float) -> list[CasePla
         ]
         if earlier:
             repeat_of[int(later)] = int(earlier[int(rng.integers(len(earlier)))])
-
-    plans: list[CasePlan] = []
-    patient_of: dict[int, str] = {}
-    next_patient = 1
-    for i in range(n):
-        number = i + 1
-        if i in repeat_of:
-            first = repeat_of[i]
-            pid = patient_of[first]
-            base = plans[first]
-            age = min(base.age + int(rng.integers(0, 2)), 95)
-            plans.append(
-                CasePlan(
-                    case_id=f"{profile.center}-{number:04d}",
-                    patient_id=pid,
-                    center=profile.center,
-                    label=str(labels[i]),
-                    number=number,
-                    age=age,
-                    sex=base.sex,
-                    repeat_of=base.case_id,
-                    anatomy_number=base.number,
-                )
-            )
-        else:
-            pid = f"{profile.center}-P{next_patient:05d}"
-            next_patient += 1
-            plans.append(
-                CasePlan(
-                    case_id=f"{profile.center}-{number:04d}",
-                    patient_id=pid,
-                    center=profile.center,
-                    label=str(labels[i]),
-                    number=number,
-                    age=int(ages[i]),
-                    sex=str(sexes[i]),
-                    repeat_of=None,
-                    anatomy_number=number,
-                )
-            )
-        patient_of[i] = pid
-    return plans
+    return repeat_of
 
 
 def plan_cohort(

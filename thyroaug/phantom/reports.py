@@ -1,26 +1,8 @@
 """Free-text thyroid scan reports, written the way nuclear medicine physicians write them.
 
-``write_report(findings, center, rng)`` turns a ``Findings`` into the report a physician at one of
-the nine centers (A..I) would dictate for an anterior 99mTc-pertechnetate scan. Each center draws
-from two or three writing styles (``CENTER_STYLES``); a style fixes the layout (headed sections,
-telegraphic lines, bullet list, narrative prose or a letter to the referrer), the spelling (British
-or US), how numbers are written, whether abbreviations are used ("Tc-99m", "rt lobe", "bkg", "SGs",
-"MNG") and how often optional lines appear (clinical history, uptake percentage, recommendations).
-Within a style, sentences come from synonym banks, in varying order, sometimes merged, with hedges
-("probably", "in keeping with") and negations ("no focal nodules", "no pyramidal lobe is seen").
-
-Like real physicians, styles leave some things unsaid: a normal background, normal salivary glands
-or an absent pyramidal lobe are often not mentioned, and nothing about size or nodules is said when
-the gland is not visualised. ``draft_report`` returns the text together with the ``Findings`` that
-the text actually states (unsaid fields are None); ``write_report`` returns the text only. Both
-consume the generator identically, so the same ``rng`` state gives the same report.
-
-The clinical history line, when present, is irrelevant or a referral question that may name another
-disease ("?Graves'"); it is never the conclusion. The uptake percentage, when given, lies in the
-``thyroaug.reports.prompts.UPTAKE_PERCENT_BINS`` range of the stated uptake.
-
-This module owns the writer (``Report``, ``draft_report``, ``write_report``); the center styles
-are in ``thyroaug.phantom.styles`` and the words it picks from in ``thyroaug.phantom.phrases``.
+``write_report(findings, center, rng)`` writes a report in one of the center's styles; what styles
+vary, what they leave unsaid and which history / uptake lines appear: ``docs/phantom.md``,
+"Findings and reports". The styles are in ``phantom.styles``, the words in ``phantom.phrases``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """Per-center scanners, protocols, demographics and file habits of the phantom cohort.
 
-One ``CenterProfile`` per center of the paper's Table 1 (A-F training, G-I external). The
-demographic and class-count columns are the paper's; the acquisition columns (field of view,
-resolution, count level, collimator field shape, export habits) are plausible values for the named
-gamma cameras with a pinhole (or zoomed parallel-hole) collimator, chosen so that the centers differ
-the way real centers do: matrix, sharpness, noise, framing and file format.
+Demographics and class counts are the paper's Table 1; acquisition values are plausible for the
+named cameras (``docs/phantom.md``, "Scanners and imaging").
 """
 
 from __future__ import annotations

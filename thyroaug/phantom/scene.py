@@ -1,9 +1,7 @@
-"""Scene sampling: one case's anatomy and physiology, drawn for its class.
+"""Scene sampling: one case's anatomy and physiology, drawn for its class (``sample_scene``).
 
-Owns the class distributions (size, uptake, texture, with deliberate overlap between classes and a
-share of atypical look-alike scans), the geometry of lobes, isthmus, pyramidal lobe and nodules,
-and the salivary glands, neck background and markers around them (``sample_scene``). Nothing here
-knows about cameras or files.
+The class distributions overlap on purpose and a share of scans looks like another class
+(``docs/phantom.md``, "Scenes"). Nothing here knows about cameras or files.
 """
 
 from __future__ import annotations

@@ -1,10 +1,4 @@
-"""Simulating cases and the whole phantom cohort: the steps of the other modules, in order.
-
-For each case: plan (``planning``) -> sample a ``Scene`` for its class (``scene``) -> acquire it
-on the center's camera (``imaging``) -> describe it as ``Findings`` (``describe``) -> a free-text
-report in the center's style (``reports``). ``simulate_cohort`` runs every planned case and hands
-the results to ``writer``, which writes them into a folder that appears only when complete.
-"""
+"""Simulating a case and the whole phantom cohort: plan -> scene -> image -> findings -> report."""
 
 from __future__ import annotations
 
@@ -75,9 +69,8 @@ def simulate_cohort(
 ) -> Path:
     """Simulate the nine-center phantom cohort and write it as clinical-format files.
 
-    Writes ``images/<center>/<case_id>.<ext>``, ``masks/<center>/<case_id>.<ext>``,
-    ``manifest.csv``, ``examples.png`` and ``phantom.json`` into a temporary sibling folder and
-    renames it to ``out_dir`` only when everything is written.
+    Writes ``images/<center>/``, ``masks/<center>/``, ``manifest.csv``, ``examples.png`` and
+    ``phantom.json``, staged in a sibling folder renamed to ``out_dir`` when complete.
 
     Args:
         out_dir: Output folder; must not exist or be empty unless ``overwrite``.

@@ -1,9 +1,4 @@
-"""The physicians' writing styles of the phantom's nine centers.
-
-Owns ``ReportStyle`` (layout, spelling, number words, abbreviations and how often optional lines
-appear) and ``CENTER_STYLES``, the two or three styles each center's physicians write in. The
-report writer (``reports``) draws one style per report; the words themselves are in ``phrases``.
-"""
+"""The physicians' writing styles of the phantom's nine centers (``CENTER_STYLES``)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
 """Writing the phantom cohort: clinical-format files, the manifest, an example grid, a summary.
 
-Images leave each center the way they do in practice (see ``scanners.CENTERS``): NM DICOM
-(16-bit; center C as a secondary-capture export with RescaleSlope 0.5, so raw values are twice the
-counts), 16-bit PNG, 8-bit PNG or JPEG exports; masks as NIfTI (uint8 0/1, as ITK-SNAP saves them)
-or PNG (0/255). Everything goes into a temporary sibling folder that is renamed into place at the
-end, so a failure leaves no partial output.
+Each center's file formats (``docs/phantom.md``, "Files"); everything is staged in a sibling
+folder renamed into place at the end, so a failure leaves no partial output.
 """
 
 from __future__ import annotations
@@ -226,6 +223,7 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_examples(path: Path, examples: dict[tuple[str, str], np.ndarray]) -> None:
     """A grid of one image per (class, center): rows = classes, columns = centers."""
+    # matplotlib (~0.4 s) only here: `thyroaug phantom --help` and planning stay without it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

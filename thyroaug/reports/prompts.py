@@ -1,30 +1,10 @@
 """Physician report -> structured findings -> Stable Diffusion prompt (under 77 CLIP tokens).
 
-The paper (section 3.1) asked GPT-4 Turbo a fixed list of questions about every report and built a
-prompt under 77 tokens from the answers, so that prompts are consistent across centers whose
-physicians write differently. This module keeps that two-step design with the model pluggable:
-
-1. An ``Extractor`` answers ``QUESTIONS`` for one report and returns a ``Findings``. The default
-   ``RuleBasedExtractor`` works offline (normalisation of synonyms, abbreviations and British
-   spelling, section detection, negation scopes, word numbers); ``LLMExtractor`` wraps any
-   ``complete(prompt) -> str`` callable (an LLM) that answers in JSON, validated into ``Findings``.
-2. ``render_prompt`` writes the findings with one template, always in the same field order,
-   omitting unknown fields, e.g. ``"anterior thyroid scintigraphy, nodular goiter, enlarged gland,
-   normal heterogeneous uptake, two cold nodules in the right lobe, low background, salivary glands
-   visible"``. If the prompt would exceed ``MAX_TOKENS`` it drops the least important fields
-   (``DROP_ORDER``) and raises ``PromptError`` only if even the bare prompt is too long.
-
-``count_tokens`` is an upper bound on the number of tokens the CLIP tokenizer of Stable Diffusion
-v1 produces (start and end tokens included), computed without the tokenizer files: it splits text
-the way CLIP does (lower case, letter runs, single digits, punctuation runs), counts the words of
-the prompt vocabulary with their exact CLIP piece counts (``CLIP_WORD_TOKENS``, measured once with
-the real tokenizer) and any other piece as its UTF-8 byte count (CLIP's byte-level BPE never needs
-more pieces than bytes). It therefore never undercounts.
-
-Empty reports: ``report_to_prompt`` raises ``PromptError`` for an empty or blank report (a missing
-report is a data problem to fix or to decide on explicitly); a caller that wants a prompt anyway can
-use ``render_prompt(Findings())``, which is the modality phrase alone. A non-empty report in which
-nothing is recognised gives the modality phrase alone, with a logged warning.
+The paper's two steps (Sec. 3.1: fixed questions answered per report, then a prompt built from the
+answers) with the answering model pluggable: an ``Extractor`` (offline ``RuleBasedExtractor`` or
+any LLM through ``LLMExtractor``) fills ``Findings``; ``render_prompt`` writes them in a fixed
+order within ``MAX_TOKENS``. Design, the token bound and empty-report rules: ``docs/data.md``,
+"Reports -> findings -> prompts".
 """
 
 from __future__ import annotations
@@ -39,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from thyroaug.errors import ConfigError, PromptError
 from thyroaug.reports.findings import FIELD_VALUES, Findings
-from thyroaug.reports.rules import UPTAKE_PERCENT_BINS, extract_findings, uptake_from_percent
+from thyroaug.reports.rules import extract_findings
 
 __all__ = [
     "CLIP_WORD_TOKENS",
@@ -48,18 +28,15 @@ __all__ = [
     "MAX_TOKENS",
     "MODALITY",
     "QUESTIONS",
-    "UPTAKE_PERCENT_BINS",
     "Extractor",
     "LLMExtractor",
     "Question",
     "RuleBasedExtractor",
     "count_tokens",
-    "extract_findings",
     "get_extractor",
     "parse_answers",
     "render_prompt",
     "report_to_prompt",
-    "uptake_from_percent",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,11 +142,8 @@ _PRETOKEN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+")
 def count_tokens(text: str) -> int:
     """Upper bound on the SD v1 CLIP token count of ``text``, start and end tokens included.
 
-    Text is normalised and split like CLIP (NFC, lower case; contractions, letter runs, single
-    digits, punctuation runs). HTML entities are not unescaped (the ``transformers`` tokenizer does
-    not either; unescaping only shortens text, so the count stays an upper bound for both). Each
-    piece counts as its exact CLIP piece count when it is in ``CLIP_WORD_TOKENS`` and otherwise as
-    its UTF-8 byte count, which byte-level BPE never exceeds. Each digit is one token in CLIP.
+    Known words count their exact CLIP pieces (``CLIP_WORD_TOKENS``), digits one each, any other
+    piece its UTF-8 byte count, which byte-level BPE never exceeds (``docs/data.md``).
     """
     clean = unicodedata.normalize("NFC", text).lower()
     total = 2  # <|startoftext|> and <|endoftext|>

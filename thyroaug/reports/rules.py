@@ -1,21 +1,7 @@
 """Offline rule-based reading of thyroid scan reports into ``Findings`` (``extract_findings``).
 
-The engine behind ``thyroaug.reports.prompts.RuleBasedExtractor``. Steps 1 and 2 live in
-``thyroaug.reports.lexicon`` and ``thyroaug.reports.sentences``; this module owns step 3 (one
-answerer per question) and ``extract_findings``, which runs all three:
-
-1. Normalise each line: plain characters and arrows, abbreviations ("rt lobe", "bkg", "SGs",
-   "MNG", "Tc-99m", "w/o"), British spelling, synonyms, then value phrases become placeholder
-   tokens: diagnoses ``dx_*`` (+ ``hint_*`` for "multinodular" / "toxic adenoma"), gland size
-   ``sz_*``, distribution ``ds_*``, nodule kinds ``kd_*`` and intensity levels ``lv_*``.
-2. Split into sentences with their section: headers at a line or sentence start (IMPRESSION:,
-   Conclusion:, Hx:, "=>", "In summary,"). Clinical history, technique lines, salutations,
-   signatures and referral sentences are dropped; recommendations are kept apart.
-3. Answer each question: a level word belongs to the head noun nearest to it in its clause (thyroid
-   uptake, background, salivary glands, nodule, pyramidal lobe); negations follow NegEx (a cue such
-   as "no", "without", "rather than" shortly before in the same scope, or "not seen", "unlikely",
-   ": none" shortly after); nodules are counted from number words, articles and "multiple"; the
-   diagnosis comes from the impression section (else from conclusion sentences, else anywhere).
+Step 3 of the reader (one answerer per question); steps 1 and 2 are ``reports.lexicon`` and
+``reports.sentences``. The three steps: ``docs/data.md``, "Reports -> findings -> prompts".
 """
 
 from __future__ import annotations
