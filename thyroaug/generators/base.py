@@ -204,6 +204,11 @@ def open_generator(uri: str) -> GeneratorHandle:
     generator = getattr(python_model, "generator", None)
     if not isinstance(generator, Generator):
         raise GeneratorError(f"{uri} is not a thyroaug generator (no sample() after loading)")
+    if "content_hash" not in generator.describe():
+        raise GeneratorError(
+            f"{uri}: its generator's describe() has no 'content_hash' (the cohort it was trained "
+            "on), which synthetic sets are stamped with; see docs/adding-a-generator.md"
+        )
     return GeneratorHandle(generator=generator, uri=uri, version=version)
 
 

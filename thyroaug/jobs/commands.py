@@ -1,21 +1,22 @@
-"""`thyroaug <command> ...`: command name -> jobs module, parsed and run (also in-process).
+"""`thyroaug <command> ...`: parse a command line and run the command (also in-process).
 
 Each command is one module of ``thyroaug.jobs`` defining
-``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``; the generator
-training commands (``train-<family>``) come from ``thyroaug.generators.registry``. Modules are
-imported only when their command runs, so `thyroaug phantom` does not import torch-heavy generator
-code.
+``add_arguments(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``; every
+generator family adds ``train-<family>`` (``jobs.train_generator``, one module for all). Modules
+are imported only when their command runs, so `thyroaug phantom` does not import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from thyroaug.errors import ThyroaugError
+from thyroaug.generators import registry
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("thyroaug.jobs.phantom", "simulate a phantom cohort (files + manifest)"),
@@ -38,14 +39,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+TRAIN_GENERATOR = "thyroaug.jobs.train_generator"
+
+
 def commands() -> dict[str, tuple[str, str]]:
     """Command name -> (module, help): the fixed commands plus one per generator family."""
-    from thyroaug.generators import registry
-
     out = dict(COMMANDS)
     for fam in registry.families():
-        out.setdefault(fam.train_command, (fam.train_job, fam.description))
+        out.setdefault(fam.train_command, (TRAIN_GENERATOR, fam.description))
     return out
+
+
+def _attach(parser: argparse.ArgumentParser, name: str, module_name: str) -> None:
+    """Add command ``name``'s arguments to ``parser`` and set its ``_run``."""
+    module = importlib.import_module(module_name)
+    if module_name == TRAIN_GENERATOR:
+        fam = next(f for f in registry.families() if f.train_command == name)
+        module.add_arguments(parser, fam)
+        parser.set_defaults(_run=functools.partial(module.run, family=fam))
+    else:
+        module.add_arguments(parser)
+        parser.set_defaults(_run=module.run)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -56,9 +70,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            _attach(p, name, module_name)
     return parser
 
 

@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 from thyroaug.contract import (
-    CHAMPION,
     DEFAULT_COHORT_DIR,
     EXPERIMENT,
     STEP_COMPARE,
@@ -65,6 +64,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ConfigError, ThyroaugError
 from thyroaug.generators import registry
+from thyroaug.generators.family import check_family, study_arguments
 from thyroaug.jobs.common import PHANTOM_SCALE
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
 from thyroaug.tracking.runs import tag_clause
@@ -307,10 +307,14 @@ def _generators_and_o(st: Study, plan: StudyPlan, prep_hash: str) -> dict[str, s
             st.plan("classifier_O", plan.classifier_argv("O"), [prep_hash], kind="classifier")
         )
     for fam in families:
-        argv = [fam.train_command, "--profile", plan.profile, "--cohort", str(plan.cohort_dir)]
-        argv += ["--seed", str(plan.seed), "--register", "--alias", CHAMPION]
-        if fam.resumable:  # per-study checkpoints: a killed study continues inside the step
-            argv += ["--output", str(plan.workdir / fam.name), "--resume"]
+        # per-study checkpoints: a killed study continues inside the step
+        argv = study_arguments(
+            fam.name,
+            profile=plan.profile,
+            cohort=plan.cohort_dir,
+            seed=plan.seed,
+            output=plan.workdir / fam.name,
+        )
         batch.append(st.plan(fam.entry_point, argv, [prep_hash], kind="train"))
     runs = st.execute(batch)
     if "classifier_O" in runs:
@@ -410,6 +414,8 @@ def run_study(
     from mlflow import MlflowClient
 
     names = parse_scenarios(scenarios)
+    for method in methods_needed(names):  # a broken family stops the study before any step
+        check_family(registry.family_of(method))
     seed, seed_list = resolve_seeds(seed, seeds)
     scale = phantom_scale if phantom_scale is not None else PHANTOM_SCALE[profile]
     study_id = study_id or f"{profile}-s{seed}"

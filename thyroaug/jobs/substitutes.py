@@ -1,17 +1,18 @@
 """The paper profile uses the paper's pretrained models or says loudly what it uses instead.
 
 Three inputs of the paper cannot ship with the project (no downloads at run time): ImageNet
-ResNet18 weights (classifier init), Stable Diffusion v1.4 (fine-tuned for SD1-SD4) and the FID
-Inception-v3 weights. With ``--profile paper`` a job refuses to start when one it needs is missing,
-unless ``--allow-substitutes`` is given; then the substitute is used (random init, a latent
-diffusion model trained from scratch, ResNet-feature FID only) and the run carries one
-``deviation.<key>`` tag per substitution, which the compare report lists in its banner.
+ResNet18 weights (classifier init), the FID Inception-v3 weights (``NEEDS`` here) and Stable
+Diffusion v1.4 (the SD family reports it: ``FamilyTrainer.missing_paper_inputs``). With
+``--profile paper`` a job refuses to start when one it needs is missing, unless
+``--allow-substitutes`` is given; then the substitute is used (random init, ResNet-feature FID
+only, a latent diffusion model trained from scratch) and the run carries one ``deviation.<key>``
+tag per substitution, which the compare report lists in its banner.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from thyroaug.contract import deviation_tag
 from thyroaug.errors import ConfigError
@@ -21,10 +22,6 @@ NEEDS: dict[str, tuple[str, str]] = {
         "ImageNet ResNet18 weights (THYROAUG_RESNET18_WEIGHTS=resnet18-f37072fd.pth)",
         "the ResNet18 trains from random initialisation",
     ),
-    "sd_source": (
-        "a local Stable Diffusion v1.4 directory (--base-model DIR or THYROAUG_SD_BASE)",
-        "a compact latent diffusion model is trained from scratch",
-    ),
     "fidelity_no_inception": (
         "the FID Inception-v3 weights (THYROAUG_INCEPTION_WEIGHTS=pt_inception-2015-12-05-"
         "6726825d.pth)",
@@ -33,7 +30,7 @@ NEEDS: dict[str, tuple[str, str]] = {
 }
 
 
-def missing(keys: Iterable[str], base_model: str | None = None) -> dict[str, str]:
+def missing(keys: Iterable[str]) -> dict[str, str]:
     """{key: what replaces it} for each of ``keys`` whose paper input is not on this machine."""
     out: dict[str, str] = {}
     for key in keys:
@@ -41,11 +38,6 @@ def missing(keys: Iterable[str], base_model: str | None = None) -> dict[str, str
             from thyroaug.classifier.model import find_weights
 
             present = find_weights() is not None
-        elif key == "sd_source":
-            from thyroaug.config import local_weights
-            from thyroaug.generators.stable_diffusion.train import BASE_MODEL_ENV
-
-            present = bool(base_model) or local_weights(BASE_MODEL_ENV, "stable-diffusion-v1-4")
         else:
             from thyroaug.evaluation.fidelity import inception_weights
 
@@ -55,17 +47,32 @@ def missing(keys: Iterable[str], base_model: str | None = None) -> dict[str, str
     return out
 
 
-def check(profile: str, keys: Iterable[str], allow: bool, base_model: str | None = None) -> dict:
-    """Refuse a ``paper`` run without its pretrained inputs unless ``allow``; {key: substitute}.
+def check(profile: str, keys: Iterable[str], allow: bool) -> dict[str, str]:
+    """Refuse a ``paper`` run without the pretrained inputs ``keys`` (of ``NEEDS``) unless
+    ``allow``; returns {key: substitute}.
 
     Raises:
         ConfigError: naming every missing input, where to put it, and ``--allow-substitutes``.
     """
     if profile != "paper":
         return {}
-    subs = missing(keys, base_model)
+    subs = missing(keys)
+    return refuse_or_accept(profile, {k: (NEEDS[k][0], v) for k, v in subs.items()}, allow)
+
+
+def refuse_or_accept(
+    profile: str, missing_inputs: Mapping[str, tuple[str, str]], allow: bool
+) -> dict[str, str]:
+    """The refusal of ``check`` for inputs already found missing: {key: (what, substitute)}.
+
+    Raises:
+        ConfigError: a ``paper`` run with missing inputs and without ``allow``.
+    """
+    if profile != "paper":
+        return {}
+    subs = {k: substitute for k, (_, substitute) in missing_inputs.items()}
     if subs and not allow:
-        lines = "\n".join(f"  - {NEEDS[k][0]}: otherwise {v}" for k, v in subs.items())
+        lines = "\n".join(f"  - {what}: otherwise {sub}" for what, sub in missing_inputs.values())
         raise ConfigError(
             f"the paper profile needs the paper's pretrained inputs, missing here:\n{lines}\n"
             "Put them in place (nothing is downloaded), or pass --allow-substitutes to run with "

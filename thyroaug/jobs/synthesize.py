@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         )
         described = sset.info.get("generator", {})
         sset.info["created_by_run"] = run_id
-        sset.info["cohort_hash"] = described.get("content_hash", described.get("cohort_hash", ""))
+        sset.info["cohort_hash"] = described["content_hash"]  # checked by open_generator
         name = handle.uri.removeprefix("models:/").split("@")[0].split("/")[0]
         mlflow.set_tags(
             {

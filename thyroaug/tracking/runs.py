@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +38,57 @@ def tag_clause(name: str, value: str) -> str:
     return f"tags.{key} = '{value}'"
 
 
-def log_params_safely(params: Mapping[str, Any]) -> None:
-    """``mlflow.log_params`` that survives params `mlflow run` (or a resumed run) already set.
+def log_params_safely(params: Mapping[str, Any], changed_tag: str | None = None) -> None:
+    """``mlflow.log_params`` that survives params the run already has.
 
     An entry point's ``-P`` values are logged by `mlflow run` before our code runs (e.g.
     ``mode=auto`` meaning "the generator's default"); MLflow forbids changing a param, so a resolved
-    value that differs is logged as ``<key>_resolved`` instead, and an equal one is skipped.
+    value that differs is logged as ``<key>_resolved`` instead, and an equal one is skipped. With
+    ``changed_tag`` (a resumed run), differing values go into that tag as JSON instead.
     """
     import mlflow
 
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
     out: dict[str, str] = {}
+    changed: dict[str, str] = {}
     for key, value in params.items():
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         text = text[:6000]
         if key in existing and existing[key] != text:
+            if changed_tag:
+                changed[key] = text
+                continue
             key = f"{key}_resolved"
         if key not in existing:
             out[key] = text
     if out:
         mlflow.log_params(out)
+    if changed and changed_tag:
+        mlflow.set_tag(changed_tag, json.dumps(changed))
+
+
+def log_missing_steps(run_id: str, history: Mapping[str, Sequence[float]]) -> list[str]:
+    """Log the steps (1-based) of each metric history the run lacks: an outage or a kill between
+    a checkpoint and its logging skipped them. Returns ``name@step`` of what was logged now."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    metrics = []
+    for name, values in history.items():
+        have = {m.step for m in client.get_metric_history(run_id, name)}
+        metrics += [
+            Metric(name, float(values[s - 1]), now, s)
+            for s in range(1, len(values) + 1)
+            if s not in have
+        ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    return [f"{m.key}@{m.step}" for m in metrics]
 
 
 def describe_run(text: str) -> None:

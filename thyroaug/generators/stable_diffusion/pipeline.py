@@ -175,7 +175,8 @@ class SDGenerator:
             "strength": self.cfg.strength,
             "max_retries": self.cfg.max_retries,
             "black_threshold": self.cfg.black_threshold,
-            "cohort_hash": self.card.get("cohort_hash", ""),
+            "content_hash": self.card.get("cohort_hash", ""),
+            "cohort_hash": self.card.get("cohort_hash", ""),  # the name SD models used first
             "bank_counts": self.bank.counts() if self.bank is not None else {},
         }
 
