@@ -19,23 +19,20 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from statsmodels.stats.contingency_tables import mcnemar
 
+from thyroaug.evaluation.bootstrap import bootstrap_p_value, metric_replicates, resample_indices
+from thyroaug.evaluation.delong import DELONG_COLUMNS, delong_roc_test, delong_test
 from thyroaug.evaluation.metrics import MetricInputError
 from thyroaug.evaluation.paired import (
     COMPARISON_COLUMNS,
-    DELONG_COLUMNS,
     McNemarResult,
-    bootstrap_p_value,
     combine_seeds,
-    delong_roc_test,
-    delong_test,
     mcnemar_exact,
-    metric_replicates,
     minimal_detectable_difference,
     paired_bootstrap,
     paired_comparisons,
     seed_combined_test,
 )
-from thyroaug.evaluation.stats import pairwise_wilcoxon, resample_indices
+from thyroaug.evaluation.paper_method import pairwise_wilcoxon
 
 K = 4
 

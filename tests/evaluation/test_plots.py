@@ -11,7 +11,9 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from thyroaug.evaluation.bootstrap import bootstrap
 from thyroaug.evaluation.metrics import confusion
+from thyroaug.evaluation.paper_method import compare_distributions
 from thyroaug.evaluation.plots import (
     _format_p,
     _paired_matrices,
@@ -23,7 +25,6 @@ from thyroaug.evaluation.plots import (
     plot_significance_heatmap,
     save_figure,
 )
-from thyroaug.evaluation.stats import bootstrap, compare_distributions
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

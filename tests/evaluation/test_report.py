@@ -1,4 +1,4 @@
-"""The report's layouts: Table 2 with CIs, Table 3 from run metrics, deviations, the HTML page."""
+"""The report's layouts: Table 2 with CIs, Table 3 from run metrics, the HTML page."""
 
 from __future__ import annotations
 
@@ -12,21 +12,19 @@ import pytest
 
 from thyroaug.contract import CLASSES
 from thyroaug.evaluation import fidelity
+from thyroaug.evaluation.bootstrap import bootstrap, summarize
 from thyroaug.evaluation.metrics import compute_metrics
+from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
 from thyroaug.evaluation.report import (
     FIDELITY_COLUMNS,
-    PAPER_METHOD_NAME,
     ReportInputs,
-    RunFacts,
     fidelity_long,
-    find_deviations,
     format_ci,
     html_report,
     table2_ci,
     table3_from_long,
     table3_markdown,
 )
-from thyroaug.evaluation.stats import bootstrap, summarize
 
 CI = re.compile(r"^\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]$")
 
@@ -103,36 +101,6 @@ def test_table3_one_layout_with_kid_std() -> None:
     md = table3_markdown(t3)
     assert "FM [resnet18-O] KID std" in md and "[std_" not in md
     assert table3_from_long(fidelity_long({})) is None
-
-
-def test_find_deviations_reads_what_runs_record() -> None:
-    quick = {"pretrained": "False", "image_size": "64", "epochs": "8", "bootstrap": "200"}
-    classifier = {
-        "O": RunFacts(params={**quick, "per_class_synthetic": "100", "seed": "0"}),
-        "O+FM": RunFacts(params={**quick, "per_class_synthetic": "100", "seed": "0"}),
-    }
-    generators = {
-        "train_sd": RunFacts(tags={"source": "scratch"}),
-        "train_fm": RunFacts(params={"epochs": "20"}),
-    }
-    synth = {"FM": RunFacts(metrics={"fid_resnet18-random_overall": 3.0})}
-    dev = find_deviations(classifier, generators, synth)
-    assert dev["classifier_init"] == "ResNet18 from random init, not ImageNet (all scenarios)"
-    assert dev["image_size"] == "classifier input 64 px, paper 128 px"
-    assert dev["epochs"] == "classifier trained 8 epochs, paper 300"
-    assert "100" in dev["per_class_synthetic"] and "200" in dev["bootstrap"]
-    assert "SD v1.4" in dev["sd_source"] and "20 epochs" in dev["fm_epochs"]
-    assert "resnet18-random" in dev["fidelity_no_inception"]
-    assert set(dev) >= {"single_seed", "statistics"}
-
-    paper = {"pretrained": "True", "image_size": "128", "epochs": "300", "bootstrap": "1000"}
-    faithful = {
-        "O": RunFacts(params={**paper, "per_class_synthetic": "1000", "seed": "0"}),
-        "O+FM": RunFacts(params={**paper, "per_class_synthetic": "1000", "seed": "1"}),
-    }
-    synth = {"FM": RunFacts(metrics={"fid_inception_overall": 3.0})}
-    generators = {"train_sd": RunFacts(tags={"source": "finetune"})}
-    assert find_deviations(faithful, generators, synth, paired_statistics=False) == {}
 
 
 def test_html_report_opens_with_banner_and_lists_gaps(tmp_path: Path) -> None:

@@ -23,9 +23,9 @@ from mlflow.entities import Metric, Param
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import TrackingError
+from thyroaug.evaluation.bootstrap import bootstrap
 from thyroaug.evaluation.metrics import compute_metrics
 from thyroaug.evaluation.paired import COMPARISON_COLUMNS
-from thyroaug.evaluation.stats import bootstrap
 from thyroaug.jobs.commands import main
 from thyroaug.jobs.compare import (
     CompareError,

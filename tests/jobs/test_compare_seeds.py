@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 from test_compare import _log_run, _softmax
 
 from thyroaug.contract import CLASSES
+from thyroaug.evaluation.deviations import SINGLE_SEED
 from thyroaug.evaluation.metrics import compute_metrics
 from thyroaug.evaluation.paired import seed_combined_test
-from thyroaug.evaluation.report import SINGLE_SEED
+from thyroaug.evaluation.seeds import SEED_TEST_COLUMNS
 from thyroaug.jobs.compare import compare_study, find_runs
-from thyroaug.jobs.compare_seeds import SEED_TEST_COLUMNS
 
 N_EXTERNAL = 120
 FIXED = {0: 3, 1: 9, 2: 15}  # seed -> O's errors CA gets right

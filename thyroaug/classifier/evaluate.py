@@ -77,7 +77,8 @@ def evaluate_and_report(
     Returns:
         {"metrics": flat dict (external_*, best_val_*, bootstrap_*), "files": {key: path}}.
     """
-    from thyroaug.evaluation import gradcam, plots, stats
+    from thyroaug.evaluation import bootstrap as stats
+    from thyroaug.evaluation import gradcam, plots
     from thyroaug.evaluation import metrics as M
 
     model = result.model

@@ -2,7 +2,7 @@
 
 ``delong_roc_test`` compares two scores on one binary task; ``delong_test`` does so for every
 one-vs-rest class of two probability matrices and for the macro AUC, from the per-case
-structural components (placement values) of ``_structural_components``.
+structural components of ``_structural_components``. Equations: ``docs/statistics.md``, "DeLong".
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
 
-from thyroaug.evaluation.metrics import MetricInputError
-from thyroaug.evaluation.replicates import (
-    _auc_defined_classes,
-    _check_correct,
-    _check_level,
-    _check_pair,
-    _check_scores,
+from thyroaug.evaluation.metrics import (
+    MetricInputError,
+    check_correct,
+    check_level,
+    check_pair,
+    check_scores,
 )
 
 
@@ -58,22 +57,12 @@ class DeLongResult:
 def _structural_components(
     scores: np.ndarray, positive: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """AUCs and per-case DeLong influence columns of several score vectors on one binary task.
+    """AUCs and per-case DeLong structural components of several scores on one binary task.
 
-    Fast algorithm of Sun & Xu (2014, IEEE Signal Process. Lett. 21:1389) with midranks: for
-    positives X (m) and negatives Y (n) of each score row, with midranks Tx (within X), Ty
-    (within Y) and Tz (within X and Y together),
-
-    - AUC = (sum Tz[X] - m (m + 1) / 2) / (m n);
-    - V10(x) = (Tz(x) - Tx(x)) / n: fraction of negatives below x, ties counting 1/2;
-    - V01(y) = 1 - (Tz(y) - Ty(y)) / m: fraction of positives above y, ties counting 1/2.
-
-    DeLong, DeLong & Clarke-Pearson (1988, Biometrics 44:837) estimate Cov(AUC_r, AUC_s) =
-    S10[r, s] / m + S01[r, s] / n with S10, S01 the sample covariances (ddof 1) of the V10 over
-    positives and of the V01 over negatives. Written per case, that is ``sum_i psi_r(i) psi_s(i)``
-    with ``psi(i) = (V10(i) - AUC) / sqrt(m (m - 1))`` for a positive case and ``(V01(i) - AUC) /
-    sqrt(n (n - 1))`` for a negative one; returning ``psi`` lets callers combine several binary
-    tasks on the same cases (the macro AUC).
+    Midrank algorithm of Sun & Xu (2014, IEEE Signal Process. Lett. 21:1389) for the placement
+    values V10 / V01 of DeLong, DeLong & Clarke-Pearson (1988, Biometrics 44:837), returned per
+    case as ``psi`` so that ``Cov(AUC_r, AUC_s) = sum_i psi_r(i) psi_s(i)`` and several binary
+    tasks on the same cases combine (the macro AUC). Equations: ``docs/statistics.md``, "DeLong".
 
     Args:
         scores: float [r, N] scores of r models on the same N cases.
@@ -121,11 +110,10 @@ def delong_roc_test(
 ) -> DeLongResult:
     """DeLong's test of two correlated ROC AUCs on one binary task (same cases, two scores).
 
-    Method: DeLong, DeLong & Clarke-Pearson (1988, Biometrics 44:837-845) with the midrank
-    algorithm of Sun & Xu (2014, IEEE Signal Process. Lett. 21:1389-1393); see
-    ``_structural_components``. ``z = (auc_b - auc_a) / sqrt(var_a + var_b - 2 cov_ab)``,
-    two-sided normal p-value and Wald interval. Matches R's ``pROC::roc.test(method="delong")``
-    (tested on pROC's aSAH data); higher scores mean "positive".
+    ``z = (auc_b - auc_a) / sqrt(var_a + var_b - 2 cov_ab)`` with DeLong et al. (1988)
+    (co)variances, two-sided normal p-value and Wald interval. Matches R's
+    ``pROC::roc.test(method="delong")`` (tested on pROC's aSAH data); higher scores mean
+    "positive".
 
     Args:
         y_binary: bool (or 0/1) [n], the positive class; both classes must occur.
@@ -139,10 +127,10 @@ def delong_roc_test(
     Raises:
         MetricInputError (a ValueError): malformed inputs or only one class present.
     """
-    pos = _check_correct(y_binary, "y_binary")
-    sa = _check_scores(score_a, pos.size, "score_a")
-    sb = _check_scores(score_b, pos.size, "score_b")
-    level = _check_level(level)
+    pos = check_correct(y_binary, "y_binary")
+    sa = check_scores(score_a, pos.size, "score_a")
+    sb = check_scores(score_b, pos.size, "score_b")
+    level = check_level(level)
     m = int(pos.sum())
     if m == 0 or m == pos.size:
         raise MetricInputError("y_binary must contain both positive and negative cases")
@@ -186,25 +174,12 @@ def delong_test(
 ) -> pd.DataFrame:
     """DeLong tests of one-vs-rest AUC differences per class and of the macro-AUC difference.
 
-    Per class k: ``delong_roc_test(y_true == k, proba_a[:, k], proba_b[:, k])`` (DeLong et al.
-    1988; Sun & Xu 2014 midrank algorithm).
-
-    Macro row: ``diff = mean_k AUC_k(b) - mean_k AUC_k(a)`` over the classes whose AUC is defined
-    (both positives and negatives present). All classes' AUCs are estimated on the same cases, so
-    their errors are correlated; the variance of the macro difference is estimated from the
-    per-case DeLong structural components (the Hoeffding projection of each two-sample
-    U-statistic): with ``psi_{k,r}(i)`` the centred structural component of case i for class k and
-    model r (``(V10 - AUC) / sqrt(m (m - 1))`` if case i is a positive of class k, ``(V01 - AUC) /
-    sqrt(n (n - 1))`` otherwise),
-
-        ``Var(diff) = sum_i phi(i)^2``,  ``phi(i) = mean_k (psi_{k,b}(i) - psi_{k,a}(i))``,
-
-    i.e. the full 2K x 2K covariance matrix ``Psi^T Psi`` contracted with the macro contrast.
-    Its diagonal blocks are exactly DeLong's ``S10/m + S01/n`` per class; the cross-class terms
-    follow from the same per-case linearisation, and with K = 2 the macro row equals the DeLong
-    test of the single AUC (tested), and it agrees with the paired bootstrap SE (tested). Wald
-    z-test, two-sided normal p-value, ``diff -/+ z * se`` interval. Caveat: like DeLong's test it
-    is asymptotic; with very small classes (< ~10 cases) prefer the paired bootstrap.
+    Per class k: ``delong_roc_test(y_true == k, proba_a[:, k], proba_b[:, k])``. Macro row:
+    ``diff = mean_k AUC_k(b) - mean_k AUC_k(a)`` over the classes present in ``y_true`` (not
+    the only one), with ``Var(diff) = sum_i phi(i)^2``, ``phi(i) = mean_k (psi_{k,b}(i) -
+    psi_{k,a}(i))`` from the per-case structural components, which keeps the correlation
+    between classes (derivation: ``docs/statistics.md``, "DeLong"); with K = 2 it equals the
+    binary test (tested). Asymptotic: with classes under ~10 cases prefer the paired bootstrap.
 
     Args:
         y_true: true class indices [n].
@@ -214,16 +189,16 @@ def delong_test(
         level: coverage of the Wald intervals.
 
     Returns:
-        DataFrame with rows ``auc_<class>`` (K) then ``macro_auc``, columns ``metric``, ``auc_a``,
-        ``auc_b``, ``diff`` (b - a), ``se``, ``z``, ``p_value``, ``ci_low``, ``ci_high``. Classes
-        absent from ``y_true`` (or the only class present) have NaN rows; se/z/p are NaN for a
-        class with fewer than 2 positives or negatives, and then also for the macro row.
+        DataFrame with rows ``auc_<class>`` (K) then ``macro_auc`` and columns
+        ``DELONG_COLUMNS``. Classes absent from ``y_true`` (or the only class present) have NaN
+        rows; se/z/p are NaN for a class with fewer than 2 positives or negatives, and then
+        also for the macro row.
 
     Raises:
         MetricInputError (a ValueError): malformed inputs or a ``classes`` list of the wrong size.
     """
-    y, pa, pb = _check_pair(y_true, proba_a, proba_b)
-    level = _check_level(level)
+    y, pa, pb = check_pair(y_true, proba_a, proba_b)
+    level = check_level(level)
     n_classes = pa.shape[1]
     if classes is None:
         names = [str(k) for k in range(n_classes)]
@@ -233,7 +208,8 @@ def delong_test(
             raise MetricInputError(
                 f"classes has {len(names)} names but the probabilities have K={n_classes} columns"
             )
-    defined = _auc_defined_classes(y, n_classes)
+    support = np.bincount(y, minlength=n_classes)
+    defined = np.flatnonzero((support > 0) & (support < len(y)))  # one-vs-rest AUC defined
     rows = []
     psis: list[np.ndarray] = []
     aucs: list[np.ndarray] = []

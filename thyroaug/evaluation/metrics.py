@@ -69,56 +69,194 @@ def metric_names(classes: Sequence[str] = CLASSES) -> list[str]:
     return names
 
 
-def check_labels(y_true: np.ndarray, n_classes: int, name: str = "y_true") -> np.ndarray:
-    """Validate integer class indices in ``[0, n_classes)`` and return them as int64 1-D."""
+def check_labels(
+    y_true: object, n_classes: int | None = None, name: str = "y_true", source: str = ""
+) -> np.ndarray:
+    """Validate class indices: 1-D, non-empty, whole numbers, in ``0..n_classes - 1``.
+
+    Args:
+        y_true: class indices (integers, or floats holding whole numbers).
+        n_classes: K; None checks only that no label is negative (see ``check_label_range``).
+        name: the argument's name in error messages.
+        source: where K comes from, added to the out-of-range message.
+
+    Returns:
+        The labels as int64 [N].
+
+    Raises:
+        MetricInputError: wrong shape, empty, NaN, non-integral, a non-integer dtype, or a label
+            out of range.
+    """
     arr = np.asarray(y_true)
     if arr.ndim != 1:
         raise MetricInputError(f"{name} must be 1-D class indices, got shape {arr.shape}")
     if arr.size == 0:
-        raise MetricInputError(f"{name} is empty; metrics need at least one case")
+        raise MetricInputError(f"{name} is empty; need at least one case")
     if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+        if not np.all(np.isfinite(arr)):
+            raise MetricInputError(f"{name} contains NaN or inf")
+        if not np.all(arr == np.round(arr)):
             raise MetricInputError(f"{name} must hold integer class indices, got non-integers")
     elif arr.dtype.kind not in "iu":
         raise MetricInputError(
-            f"{name} must hold integer class indices 0..{n_classes - 1}, got dtype {arr.dtype}; "
+            f"{name} must hold integer class indices, got dtype {arr.dtype}; "
             "map class names with CLASSES.index(name)"
         )
     arr = arr.astype(np.int64)
-    bad = arr[(arr < 0) | (arr >= n_classes)]
-    if bad.size:
-        raise MetricInputError(
-            f"{name} has label(s) {sorted(set(bad.tolist()))[:5]} outside 0..{n_classes - 1}"
-        )
+    if n_classes is not None:
+        check_label_range(arr, n_classes, name, source)
+    elif arr.min() < 0:
+        raise MetricInputError(f"{name} has negative label(s), e.g. {int(arr.min())}")
     return arr
 
 
-def check_probabilities(y_prob: np.ndarray, n_cases: int, n_classes: int) -> np.ndarray:
-    """Validate an ``[n_cases, n_classes]`` probability matrix whose rows sum to ~1."""
-    arr = np.asarray(y_prob, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != n_classes:
+def check_label_range(
+    y: np.ndarray, n_classes: int, name: str = "y_true", source: str = ""
+) -> None:
+    """Raise ``MetricInputError`` unless every label of ``y`` lies in ``0..n_classes - 1``.
+
+    Args:
+        y: int64 labels (from ``check_labels``).
+        n_classes: K.
+        name: the argument's name in error messages.
+        source: where K comes from, e.g. ``"K=4 from the probability columns"``.
+    """
+    bad = y[(y < 0) | (y >= n_classes)]
+    if bad.size:
+        where = f" ({source})" if source else ""
         raise MetricInputError(
-            f"y_prob must have shape [n_cases, {n_classes}], got {tuple(arr.shape)}"
+            f"{name} has label(s) {sorted(set(bad.tolist()))[:5]} outside 0..{n_classes - 1}{where}"
         )
+
+
+def check_probabilities(
+    y_prob: object,
+    n_cases: int,
+    n_classes: int | None = None,
+    name: str = "y_prob",
+    ref: str = "",
+) -> np.ndarray:
+    """Validate an ``[n_cases, K]`` probability matrix: finite, in [0, 1], rows summing to 1.
+
+    Rows may sum to 1 within ``PROBABILITY_ATOL``.
+
+    Args:
+        y_prob: the matrix.
+        n_cases: the number of labels it must match.
+        n_classes: K it must have; None accepts any K >= 2.
+        name: the argument's name in error messages.
+        ref: the argument K was taken from (e.g. ``"proba_a"``), named when K differs.
+
+    Returns:
+        The matrix as float64.
+
+    Raises:
+        MetricInputError: wrong shape or K, NaN, values outside [0, 1] (logits?) or rows not
+            summing to 1.
+    """
+    arr = np.asarray(y_prob, dtype=np.float64)
+    if arr.ndim != 2:
+        want = "K" if n_classes is None else n_classes
+        raise MetricInputError(f"{name} must have shape [n_cases, {want}], got {arr.shape}")
     if arr.shape[0] != n_cases:
         raise MetricInputError(
-            f"Found inconsistent numbers of cases: y_true has {n_cases}, y_prob has {arr.shape[0]}"
+            f"Found inconsistent numbers of cases: y_true has {n_cases}, {name} has "
+            f"{arr.shape[0]} rows (shape mismatch)"
         )
+    k = arr.shape[1]
+    if n_classes is None and k < 2:
+        raise MetricInputError(f"{name} needs K >= 2 class columns, got {k}")
+    if n_classes is not None and k != n_classes:
+        if ref:
+            raise MetricInputError(f"{name} has K={k} class columns but {ref} has K={n_classes}")
+        raise MetricInputError(f"{name} must have shape [n_cases, {n_classes}], got {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise MetricInputError("y_prob contains NaN or inf")
+        raise MetricInputError(f"{name} contains NaN or inf")
     if arr.min() < 0 or arr.max() > 1:
         raise MetricInputError(
-            f"y_prob values must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]; "
+            f"{name} values must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]; "
             "pass softmax probabilities, not logits"
         )
     sums = arr.sum(axis=1)
     off = np.flatnonzero(np.abs(sums - 1) > PROBABILITY_ATOL)
     if off.size:
         raise MetricInputError(
-            f"y_prob rows must sum to 1 (±{PROBABILITY_ATOL}); {off.size} row(s) do not, "
+            f"{name} rows must sum to 1 (±{PROBABILITY_ATOL}); {off.size} row(s) do not, "
             f"e.g. row {off[0]} sums to {sums[off[0]]:.4f}; apply softmax to the logits"
         )
     return arr
+
+
+def check_pair(
+    y_true: object, proba_a: object, proba_b: object
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate two models' probabilities on the same labels (one K, labels in 0..K-1).
+
+    Returns:
+        (int64 labels [n], float64 ``proba_a`` [n, K], float64 ``proba_b`` [n, K]).
+
+    Raises:
+        MetricInputError: as ``check_labels`` / ``check_probabilities``, naming the argument.
+    """
+    y = check_labels(y_true)
+    pa = check_probabilities(proba_a, len(y), name="proba_a")
+    k = pa.shape[1]
+    pb = check_probabilities(proba_b, len(y), k, name="proba_b", ref="proba_a")
+    check_label_range(y, k, source=f"K={k} from the probability columns")
+    return y, pa, pb
+
+
+def check_correct(values: object, name: str) -> np.ndarray:
+    """Validate per-case correctness (or a binary target): 1-D, boolean or 0/1, no NaN.
+
+    Returns:
+        bool [N].
+
+    Raises:
+        MetricInputError: wrong shape, NaN, or values other than 0/1.
+    """
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise MetricInputError(f"{name} must be 1-D per-case correctness, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise MetricInputError(f"{name} contains NaN or inf")
+    if arr.dtype.kind != "b" and (
+        arr.dtype.kind not in "iuf" or not np.all((arr == 0) | (arr == 1))
+    ):
+        raise MetricInputError(f"{name} must be boolean (or 0/1), got dtype {arr.dtype}")
+    return arr.astype(bool)
+
+
+def check_scores(values: object, n_cases: int, name: str) -> np.ndarray:
+    """Validate one score per case: 1-D, ``n_cases`` long, finite.
+
+    Returns:
+        float64 [n_cases].
+
+    Raises:
+        MetricInputError: wrong shape or length, NaN or inf.
+    """
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise MetricInputError(f"{name} must be 1-D scores, got shape {arr.shape}")
+    if arr.shape[0] != n_cases:
+        raise MetricInputError(
+            f"{name} has {arr.shape[0]} values but the labels have {n_cases} (shape mismatch)"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise MetricInputError(f"{name} contains NaN or inf")
+    return arr
+
+
+def check_level(level: float, name: str = "level") -> float:
+    """Validate a level, alpha or power strictly between 0 and 1 and return it as float.
+
+    Raises:
+        MetricInputError: not a number in (0, 1).
+    """
+    if not (isinstance(level, (int, float, np.floating)) and 0 < float(level) < 1):
+        raise MetricInputError(f"{name} must lie in (0, 1), got {level!r}")
+    return float(level)
 
 
 def predict(y_prob: np.ndarray) -> np.ndarray:

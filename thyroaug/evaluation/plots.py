@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from thyroaug.contract import CLASSES
 from thyroaug.evaluation.metrics import check_labels, check_probabilities
-from thyroaug.evaluation.stats import ComparisonResult
+from thyroaug.evaluation.paper_method import ComparisonResult
 
 log = logging.getLogger(__name__)
 

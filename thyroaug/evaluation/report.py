@@ -1,7 +1,8 @@
-"""The study report: Table 2 with confidence intervals, Table 3, deviations, the HTML page.
+"""The study report: Table 2 with confidence intervals, Table 3, the HTML page.
 
 Pure functions over tables, plain dicts and files; the compare job (``thyroaug.jobs.compare``)
-queries MLflow, runs the tests and calls these to lay the results out.
+queries MLflow, runs the analysis (``thyroaug.evaluation.comparison``) and calls these to lay the
+results out.
 
 - ``format_ci`` / ``table2_ci``: every Table 2 number as ``0.782 [0.70, 0.85]`` (point estimate on
   all external cases, 95 % percentile bootstrap interval over external cases).
@@ -11,8 +12,8 @@ queries MLflow, runs the tests and calls these to lay the results out.
   ``kid_<extractor>_<group>`` and ``kid_std_<extractor>_<group>`` -> the long frame of
   ``fidelity.fidelity_by_mode`` -> the paper's Table 3 layout of ``fidelity.table3`` (one layout),
   with the KID std beside the KID of the same extractor.
-- ``find_deviations``: what the runs record that differs from the paper (``RunFacts`` in).
-- ``html_report``: the self-contained page (``ReportInputs`` in), opening with the deviations.
+- ``html_report``: the self-contained page (``ReportInputs`` in), opening with the deviations
+  (``thyroaug.evaluation.deviations``).
 """
 
 from __future__ import annotations
@@ -30,27 +31,11 @@ import pandas as pd
 
 from thyroaug.contract import CLASSES
 from thyroaug.evaluation import metrics as M
+from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME, PAPER_METHOD_WHY
 
 GROUPS: tuple[str, ...] = (*CLASSES, "overall")
 FIDELITY_COLUMNS: tuple[str, ...] = ("mode", "extractor", "group", "fid", "kid", "kid_std")
 """Columns of the long fidelity frame (as ``fidelity.TABLE3_COLUMNS``)."""
-
-PAPER = {"image_size": 128, "epochs": 300, "per_class_synthetic": 1000, "bootstrap": 1000}
-"""The paper's classifier settings the deviations banner checks (sections 3.2, 3.2.4, 3.3.3)."""
-PAPER_FM_EPOCHS = 200
-
-PAPER_METHOD_NAME = "paper method: rank-sum on bootstrap replicates"
-PAPER_METHOD_WHY = (
-    "Its p-values shrink as the number of resamples grows: the Wilcoxon rank-sum test treats the "
-    "B bootstrap replicates of each scenario as B independent observations, but they are "
-    "resamples of the same external cases, so for the same data its z statistic grows like "
-    "sqrt(B) and any fixed difference becomes 'significant' once B is large enough."
-)
-STATISTICS_DEVIATION = (
-    "significance from paired tests on the same external cases (exact McNemar for accuracy, "
-    "paired bootstrap for macro-F1, DeLong for macro-AUC; Benjamini-Hochberg per metric); the "
-    "paper's Wilcoxon rank-sum on bootstrap replicates is kept as a second figure"
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +68,7 @@ def table2_ci(
 
     Args:
         points: {scenario: ``compute_metrics`` dict on all external cases}.
-        intervals: {scenario: ``stats.summarize`` frame (index metric, columns lower / upper)
+        intervals: {scenario: ``bootstrap.summarize`` frame (index metric, columns lower / upper)
             or None}; metrics without a row get ``[no CI]``.
         level: the intervals' coverage (for the long frame).
 
@@ -136,7 +121,7 @@ def seed_table(summary: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         summary: one row per (scenario, metric) with ``scenario, metric, mean, sd, n_seeds,
-            ci_low, ci_high`` (``thyroaug.jobs.compare_seeds.seed_summary``).
+            ci_low, ci_high`` (``thyroaug.evaluation.seeds.seed_summary``).
     """
     cells: dict[str, dict[str, str]] = {}
     for row in summary.itertuples(index=False):
@@ -204,10 +189,11 @@ def table3_from_long(long: pd.DataFrame) -> pd.DataFrame | None:
     The (method, FID / KID) part is ``fidelity.table3`` for each extractor (the one layout); the
     KID std of the same extractor is added beside each KID. None when ``long`` is empty.
     """
-    from thyroaug.evaluation.fidelity import table3 as fidelity_table3
-
     if long is None or long.empty:
         return None
+    # fidelity imports torch: loaded only when there is a Table 3 to lay out
+    from thyroaug.evaluation.fidelity import table3 as fidelity_table3
+
     parts = {}
     for extractor in dict.fromkeys(long["extractor"].astype(str)):
         part = long[long["extractor"] == extractor]
@@ -229,153 +215,6 @@ def table3_markdown(t3: pd.DataFrame) -> str:
     flat = t3.copy()
     flat.columns = [f"{m} [{e}] {k}" for e, m, k in flat.columns]
     return M.to_markdown(flat, ".3f")
-
-
-# --------------------------------------------------------------------------------------------
-# Deviations from the paper
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RunFacts:
-    """What a run logged, as plain dicts (params and tags are strings, as MLflow stores them)."""
-
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _which(names: Sequence[str], total: int) -> str:
-    return "all scenarios" if len(names) == total else ", ".join(names)
-
-
-def _classifier_deviations(classifier: Mapping[str, RunFacts]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    n = len(classifier)
-    random = [
-        s
-        for s, r in classifier.items()
-        if str(r.params.get("pretrained", r.tags.get("pretrained", ""))).lower()
-        in ("false", "0", "no")
-    ]
-    if random:
-        out["classifier_init"] = f"ResNet18 from random init, not ImageNet ({_which(random, n)})"
-    checks = (
-        ("image_size", "classifier input {v} px, paper {p} px", lambda s: True),
-        ("epochs", "classifier trained {v} epochs, paper {p}", lambda s: True),
-        (
-            "per_class_synthetic",
-            "{v} synthetic / CA images per class per method, paper {p}",
-            lambda s: s != "O",
-        ),
-        ("bootstrap", "{v} bootstrap resamples per run (paper method), paper {p}", lambda s: True),
-    )
-    for key, text, applies in checks:
-        seen = sorted(
-            {
-                v
-                for s, r in classifier.items()
-                if applies(s) and (v := _int(r.params.get(key))) is not None and v != PAPER[key]
-            }
-        )
-        if seen:
-            out[key] = text.format(v="/".join(map(str, seen)), p=PAPER[key])
-    seeds = {r.params.get("seed") for r in classifier.values() if r.params.get("seed")}
-    if len(seeds) == 1 and n > 0:
-        out["single_seed"] = _single_seed_text(f"seed {next(iter(seeds))} for every scenario")
-    return out
-
-
-SINGLE_SEED = "1 training seed: differences include training noise that this study cannot measure"
-
-
-def _single_seed_text(detail: str) -> str:
-    return (
-        f"{SINGLE_SEED} ({detail}; `thyroaug study --seeds 0,1,2,3,4` trains every scenario "
-        "with several seeds; the paper does not state its seeds)"
-    )
-
-
-def _seed_deviation(
-    seeds_per_scenario: Mapping[str, int], classifier: Mapping[str, RunFacts]
-) -> dict[str, str]:
-    """``single_seed`` from the number of training seeds of each scenario."""
-    single = [s for s, k in seeds_per_scenario.items() if k <= 1]
-    if not single:
-        return {}
-    if len(single) == len(seeds_per_scenario):
-        seeds = {str(r.params.get("seed", "")) for r in classifier.values()}
-        same = len(seeds) == 1 and "" not in seeds
-        one = f"seed {next(iter(seeds))} for every scenario" if same else "one per scenario"
-        return {"single_seed": _single_seed_text(one)}
-    most = max(seeds_per_scenario.values())
-    return {
-        "single_seed": _single_seed_text(
-            f"{', '.join(single)}; the other scenarios have up to {most} seeds"
-        )
-    }
-
-
-def _generator_deviations(generators: Mapping[str, RunFacts]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    sd = generators.get("train_sd")
-    if sd is not None:
-        source = sd.tags.get("source", sd.params.get("source", ""))
-        if source == "scratch":
-            out["sd_source"] = (
-                "Stable Diffusion trained from scratch (compact model), not fine-tuned from SD v1.4"
-            )
-    fm = generators.get("train_fm")
-    if fm is not None:
-        epochs = _int(fm.params.get("epochs"))
-        if epochs is not None and epochs != PAPER_FM_EPOCHS:
-            out["fm_epochs"] = f"flow matching trained {epochs} epochs, paper {PAPER_FM_EPOCHS}"
-    return out
-
-
-def find_deviations(
-    classifier: Mapping[str, RunFacts],
-    generators: Mapping[str, RunFacts] | None = None,
-    synth: Mapping[str, RunFacts] | None = None,
-    paired_statistics: bool = True,
-    seeds_per_scenario: Mapping[str, int] | None = None,
-) -> dict[str, str]:
-    """Each deviation from the paper that the runs record, ``{key: one line}``.
-
-    Args:
-        classifier: {scenario: facts of its train_classifier run} (params ``pretrained``,
-            ``image_size``, ``epochs``, ``per_class_synthetic``, ``bootstrap``, ``seed``).
-        generators: {step (``train_sd`` / ``train_fm``): facts} (SD tag ``source``, FM
-            ``epochs``).
-        synth: {method: facts of its synthesize run} (fidelity metric names).
-        paired_statistics: the comparison's significance comes from the paired tests.
-        seeds_per_scenario: {scenario: number of training seeds compared}; when given,
-            ``single_seed`` lists the scenarios with one seed (else: every scenario's one run
-            has the same ``seed`` param).
-
-    Keys: ``classifier_init``, ``image_size``, ``epochs``, ``per_class_synthetic``,
-    ``bootstrap``, ``single_seed``, ``sd_source``, ``fm_epochs``, ``fidelity_no_inception``,
-    ``statistics``.
-    """
-    out = _classifier_deviations(classifier)
-    if seeds_per_scenario is not None:
-        out.pop("single_seed", None)
-        out.update(_seed_deviation(seeds_per_scenario, classifier))
-    out.update(_generator_deviations(generators or {}))
-    long = fidelity_long({m: f.metrics for m, f in (synth or {}).items()})
-    extractors = sorted(set(long["extractor"].astype(str)))
-    if extractors and not any("inception" in e for e in extractors):
-        out["fidelity_no_inception"] = (
-            f"no Inception FID: FID / KID on {', '.join(extractors)} features"
-        )
-    if paired_statistics:
-        out["statistics"] = STATISTICS_DEVIATION
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +241,7 @@ class ReportInputs:
     metric: str = "accuracy"  # paired metric name of the main heatmap
     alpha: float = 0.05
     n_resamples: int = 0
-    paper_long: pd.DataFrame | None = None  # stats.ComparisonResult.to_long()
+    paper_long: pd.DataFrame | None = None  # paper_method.ComparisonResult.to_long()
     paper_heatmap: Path | None = None
     paper_resamples: tuple[int, int] = (0, 0)
     paper_summary: pd.DataFrame | None = None
@@ -411,7 +250,7 @@ class ReportInputs:
     seeds: list[str] = field(default_factory=list)  # training seeds compared, primary first
     primary_seed: str = ""  # the seed of Table 2, the paired tests and the paper method
     seed_table: pd.DataFrame | None = None  # formatted, from seed_table
-    seed_tests: pd.DataFrame | None = None  # compare_seeds.seed_tests
+    seed_tests: pd.DataFrame | None = None  # seeds.seed_tests
 
 
 def _img_tag(path: Path, alt: str) -> str:

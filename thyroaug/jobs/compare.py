@@ -13,7 +13,7 @@ param; ``--seeds`` restricts them), downloads each run's per-case predictions
   in every cell, only what the paired test calls significant marked;
 - ``compare/paper_method.csv`` + ``compare/paper_method_heatmap.png``: the paper's method,
   Wilcoxon rank-sum on bootstrap replicates + one BH correction (shown for comparison only);
-- with several training seeds (``thyroaug study --seeds``; ``thyroaug.jobs.compare_seeds``):
+- with several training seeds (``thyroaug study --seeds``; ``thyroaug.evaluation.seeds``):
   ``compare/seed_table2.csv`` (mean ± sd over seeds of every Table 2 number, mean per-seed case
   CI), ``compare/seed_table2_by_seed.csv`` and ``compare/seed_tests.csv`` (per pair and metric
   the per-seed paired differences combined by ``paired.seed_combined_test``, columns ``a, b,
@@ -45,11 +45,9 @@ import argparse
 import logging
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from thyroaug.contract import (
@@ -63,19 +61,23 @@ from thyroaug.contract import (
     deviation_tag,
 )
 from thyroaug.errors import ConfigError
-from thyroaug.evaluation.report import RunFacts
-from thyroaug.jobs import compare_seeds as CS
+from thyroaug.evaluation import metrics as M
+from thyroaug.evaluation import report as R
+from thyroaug.evaluation.alignment import AlignedPredictions, CompareError, align_predictions
+from thyroaug.evaluation.comparison import PAIRED_NAME, Comparison, Settings, analyse
+from thyroaug.evaluation.deviations import RunFacts, find_deviations
+from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
+from thyroaug.evaluation.seeds import SeedAnalysis, analyse_seeds
 from thyroaug.jobs.compare_runs import (
-    AlignedPredictions,
-    CompareError,
     StudyRuns,
-    align_predictions,
     download_csvs,
     download_grids,
-    external_rows,
     find_runs,
+    has_several_seeds,
+    seed_frames,
 )
 from thyroaug.tracking.runs import describe_run
+from thyroaug.tracking.setup import configure_tracking, resolve_uris, start_run
 
 __all__ = [
     "AlignedPredictions",
@@ -89,167 +91,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-METRIC_PREFIX = "external_"
-PAIRED_NAME = {
-    "accuracy": "accuracy",
-    "f1_macro": "macro_f1",
-    "macro_f1": "macro_f1",
-    "auc_macro": "macro_auc",
-    "macro_auc": "macro_auc",
-}
-"""``--metric`` (a bootstrap column or a paired metric name) -> the paired metric name."""
-BOOTSTRAP_NAME = {"accuracy": "accuracy", "macro_f1": "f1_macro", "macro_auc": "auc_macro"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The comparison's own settings (logged as params of the compare run)."""
-
-    study_id: str
-    metric: str = "accuracy"  # paired metric name
-    alpha: float = 0.05
-    n_resamples: int = 2000
-    seed: int = 0
-
-
-@dataclass
-class Comparison:
-    """Everything computed from the downloaded files."""
-
-    aligned: AlignedPredictions | None = None
-    not_tested: dict[str, str] = field(default_factory=dict)
-    paired: pd.DataFrame | None = None
-    t2: pd.DataFrame | None = None  # numeric Table 2
-    t2_ci: pd.DataFrame | None = None  # formatted
-    t2_long: pd.DataFrame | None = None
-    mdd: dict[str, float] = field(default_factory=dict)
-    paper: Any = None  # stats.ComparisonResult
-    paper_summary: pd.DataFrame | None = None
-    resamples: tuple[int, int] = (0, 0)
-    bootstrapped: list[str] = field(default_factory=list)  # scenarios with a bootstrap file
-
-
-def _points_and_intervals(
-    runs: StudyRuns,
-    aligned: AlignedPredictions | None,
-    boots: dict[str, pd.DataFrame],
-    n: int,
-    seed: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, pd.DataFrame | None]]:
-    """Table 2 point estimates and 95 % percentile-bootstrap intervals per scenario."""
-    from thyroaug.evaluation import stats
-    from thyroaug.evaluation.metrics import compute_metrics
-
-    points, intervals = {}, {}
-    for scenario, run in runs.chosen.items():
-        if aligned is not None and scenario in aligned.probas:
-            p = aligned.probas[scenario]
-            points[scenario] = compute_metrics(aligned.y, p)
-            intervals[scenario] = stats.summarize(
-                stats.bootstrap(aligned.y, p, n_resamples=n, seed=seed, metrics="all")
-            )
-            continue
-        points[scenario] = {
-            k[len(METRIC_PREFIX) :]: v
-            for k, v in run.data.metrics.items()
-            if k.startswith(METRIC_PREFIX)
-        }
-        intervals[scenario] = stats.summarize(boots[scenario]) if scenario in boots else None
-    return {s: m for s, m in points.items() if m}, intervals
-
-
-def _mdd(aligned: AlignedPredictions, alpha: float) -> dict[str, float]:
-    """Minimal detectable accuracy difference (80 % power) for this external-set size."""
-    from itertools import combinations
-
-    from thyroaug.evaluation.paired import minimal_detectable_difference
-
-    n = len(aligned.y)
-    correct = {s: p.argmax(1) == aligned.y for s, p in aligned.probas.items()}
-    acc = float(np.mean([c.mean() for c in correct.values()]))
-    out = {"n": float(n), "acc": acc, "psi": np.nan, "psi_based": np.nan, "acc_based": np.nan}
-    if 0 < acc < 1:
-        out["acc_based"] = minimal_detectable_difference(n, acc=acc, alpha=alpha)
-    psi = [float(np.mean(correct[a] != correct[b])) for a, b in combinations(correct, 2)]
-    if psi and np.mean(psi) > 0:
-        out["psi"] = float(np.mean(psi))
-        out["psi_based"] = minimal_detectable_difference(n, p_discordant=out["psi"], alpha=alpha)
-    return out
-
-
-def _paper_method(
-    boots: dict[str, pd.DataFrame], metric: str, alpha: float, cmp: Comparison
-) -> None:
-    """The paper's rank-sum on bootstrap replicates + BH, with a median [95 %] summary."""
-    from thyroaug.evaluation import stats
-    from thyroaug.evaluation.report import format_ci
-
-    column = BOOTSTRAP_NAME[metric]
-    usable = {s: b for s, b in boots.items() if column in b.columns}
-    cmp.bootstrapped = list(usable)
-    if len(usable) < 2:
-        return
-    cmp.paper = stats.compare_bootstraps(usable, metric=column, alpha=alpha)
-    sizes = [len(b) for b in usable.values()]
-    cmp.resamples = (min(sizes), max(sizes))
-    summary = cmp.paper.summary()
-    spread = {s: stats.summarize(b[[column]]).loc[column] for s, b in usable.items()}
-    summary.insert(
-        0,
-        f"median {column} [95 % of replicates]",
-        [
-            format_ci(spread[s]["median"], spread[s]["lower"], spread[s]["upper"])
-            for s in summary.index
-        ],
-    )
-    cmp.paper_summary = summary.drop(columns="median")
-
-
-def analyse(
-    runs: StudyRuns,
-    predictions: dict[str, pd.DataFrame],
-    boots: dict[str, pd.DataFrame],
-    metric: str = "accuracy",
-    alpha: float = 0.05,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> Comparison:
-    """Paired tests, Table 2 with CIs, the MDD and the paper method from downloaded files."""
-    from thyroaug.evaluation import metrics as M
-    from thyroaug.evaluation.paired import paired_comparisons
-    from thyroaug.evaluation.report import table2_ci
-
-    cmp = Comparison()
-    usable = {}
-    for scenario in runs.chosen:
-        ext = external_rows(predictions[scenario]) if scenario in predictions else None
-        if ext is None:
-            cmp.not_tested[scenario] = "no predictions"
-        else:
-            usable[scenario] = ext
-    if usable:
-        run_ids = {s: r.info.run_id for s, r in runs.chosen.items()}
-        cmp.aligned = align_predictions(usable, run_ids)
-    if cmp.aligned is not None:
-        cmp.mdd = _mdd(cmp.aligned, alpha)
-        if len(usable) >= 2:
-            cmp.paired = paired_comparisons(
-                cmp.aligned.y, cmp.aligned.probas, n_resamples=n_resamples, seed=seed, alpha=alpha
-            )
-    points, intervals = _points_and_intervals(runs, cmp.aligned, boots, n_resamples, seed)
-    complete = {}
-    for scenario, values in points.items():
-        try:
-            M.metrics_table(values, scenario)
-            complete[scenario] = values
-        except M.MetricInputError as exc:
-            log.warning("Table 2 without %s: %s", scenario, exc)
-    if complete:
-        cmp.t2 = M.table2(complete)
-        cmp.t2_ci, cmp.t2_long = table2_ci(complete, intervals)
-    _paper_method(boots, metric, alpha, cmp)
-    return cmp
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,9 +115,7 @@ def _tracking_experiment(client: Any, runs: StudyRuns, experiment: str | None) -
 
 
 def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) -> list[Path]:
-    from thyroaug.evaluation import metrics as M
-    from thyroaug.evaluation.report import table3_markdown
-
+    """Paired tests, paper method, Table 2 and Table 3 files under ``tmp``."""
     files = []
     if cmp.paired is not None:
         cmp.paired.to_csv(tmp / "paired_tests.csv", index=False)
@@ -299,7 +138,7 @@ def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) ->
     if t3 is not None:
         t3.to_csv(tmp / "table3.csv")
         t3_long.to_csv(tmp / "table3_long.csv", index=False)
-        (tmp / "table3.md").write_text(table3_markdown(t3))
+        (tmp / "table3.md").write_text(R.table3_markdown(t3))
         files += [tmp / "table3.csv", tmp / "table3_long.csv", tmp / "table3.md"]
     return files
 
@@ -307,8 +146,8 @@ def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) ->
 def _figures(
     tmp: Path, cmp: Comparison, runs: StudyRuns, settings: Settings
 ) -> tuple[Path | None, Path | None]:
-    from thyroaug.evaluation import plots
-    from thyroaug.evaluation.report import PAPER_METHOD_NAME
+    """The paired-difference heatmap and the paper-method heatmap (None when not computed)."""
+    from thyroaug.evaluation import plots  # imports torch: `thyroaug compare --help` stays light
 
     heatmap = paper_heatmap = None
     missing = dict.fromkeys(runs.missing, "missing")
@@ -372,10 +211,8 @@ def compare_study(
         CompareError: no finished classifier run of the study, or runs on different cases.
         ConfigError: an unknown ``metric``.
     """
-    import mlflow
+    import mlflow  # heavy: `thyroaug compare --help` does not load it
     from mlflow import MlflowClient
-
-    from thyroaug.tracking.setup import resolve_uris
 
     if metric not in PAIRED_NAME:
         raise ConfigError(f"metric {metric!r}: choose one of {sorted(PAIRED_NAME)}")
@@ -397,8 +234,17 @@ def compare_study(
         boots = download_csvs(
             runs.chosen, BOOTSTRAP_ARTIFACT, tmp / "b", "bootstrap files", progress
         )
-        cmp = analyse(runs, preds, boots, settings.metric, alpha, n_resamples, seed)
-        by_seed = CS.seed_analysis(runs, preds, tmp / "s", settings, progress)
+        cmp = analyse(
+            {s: dict(r.data.metrics) for s, r in runs.chosen.items()},
+            preds,
+            boots,
+            {s: r.info.run_id for s, r in runs.chosen.items()},
+            settings.metric,
+            alpha,
+            n_resamples,
+            seed,
+        )
+        by_seed = _seed_analysis(runs, preds, tmp / "s", settings, progress)
         grids = download_grids(client, runs.synth, tmp / "grids")
         deviations = _deviations(runs)
         files = _outputs(tmp, runs, cmp, grids, deviations, settings, by_seed)
@@ -406,9 +252,33 @@ def compare_study(
         return _log_run(runs, cmp, files, deviations, settings, configure)
 
 
-def _deviations(runs: StudyRuns) -> dict[str, str]:
-    from thyroaug.evaluation.report import find_deviations
+def _seed_analysis(
+    runs: StudyRuns, preds: dict[str, pd.DataFrame], tmp: Path, settings: Settings, progress: bool
+) -> SeedAnalysis | None:
+    """The training-seed analysis of a study (None when no scenario has two seeds)."""
+    if not has_several_seeds(runs):
+        return None
+    frames, run_ids = seed_frames(runs, preds, tmp, progress)
+    return analyse_seeds(
+        frames, run_ids, runs.seeds, list(runs.chosen), runs.primary_seed, settings
+    )
 
+
+def _write_seed_tables(tmp: Path, analysis: SeedAnalysis | None) -> list[Path]:
+    """``seed_table2.csv``, ``seed_table2_by_seed.csv`` and ``seed_tests.csv`` under ``tmp``."""
+    if analysis is None or analysis.summary is None:
+        return []
+    files = [tmp / "seed_table2.csv", tmp / "seed_table2_by_seed.csv"]
+    analysis.summary.to_csv(files[0], index=False)
+    analysis.per_seed.to_csv(files[1], index=False)
+    if analysis.tests is not None:
+        analysis.tests.to_csv(tmp / "seed_tests.csv", index=False)
+        files.append(tmp / "seed_tests.csv")
+    return files
+
+
+def _deviations(runs: StudyRuns) -> dict[str, str]:
+    """Deviations from the paper that the study's runs record."""
     return find_deviations(
         {s: _facts(r) for s, r in runs.chosen.items()},
         {k: _facts(r) for k, r in runs.generators.items()},
@@ -424,11 +294,9 @@ def _outputs(
     grids: list[Path],
     deviations: dict[str, str],
     settings: Settings,
-    by_seed: CS.SeedAnalysis | None = None,
+    by_seed: SeedAnalysis | None = None,
 ) -> list[Path]:
     """Write tables, figures and the HTML report under ``tmp``; return the files to log."""
-    from thyroaug.evaluation import report as R
-
     t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
     t3 = R.table3_from_long(t3_long)
     heatmap, paper_heatmap = _figures(tmp, cmp, runs, settings)
@@ -463,7 +331,7 @@ def _outputs(
             seed_tests=by_seed.tests if by_seed is not None else None,
         )
     )
-    files = _write_tables(tmp, cmp, t3_long, t3) + CS.write_seed_tables(tmp, by_seed)
+    files = _write_tables(tmp, cmp, t3_long, t3) + _write_seed_tables(tmp, by_seed)
     files += [p for p in (heatmap, paper_heatmap) if p is not None]
     (tmp / "report.html").write_text(page)
     return [*files, tmp / "report.html"]
@@ -478,9 +346,7 @@ def _log_run(
     experiment: str | None,
 ) -> dict[str, Any]:
     """Log the compare run: params, tags (one ``deviation.<key>`` per deviation), artifacts."""
-    import mlflow
-
-    from thyroaug.tracking.setup import configure_tracking, start_run
+    import mlflow  # heavy: `thyroaug compare --help` does not load it
 
     configure_tracking(experiment=experiment)
     tags = {TAG_STEP: STEP_COMPARE, TAG_STUDY_ID: settings.study_id}

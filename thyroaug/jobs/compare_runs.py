@@ -6,8 +6,8 @@ runs by the ``study_id`` tag: the latest classifier run per (scenario, training 
 ``chosen`` for Table 2, the paired tests and the paper method: the run of the primary seed (the
 study's base seed), else of its first seed; ``by_seed`` holds every seed's run.
 ``download_csvs`` fetches one artifact of many runs under a single progress bar (MLflow's
-per-file bars off). ``align_predictions`` lines the runs' external predictions up by ``case_id``
-and refuses runs scored on different cases.
+per-file bars off); ``seed_frames`` the external predictions of every (scenario, training seed).
+Lining the predictions up is ``thyroaug.evaluation.alignment``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from thyroaug.contract import (
-    CLASSES,
+    PREDICTIONS_ARTIFACT,
     STEP_CLASSIFIER,
     STEP_STUDY,
     STEP_SYNTHESIZE,
@@ -35,14 +35,11 @@ from thyroaug.contract import (
     train_step,
 )
 from thyroaug.errors import ThyroaugError, TrackingError
+from thyroaug.evaluation.alignment import CompareError, external_rows
 from thyroaug.tracking.runs import tag_clause
 from thyroaug.utils.env import scoped_env
 
 log = logging.getLogger(__name__)
-
-
-class CompareError(ThyroaugError):
-    """The study's runs cannot be compared (none found, different external case sets, ...)."""
 
 
 @dataclass
@@ -128,7 +125,7 @@ def _classifier_runs(
     client: Any, ids: list[str], base: str, seeds: Sequence[Any] | None, out: StudyRuns
 ) -> None:
     """``out.by_seed`` (latest run per scenario and seed) and ``out.superseded``."""
-    from thyroaug.scenarios import canonical
+    from thyroaug.scenarios import canonical  # imports torch (training-set assembly)
 
     wanted = None if seeds is None else {seed_key(s) for s in seeds}
     for run in _search(client, ids, f"{base} and {tag_clause(TAG_STEP, STEP_CLASSIFIER)}"):
@@ -162,7 +159,7 @@ def find_runs(
     default: every seed found, the primary one being the study run's ``seed`` param when runs
     with it exist, else the smallest.
     """
-    from thyroaug.scenarios import canonical
+    from thyroaug.scenarios import canonical  # imports torch (training-set assembly)
 
     if "'" in study_id or "\\" in study_id:
         raise CompareError(f"study id {study_id!r}: quotes and backslashes are not supported")
@@ -218,8 +215,7 @@ def download_csvs(
     runs: dict[str, Any], artifact: str, dst: Path, what: str, progress: bool
 ) -> dict[str, pd.DataFrame]:
     """``artifact`` of every run as a DataFrame (one progress bar for all); failures logged."""
-    import mlflow
-    from tqdm.auto import tqdm
+    import mlflow  # heavy: `thyroaug compare --help` does not load it
 
     out: dict[str, pd.DataFrame] = {}
     with _quiet_mlflow_downloads():
@@ -239,7 +235,8 @@ def download_csvs(
 
 
 def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> list[Path]:
-    import mlflow
+    """The PNG sample grids of every synthesis run, downloaded under ``dst``."""
+    import mlflow  # heavy: `thyroaug compare --help` does not load it
 
     grids: list[Path] = []
     with _quiet_mlflow_downloads():
@@ -253,73 +250,31 @@ def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> list[Path]:
     return grids
 
 
-# --------------------------------------------------------------------------------------------
-# predictions
-# --------------------------------------------------------------------------------------------
-@dataclass
-class AlignedPredictions:
-    """External predictions of several runs on one common, sorted list of cases."""
-
-    case_ids: list[str]
-    y: np.ndarray  # class indices [n]
-    probas: dict[str, np.ndarray]  # scenario -> [n, K]
+def has_several_seeds(runs: StudyRuns) -> bool:
+    """Whether some scenario of the study has finished runs with two or more training seeds."""
+    return any(len(per_seed) > 1 for per_seed in runs.by_seed.values())
 
 
-def external_rows(frame: pd.DataFrame) -> pd.DataFrame | None:
-    """The external rows of a predictions.csv with usable columns, else None."""
-    need = ["case_id", "split", "true", *(f"prob_{c}" for c in CLASSES)]
-    if any(c not in frame.columns for c in need):
-        return None
-    ext = frame[frame["split"].astype(str) == "external"]
-    return ext if len(ext) else None
-
-
-def _case_list(ids: set[str]) -> str:
-    shown = sorted(ids)[:5]
-    return ", ".join(shown) + (" ..." if len(ids) > 5 else "")
-
-
-def align_predictions(
-    frames: dict[str, pd.DataFrame], run_ids: dict[str, str] | None = None
-) -> AlignedPredictions:
-    """Align several runs' external predictions by ``case_id``.
-
-    Raises:
-        CompareError: two runs' external case sets differ, a case id repeats, or the runs
-            disagree on a case's true class.
-    """
-    run_ids = run_ids or {}
-    names = list(frames)
-    ref = names[0]
-    ref_ids = set(frames[ref]["case_id"].astype(str))
-    for name in names:
-        ids = frames[name]["case_id"].astype(str)
-        if ids.duplicated().any():
-            dup = set(ids[ids.duplicated()])
-            raise CompareError(f"{name}: external case id(s) repeat in its predictions: {dup}")
-        if set(ids) != ref_ids:
-            only_ref, only_this = ref_ids - set(ids), set(ids) - ref_ids
-            raise CompareError(
-                f"runs {ref} ({run_ids.get(ref, '?')}) and {name} ({run_ids.get(name, '?')}) "
-                f"were scored on different external cases: {len(only_ref)} only in {ref} "
-                f"({_case_list(only_ref)}), {len(only_this)} only in {name} "
-                f"({_case_list(only_this)}); paired tests need the same cases - compare runs "
-                "of one prepared cohort"
-            )
-    order = sorted(ref_ids)
-    truth = frames[ref].set_index(frames[ref]["case_id"].astype(str))["true"].loc[order]
-    probas = {}
-    cols = [f"prob_{c}" for c in CLASSES]
-    for name in names:
-        df = frames[name].set_index(frames[name]["case_id"].astype(str)).loc[order]
-        if not (df["true"].astype(str).to_numpy() == truth.astype(str).to_numpy()).all():
-            raise CompareError(f"{ref} and {name} disagree on the true class of some cases")
-        p = df[cols].to_numpy(dtype=np.float64)
-        probas[name] = p / p.sum(axis=1, keepdims=True)  # undo CSV rounding of the row sums
-    y = np.array([CLASSES.index(str(t)) for t in truth], dtype=np.int64)
-    return AlignedPredictions(order, y, probas)
-
-
-# --------------------------------------------------------------------------------------------
-# the comparison
-# --------------------------------------------------------------------------------------------
+def seed_frames(
+    runs: StudyRuns, preds: dict[str, pd.DataFrame], dst: Path, progress: bool
+) -> tuple[dict[tuple[str, str], pd.DataFrame], dict[tuple[str, str], str]]:
+    """External predictions and run ids per (scenario, seed): the chosen runs' from ``preds``
+    (already downloaded), every other seed's run downloaded to ``dst``."""
+    chosen_ids = {r.info.run_id for r in runs.chosen.values()}
+    others = {
+        f"{scenario}__s{seed}": run
+        for scenario, per_seed in runs.by_seed.items()
+        for seed, run in per_seed.items()
+        if run.info.run_id not in chosen_ids
+    }
+    fetched = download_csvs(others, PREDICTIONS_ARTIFACT, dst, "other seeds' predictions", progress)
+    frames, run_ids = {}, {}
+    for scenario, per_seed in runs.by_seed.items():
+        for seed, run in per_seed.items():
+            raw = preds.get(scenario) if run.info.run_id in chosen_ids else None
+            raw = raw if raw is not None else fetched.get(f"{scenario}__s{seed}")
+            ext = external_rows(raw) if raw is not None else None
+            if ext is not None:
+                frames[(scenario, seed)] = ext
+                run_ids[(scenario, seed)] = run.info.run_id
+    return frames, run_ids
