@@ -1,21 +1,9 @@
-"""Conventional augmentation (CA), paper section 3.2.1, with ``torchvision.transforms.v2``.
+"""Conventional augmentation (CA), paper Sec. 3.2.1, with ``torchvision.transforms.v2``.
 
-The paper's randomised pipeline: rotation (±15°), horizontal flip, translation (±10 %),
-scaling (0.8–1.2×) and additive Gaussian noise with sigma drawn from [0.001, 0.01]. Rotation,
-translation and scale are one ``RandomAffine`` (a single bilinear resampling instead of three); the
-flip comes first. Everything runs on tensors. With a mask, image and mask receive the same geometric
-transform; ``tv_tensors.Mask`` makes torchvision resample the mask with nearest-neighbour
-interpolation, so a 0/1 mask stays 0/1. Noise touches the image only. The output is clipped to
-the data range.
-
-The paper's noise sigmas are for images in [0, 1]; here sigma is relative to the width of the data
-range (``hi - lo``), which is the same thing for [0, 1] images and keeps the meaning for others.
-Pixels that the affine moves in from outside the frame take the range minimum (the background).
-
-The paper treats CA as one more augmentation method producing 1000 images per class, so
-``make_ca_set`` returns a ``SyntheticSet`` (method ``CA``) like the generators do. Every image has
-its own seed (recorded in the manifest), derived from the set's seed and the image index, so one
-image can be reproduced alone: ``ConventionalAugment(...)(source_image, seed=manifest_seed)``.
+Rotation (±15°), horizontal flip, translation (±10 %), scaling (0.8–1.2×) and additive Gaussian
+noise with sigma drawn from [0.001, 0.01] of the data range. Design choices (one affine, masks
+nearest-neighbour, sigma relative to the range, per-image seeds): ``docs/data.md``,
+"Conventional augmentation".
 """
 
 from __future__ import annotations
@@ -38,6 +26,8 @@ from thyroaug.contract import CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
 from thyroaug.synthetic import SyntheticSet
+from thyroaug.utils.seeds import derive_seed
+from thyroaug.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +42,8 @@ GENERATOR_URI = "thyroaug.augment.conventional"
 class RandomGaussianNoise(v2.Transform):
     """Additive Gaussian noise whose sigma is drawn uniformly from ``sigma_range`` per call.
 
-    Masks (and anything that is not a float image) pass through unchanged. Randomness comes from
-    torch's global generator, like every ``v2`` transform, so ``torch.manual_seed`` fixes it.
+    Masks (and anything that is not a float image) pass through unchanged. Random draws come from
+    torch's global generator, like every ``v2`` transform.
 
     Args:
         sigma_range: (low, high) of the noise standard deviation, in units of ``scale``.
@@ -176,31 +166,55 @@ class ConventionalAugment:
         return out_img.as_subclass(torch.Tensor).clamp_(lo, hi), out_mask.as_subclass(torch.Tensor)
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run per-image ops on one torch thread (restored afterwards).
-
-    Each CA image is a handful of tiny kernels; intra-op threads only add synchronisation, and on
-    a busy machine waiting OpenMP threads make it 10-30x slower (bench/classifier.py).
-    """
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The seed of image ``index`` in a set made with ``seed`` (independent streams per image)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint32)[0])
-
-
 def _balanced_sources(n_available: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` indices into ``n_available`` sources, each used floor/ceil(count/n) times."""
     reps = -(-count // n_available)
     order = np.concatenate([rng.permutation(n_available) for _ in range(reps)])
     return order[:count]
+
+
+def _check_training_only(table: pd.DataFrame) -> None:
+    """Refuse source rows outside the training split (CA must never see evaluation images)."""
+    if "split" not in table.columns:
+        return
+    bad = table.loc[table["split"] != "train", "case_id"].astype(str).tolist()
+    if bad:
+        raise ScenarioError(
+            f"CA: {len(bad)} source case(s) are not in the training split (e.g. {bad[:3]}); "
+            "pass cohort.subset('train')"
+        )
+
+
+def _source_plan(labels: np.ndarray, per_class: int, seed: int) -> list[tuple[int, int]]:
+    """(class index, source row) of every CA image, class-major, sources balanced per class."""
+    plan: list[tuple[int, int]] = []
+    for ci, name in enumerate(CLASSES):
+        rows = np.flatnonzero(labels == ci)
+        if rows.size == 0:
+            raise ScenarioError(
+                f"CA: no training images of class {name} to augment; the training split needs at "
+                "least one case per class"
+            )
+        rng = np.random.default_rng([int(seed), ci])
+        plan.extend((ci, int(rows[j])) for j in _balanced_sources(rows.size, per_class, rng))
+    return plan
+
+
+def _augment_all(
+    aug: ConventionalAugment,
+    images: torch.Tensor,
+    rows: list[int],
+    seeds: list[int],
+    progress: bool,
+) -> torch.Tensor:
+    """``aug(images[row])`` under each image's seed, on one torch thread (``docs/data.md``)."""
+    out = torch.empty((len(rows), *images.shape[1:]), dtype=torch.float32)
+    bar = {"desc": "CA", "unit": "img", "disable": not progress, "leave": False}
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
+        for k, row in enumerate(tqdm(rows, mininterval=1.0, **bar)):
+            torch.manual_seed(seeds[k])
+            out[k] = aug(images[row])
+    return out
 
 
 def make_ca_set(
@@ -220,7 +234,7 @@ def make_ca_set(
         cohort_train: the training split only (a ``PreparedCohort``); val/external rows are refused
             so that CA can never leak evaluation images into training.
         per_class: images per class (the paper: 1000).
-        seed: the set's seed; image ``k`` uses ``image_seed(seed, k)`` (written to the manifest).
+        seed: the set's seed; image ``k`` uses ``derive_seed(seed, k)`` (written to the manifest).
         value_range: data range for clipping and border fill; default: min/max of the source images.
         progress: show a tqdm bar.
 
@@ -235,13 +249,7 @@ def make_ca_set(
     if per_class < 1:
         raise ScenarioError(f"CA: per_class must be >= 1, got {per_class}")
     table = cohort_train.table
-    if "split" in table.columns:
-        bad = table.loc[table["split"] != "train", "case_id"].astype(str).tolist()
-        if bad:
-            raise ScenarioError(
-                f"CA: {len(bad)} source case(s) are not in the training split (e.g. {bad[:3]}); "
-                "pass cohort.subset('train')"
-            )
+    _check_training_only(table)
     labels = cohort_train.labels.numpy()
     images = cohort_train.images.float()
     if value_range is None:
@@ -250,26 +258,9 @@ def make_ca_set(
             value_range = (value_range[0], value_range[0] + 1.0)
     aug = ConventionalAugment(value_range=value_range)
     case_ids = table["case_id"].astype(str).to_numpy()
-
-    plan: list[tuple[int, int]] = []  # (class index, source row)
-    for ci, name in enumerate(CLASSES):
-        rows = np.flatnonzero(labels == ci)
-        if rows.size == 0:
-            raise ScenarioError(
-                f"CA: no training images of class {name} to augment; the training split needs at "
-                "least one case per class"
-            )
-        rng = np.random.default_rng([int(seed), ci])
-        plan.extend((ci, int(rows[j])) for j in _balanced_sources(rows.size, per_class, rng))
-
-    out = torch.empty((len(plan), *images.shape[1:]), dtype=torch.float32)
-    seeds = [image_seed(seed, k) for k in range(len(plan))]
-    with torch.random.fork_rng(devices=[]), _one_thread():
-        for k, (_, row) in enumerate(
-            tqdm(plan, desc="CA", unit="img", disable=not progress, leave=False, mininterval=1.0)
-        ):
-            torch.manual_seed(seeds[k])
-            out[k] = aug(images[row])
+    plan = _source_plan(labels, per_class, seed)
+    seeds = [derive_seed(seed, k) for k in range(len(plan))]
+    out = _augment_all(aug, images, [row for _, row in plan], seeds, progress)
 
     manifest = pd.DataFrame(
         {

@@ -1,20 +1,11 @@
-"""Classifier settings: field defaults are the paper's (section 3.2.4), profiles override a few.
+"""Classifier settings: field defaults are the paper's (Sec. 3.2.4), profiles override a few.
 
 Paper: ResNet18 from ImageNet-1K weights, first conv 3×3, head Dropout(0.2) + Linear(4); Adam
 (lr 1e-4, weight decay 1e-5), cross-entropy, ReduceLROnPlateau on the validation loss (factor 0.8,
 patience 10, min lr 2e-5), 300 epochs, 128×128 inputs, 1000 synthetic images per class per method,
-1000 bootstrap resamples. The paper does not state the batch size; we use 32, a common choice for
+1000 bootstrap resamples. The paper does not state the batch size; 32 is a common choice for
 ResNet18 on a few thousand 128 px images (about 150 steps per epoch on the paper's 4500+ image
 training sets, enough for the plateau scheduler to act on a smooth validation curve).
-
-Profiles:
-  ``quick``  CPU demo: 64 px, 8 epochs, 100 synthetic images per class per method, 200 bootstrap
-             resamples. On the phantom quick cohort (``--scale 0.1``: 231 training cases) the
-             largest paper scenario, O+FM+CA, trains on about 1000 images per epoch; one scenario
-             takes a few CPU minutes on 2 cores (measured in the report of bench/classifier.py).
-  ``smoke``  tests: 32 px, 2 epochs, 8 synthetic images per class, 50 bootstrap resamples, one
-             torch thread (tiny batches gain nothing from more, and on a shared machine extra
-             OpenMP threads wait on each other); seconds.
 """
 
 from __future__ import annotations
@@ -93,6 +84,8 @@ class ClassifierConfig:
             "bootstrap": 200,
             "gradcam_per_class": 2,
         },
+        # smoke: tests, seconds; one torch thread (tiny batches gain nothing from more, and on a
+        # shared machine extra OpenMP threads wait on each other)
         "smoke": {
             "image_size": 32,
             "epochs": 2,

@@ -1,24 +1,19 @@
-"""The paper's ResNet18 variant (section 3.2.4) for one-channel 128 px scintigrams.
+"""The paper's ResNet18 variant (Sec. 3.2.4) for one-channel 128 px scintigrams.
 
 torchvision's ``resnet18`` with three changes:
 
-* **First conv 3×3, stride 1, max-pool kept.** The paper keeps a 3×3 kernel in the first layer.
-  ImageNet's 7×7/2 conv + 3×3/2 max-pool shrink a 224 px image 4× before the first residual stage;
-  on a 128 px scintigram that would leave 32 px at stage 1 and 4×4 at stage 4, losing the small
-  nodules that separate NG from DG. Stride 1 with the max-pool kept gives 64 px at stage 1 and an
-  8×8 map at stage 4 (also the Grad-CAM resolution) for about 1.3× the compute of a 224 px ImageNet
-  forward; dropping the max-pool as well (CIFAR style) would cost 4× more for little gain at this
-  size. Both are settings (``conv1_stride``, ``keep_maxpool``). With ImageNet weights the 3×3
-  kernel is initialised from the centre 3×3 crop of the pretrained 7×7 kernel.
-* **Grayscale input.** The conv1 weights are summed over the RGB input channels into one channel:
-  a conv on a gray image with summed weights equals the original conv on that image repeated three
-  times, so pretrained filters keep their response without tripling the input.
-* **Head**: ``Dropout(p) -> Linear(512, 4)`` (classes in ``thyroaug.CLASSES`` order); the model
-  returns logits.
+* **First conv 3×3, stride 1, max-pool kept** (the paper's 3×3 kernel). ImageNet's 7×7/2 conv and
+  max-pool would leave a 4×4 map at stage 4 of a 128 px input, losing the small nodules that
+  separate NG from DG; stride 1 with the max-pool gives 8×8 (also the Grad-CAM resolution) for
+  about 1.3× the compute of a 224 px ImageNet forward, while dropping the max-pool too (CIFAR
+  style) costs 4× more for little gain (``conv1_stride``, ``keep_maxpool``). ImageNet weights: the
+  centre 3×3 crop of the pretrained 7×7 kernel.
+* **Grayscale input**: conv1 weights summed over the RGB channels, which equals the original conv
+  on the gray image repeated three times.
+* **Head**: ``Dropout(p) -> Linear(512, 4)`` (``thyroaug.CLASSES`` order), returning logits.
 
-ImageNet weights are used only when a local file is present (``thyroaug.config.local_weights``);
-nothing is ever downloaded. Without one the model starts from torchvision's random initialisation
-and a warning says so.
+ImageNet weights come only from a local file (``thyroaug.config.local_weights``), never a download;
+without one the model starts from random initialisation, with a warning.
 """
 
 from __future__ import annotations

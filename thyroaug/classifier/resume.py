@@ -1,15 +1,11 @@
 """Per-epoch checkpoints of one classifier run, so that a killed `train-classifier` continues.
 
-A run's checkpoint folder is named after the job's identity (scenario, profile, seed, study id,
-cohort hash, synthetic sets: ``checkpoint_dir``), so the same command finds it again. ``state.pt``
-in it holds, after every epoch, the whole training state of ``thyroaug.classifier.train.fit``
-(weights, optimiser, scheduler, RNG states, epoch, best epoch and weights, history), the resolved
-config, the MLflow run id and the per-epoch metrics the tracking server has not received yet. It
-is written atomically (temporary file + rename), so a kill leaves the previous epoch's state.
-
-``RunCheckpoint.open`` refuses, before any MLflow run exists: an existing checkpoint without
-``resume`` (continue it or delete the folder), and a checkpoint of other settings (only the
-``RESUMABLE_CHANGES`` fields may differ). The folder is removed when the run finishes.
+The folder is named after the job's identity (``checkpoint_dir``); its ``state.pt``, written
+atomically after every epoch, holds the training state of ``classifier.train.fit``, the resolved
+config, the MLflow run id and the metrics the tracking server has not received yet.
+``RunCheckpoint.open`` refuses, before any MLflow run exists, an existing checkpoint without
+``resume`` and one of other settings (only ``RESUMABLE_CHANGES`` may differ). The folder is
+removed when the run finishes.
 """
 
 from __future__ import annotations

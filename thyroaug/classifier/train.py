@@ -1,16 +1,12 @@
-"""Training loop of the ResNet18 classifier (paper section 3.2.4) on in-memory tensors.
+"""Training loop of the ResNet18 classifier (paper Sec. 3.2.4) on in-memory tensors.
 
-Everything is prepared once: images live in memory as one float32 tensor (no per-epoch file reads
-or image decoding), mini-batches are slices taken with a seeded permutation, the network runs in
-``channels_last`` where that is faster (CPU convolutions, see bench/classifier.py), evaluation runs
-under ``torch.inference_mode``. After each epoch the validation loss drives ReduceLROnPlateau, and
-the best epoch's weights (by ``checkpoint_metric``) are kept in memory and written atomically to
-disk. With the same seed on the same CPU and thread count two fits give identical numbers: weights
-init, batch order and dropout are all seeded, and ``torch.use_deterministic_algorithms`` is on
-while training (the caller's RNG state and determinism setting are restored afterwards). After each
-epoch ``on_state`` receives the whole training state (weights, optimiser, scheduler, RNG states,
-best epoch, history); ``resume_state`` continues from one, to the same numbers as an uninterrupted
-fit (``thyroaug.classifier.resume`` keeps it on disk for `train-classifier --resume`).
+Images stay in memory as one float32 tensor; mini-batches are slices of a seeded permutation; the
+network runs ``channels_last`` where faster (CPU convolutions, ``bench/classifier.py``). After each
+epoch the validation loss drives ReduceLROnPlateau and the best epoch's weights (by
+``checkpoint_metric``) are kept and written atomically. With the same seed, CPU and thread count
+two fits give identical numbers (seeded init, batch order and dropout; deterministic algorithms
+while training, the caller's settings restored). ``on_state`` / ``resume_state`` carry the whole
+training state for `train-classifier --resume` (``thyroaug.classifier.resume``).
 """
 
 from __future__ import annotations
@@ -38,6 +34,7 @@ from thyroaug.config import to_dict
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
 from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +73,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
     return torch.device(name)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Use ``n`` torch intra-op threads inside the block (0: leave as is); restore afterwards."""
-    prev = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 @contextmanager

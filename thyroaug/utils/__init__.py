@@ -1,3 +1,6 @@
-"""Small helpers every layer may use: atomic writes, seed derivation, the one image/mask resize,
-formula-safe CSV writing (``csvsafe``),
-scoped environment variables (``env``) and file digests (``digest``)."""
+"""Small helpers every layer may use.
+
+Atomic writes (``atomic``), seed derivation (``seeds``), the one image/mask resize (``resize``),
+formula-safe CSV writing (``csvsafe``), scoped torch threads (``threads``), scoped environment
+variables (``env``) and file digests (``digest``).
+"""

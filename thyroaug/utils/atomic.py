@@ -1,9 +1,8 @@
 """Atomic writes: a later step never reads a half-written file or folder.
 
-Everything is written to a temporary sibling (same folder, so the final ``os.replace`` is a rename
-on one file system) and renamed into place only when complete. A crash leaves a hidden
-``.<name>.tmp-<pid>-*`` sibling, never a truncated ``<name>``; the next write of the same ``<name>``
-removes the siblings whose writer process is gone (``sweep_staging``).
+Everything is written to a temporary sibling (same file system, so ``os.replace`` is a rename)
+and renamed into place when complete. A crash leaves a hidden ``.<name>.tmp-<pid>-*`` sibling,
+which the next write of ``<name>`` removes once its writer is gone (``sweep_staging``).
 """
 
 from __future__ import annotations

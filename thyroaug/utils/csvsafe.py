@@ -1,12 +1,9 @@
 """CSV files for people: cells a spreadsheet would run as a formula are escaped (CSV injection).
 
-Spreadsheet programs treat a cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
-return as a formula (OWASP "CSV Injection"). ``escape_cells`` prefixes such *text* cells with a
-single quote ``'``, which spreadsheets show as text; numbers (a negative probability, say) are left
-alone, as are column names and index labels that do not start that way. Use ``to_csv_safe`` for
-every CSV a person may open (predictions, metrics tables); files only the package reads back are
-written as they are. Case ids starting with those characters are refused at ingest
-(``thyroaug.data.manifest``), so escaping is the second line of defence.
+A text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (OWASP "CSV
+Injection") gets a leading ``'``; numbers are left alone. Use ``to_csv_safe`` for every CSV a
+person may open; files only the package reads back are written as they are. Ingest already
+refuses such case ids (``thyroaug.data.manifest``): this is the second line of defence.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The one image resize and the one mask resize (preprocessing, classifier, FM, SD, fidelity).
 
-Images: bilinear with antialiasing (a triangle filter when shrinking, so no aliasing of Poisson
-noise), ``align_corners=False`` (pixel centres, the convention of torchvision and PIL), computed in
-float32 and clamped to the input's own [min, max] (the filter is a convex combination, so this only
-removes rounding overshoot). Masks: ``nearest-exact`` (PyTorch's ``nearest`` picks pixels shifted by
-half a pixel when shrinking; ``nearest-exact`` matches PIL / scikit-image), dtype preserved, so a
-binary mask stays binary. Both accept ``[N, C, H, W]`` and return the input unchanged (images as
-float32) when it already has the requested size.
+Images: bilinear, antialiased, ``align_corners=False``, clamped to the input's range; masks:
+``nearest-exact``, dtype kept. Why these: ``docs/data.md``, "Resizing".
 """
 
 from __future__ import annotations

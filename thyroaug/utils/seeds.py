@@ -1,10 +1,8 @@
-"""One seed derivation for the whole package.
+"""One seed derivation for the whole package: ``derive_seed(*words)``.
 
-Every derived seed (per synthetic image, per CA image, per epoch's data order, per retry...) is
-``derive_seed(*words)``: the first 32-bit word of ``numpy.random.SeedSequence(words)``. Different
-purposes use different word tuples (e.g. ``(run_seed, class_index, j)`` for the j-th synthetic image
-of a class), so streams never collide by accident and any single item can be regenerated from the
-words recorded with it.
+Each purpose uses its own word tuple (e.g. ``(run_seed, class_index, j)`` for the j-th synthetic
+image of a class), so streams never collide by accident and any single item can be regenerated
+from the words recorded with it.
 """
 
 from __future__ import annotations
