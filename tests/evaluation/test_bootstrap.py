@@ -10,7 +10,13 @@ import pytest
 from sklearn.metrics import f1_score
 
 import thyroaug.evaluation.bootstrap as bootstrap_mod
-from thyroaug.evaluation.bootstrap import bootstrap, resample_indices, summarize
+from thyroaug.contract import CLASSES
+from thyroaug.evaluation.bootstrap import (
+    bootstrap,
+    metric_replicates,
+    resample_indices,
+    summarize,
+)
 from thyroaug.evaluation.metrics import MetricInputError, compute_metrics, metric_names
 
 
@@ -100,3 +106,33 @@ def test_summarize_percentiles() -> None:
     assert s.loc["a", "lower"] == pytest.approx(5) and s.loc["a", "upper"] == pytest.approx(95)
     assert s.loc["a", "n_valid"] == 101 and s.loc["b", "n_valid"] == 0
     assert math.isnan(s.loc["b", "mean"])
+
+
+def test_auc_classes_conventions_differ_only_where_a_class_is_missing() -> None:
+    """'resample' is compute_metrics on the resample; 'full' is NaN where a class defined on the
+    full data is undefined in the resample (scikit-learn's ovr macro AUC would raise)."""
+    y, p = _data(40, seed=3)
+    y[:3] = 3
+    y[3:][y[3:] == 3] = 2  # class 3 has exactly 3 cases: many resamples lack it
+    idx = resample_indices(40, 150, seed=5)
+    names = ["accuracy", "f1_macro", "auc_macro", "macro_auc", "macro_f1"]
+    resample = metric_replicates(y, p, idx, names, classes=list(CLASSES), auc_classes="resample")
+    full = metric_replicates(y, p, idx, names, classes=list(CLASSES), auc_classes="full")
+    ref = bootstrap(y, p, n_resamples=150, seed=5, metrics=names)
+    pd.testing.assert_frame_equal(resample, ref, check_exact=True, check_freq=False)
+    lacks = np.array([not (0 < np.sum(y[row] == 3) < 40) for row in idx])
+    assert lacks.any() and not lacks.all()
+    assert np.isnan(full["auc_macro"][lacks]).all()
+    np.testing.assert_array_equal(full["auc_macro"][~lacks], resample["auc_macro"][~lacks])
+    for b in np.flatnonzero(lacks)[:5]:
+        assert resample.loc[b, "auc_macro"] == pytest.approx(
+            compute_metrics(y[idx[b]], p[idx[b]])["auc_macro"], abs=1e-12
+        )
+    # paired names are the Table 2 metrics of the same name
+    np.testing.assert_array_equal(full["macro_auc"], full["auc_macro"])
+    np.testing.assert_array_equal(full["macro_f1"], full["f1_macro"])
+    np.testing.assert_array_equal(full["f1_macro"], resample["f1_macro"])
+    with pytest.raises(MetricInputError, match="auc_classes"):
+        metric_replicates(y, p, idx, auc_classes="defined")
+    with pytest.raises(MetricInputError, match="duplicate"):
+        metric_replicates(y, p, idx, ["accuracy", "accuracy"])

@@ -1,26 +1,17 @@
-"""Classification metrics of the paper's Table 2, computed with scikit-learn.
+"""Classification metrics of the paper's Table 2 (scikit-learn), and the checks of their inputs.
 
 ``compute_metrics`` turns labels and class probabilities into one flat dict with stable names:
+``accuracy``; class-wise ``precision_<C>``, ``recall_<C>``, ``f1_<C>``, ``auc_<C>`` (one vs rest)
+for each class ``C`` in ``CLASSES``; averaged ``precision_{micro,macro,weighted}``, ``recall_*``,
+``f1_*`` and ``auc_*``. Predictions are the arg-max of the probabilities (ties: the lower class
+index). Degenerate inputs give defined values, never a crash: zero precision / recall / F1 where
+scikit-learn's ``zero_division=0`` applies, NaN for an undefined one-vs-rest AUC (a class absent
+from ``y_true``, or the only one present), the macro / weighted AUC over the defined classes
+(``docs/statistics.md``, "Metrics").
 
-- ``accuracy``;
-- class-wise ``precision_<C>``, ``recall_<C>``, ``f1_<C>``, ``auc_<C>`` (one vs rest) for each class
-  ``C`` in ``CLASSES`` (DG, NG, NL, TI);
-- averaged ``precision_{micro,macro,weighted}``, ``recall_*``, ``f1_*`` and ``auc_*``.
-
-Predictions are the arg-max of the probabilities (ties go to the lower class index, as
-``numpy.argmax``). Precision / recall / F1 come from ``precision_recall_fscore_support`` with all
-class labels given and ``zero_division=0``; AUCs from ``roc_auc_score`` on one-hot labels.
-
-Degenerate inputs are defined, never a crash:
-
-- a class that is never predicted has precision 0 (``zero_division=0``), and so F1 0;
-- a class absent from ``y_true`` has recall 0 and F1 0 (scikit-learn with ``labels`` given, so the
-  macro averages of precision/recall/F1 include those zeros, as scikit-learn does); its one-vs-rest
-  AUC is undefined and reported as NaN. ``auc_macro`` is the mean over the classes whose AUC is
-  defined, ``auc_weighted`` the support-weighted mean over them (an absent class has support 0);
-- a single class present in ``y_true``: every class-wise AUC, ``auc_macro`` and ``auc_weighted`` are
-  NaN. ``auc_micro`` stays defined (the flattened one-hot target always has both 0s and 1s) and
-  equals ``roc_auc_score(label_binarize(y_true), y_prob, average="micro")``.
+``check_labels``, ``check_probabilities`` and the other ``check_*`` functions are the one place
+where labels, probabilities, per-case correctness, scores and levels are validated; the bootstrap,
+the paired tests, DeLong and the plots use them.
 
 Example:
     >>> import numpy as np

@@ -3,7 +3,9 @@
 For a study id it searches the tracking store for finished ``train_classifier`` runs (every
 experiment, or only ``--experiment``), keeps one run per scenario and training seed (the ``seed``
 param; ``--seeds`` restricts them), downloads each run's per-case predictions
-(``predictions/predictions.csv``) and bootstrap file, and logs as its own run:
+(``predictions/predictions.csv``) and bootstrap file, analyses them
+(``thyroaug.evaluation.comparison``, ``thyroaug.evaluation.seeds``; methods in
+``docs/statistics.md``) and logs as its own run:
 
 - ``compare/paired_tests.csv``: the default comparison, valid paired tests on the same external
   cases (``thyroaug.evaluation.paired.paired_comparisons``: exact McNemar for accuracy, paired
@@ -337,6 +339,23 @@ def _outputs(
     return [*files, tmp / "report.html"]
 
 
+def _run_params(runs: StudyRuns, cmp: Comparison, settings: Settings) -> dict[str, Any]:
+    """The compare run's params: its settings and what was compared."""
+    return {
+        "study_id": settings.study_id,
+        "metric": settings.metric,
+        "alpha": settings.alpha,
+        "n_scenarios": len(runs.chosen),
+        "n_external": len(cmp.aligned.y) if cmp.aligned is not None else 0,
+        "n_resamples": settings.n_resamples,
+        "seed": settings.seed,
+        "expected_source": runs.expected_source,
+        "training_seeds": ",".join(runs.seeds),
+        "n_seeds": _n_seeds(runs),
+        "paired_seed": runs.primary_seed,
+    }
+
+
 def _log_run(
     runs: StudyRuns,
     cmp: Comparison,
@@ -351,21 +370,7 @@ def _log_run(
     configure_tracking(experiment=experiment)
     tags = {TAG_STEP: STEP_COMPARE, TAG_STUDY_ID: settings.study_id}
     with start_run(run_name=f"compare-{settings.study_id}", tags=tags) as run:
-        mlflow.log_params(
-            {
-                "study_id": settings.study_id,
-                "metric": settings.metric,
-                "alpha": settings.alpha,
-                "n_scenarios": len(runs.chosen),
-                "n_external": len(cmp.aligned.y) if cmp.aligned is not None else 0,
-                "n_resamples": settings.n_resamples,
-                "seed": settings.seed,
-                "expected_source": runs.expected_source,
-                "training_seeds": ",".join(runs.seeds),
-                "n_seeds": _n_seeds(runs),
-                "paired_seed": runs.primary_seed,
-            }
-        )
+        mlflow.log_params(_run_params(runs, cmp, settings))
         mlflow.set_tags(
             {
                 TAG_MISSING_SCENARIOS: ",".join(runs.missing) or "none",
