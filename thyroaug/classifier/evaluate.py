@@ -77,9 +77,9 @@ def evaluate_and_report(
     Returns:
         {"metrics": flat dict (external_*, best_val_*, bootstrap_*), "files": {key: path}}.
     """
-    from thyroaug.evaluation import bootstrap as stats
-    from thyroaug.evaluation import gradcam, plots
+    # sklearn / matplotlib (~1 s) load to evaluate, not with `thyroaug train-classifier --help`
     from thyroaug.evaluation import metrics as M
+    from thyroaug.evaluation import plots
 
     model = result.model
     cl = cfg.channels_last
@@ -124,34 +124,66 @@ def evaluate_and_report(
         ext_y, ext_p, out_dir / "plots" / "roc.png", title=f"{name}: external ROC (one vs rest)"
     )
     if cfg.bootstrap > 0:
-        # every Table 2 metric, so that `thyroaug compare` has a 95 % CI for each number even
-        # without the predictions; run metrics and the plot keep the three headline ones
-        boot = stats.bootstrap(
-            ext_y, ext_p, n_resamples=cfg.bootstrap, seed=cfg.seed, metrics="all"
-        )
-        files["bootstrap"] = write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)
-        summary = stats.summarize(boot)
-        files["bootstrap_summary"] = write_csv(out_dir / "bootstrap" / "summary.csv", summary, True)
-        for metric in stats.DEFAULT_METRICS:
-            for col in ("mean", "std", "lower", "upper"):
-                metrics[f"bootstrap_{metric}_{col}"] = float(summary.loc[metric, col])
-        files["bootstrap_plot"] = plots.plot_bootstrap(
-            boot[list(stats.DEFAULT_METRICS)],
-            out_dir / "plots" / "bootstrap.png",
-            title=f"{name}: bootstrap (external)",
-        )
+        boot_files, boot_metrics = _write_bootstrap(ext_y, ext_p, cfg, out_dir, name)
+        files.update(boot_files)
+        metrics.update(boot_metrics)
     if cfg.gradcam_per_class > 0:
-        pick = gradcam.select_per_class(ext_y, cfg.gradcam_per_class)
-        images = data.external.images[torch.as_tensor(pick)]
-        pred = ext_p[pick].argmax(1)
-        cams = gradcam.gradcam(model, images, gradcam_layer(model), target_classes=pred)
-        files["gradcam"] = gradcam.overlay_figure(
-            images,
-            cams,
-            ext_y[pick],
-            pred,
-            out_dir / "gradcam" / "gradcam.png",
-            n_per_class=cfg.gradcam_per_class,
-            title=f"{name}: Grad-CAM on external cases (predicted class)",
-        )
+        files["gradcam"] = _write_gradcam(model, data.external, ext_p, cfg, out_dir, name)
     return {"metrics": metrics, "files": files}
+
+
+def _write_bootstrap(
+    y: np.ndarray, probs: np.ndarray, cfg: ClassifierConfig, out_dir: Path, name: str
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Bootstrap replicates of every Table 2 metric on the external set, their summary and plot.
+
+    Every metric, so that `thyroaug compare` has a 95 % CI for each number even without the
+    predictions; the run metrics and the plot keep the three headline ones.
+
+    Returns:
+        (files, ``bootstrap_<metric>_<mean|std|lower|upper>`` metrics).
+    """
+    from thyroaug.evaluation import bootstrap, plots  # sklearn / matplotlib: see above
+
+    boot = bootstrap.bootstrap(y, probs, n_resamples=cfg.bootstrap, seed=cfg.seed, metrics="all")
+    files = {"bootstrap": write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)}
+    summary = bootstrap.summarize(boot)
+    files["bootstrap_summary"] = write_csv(out_dir / "bootstrap" / "summary.csv", summary, True)
+    metrics = {
+        f"bootstrap_{metric}_{col}": float(summary.loc[metric, col])
+        for metric in bootstrap.DEFAULT_METRICS
+        for col in ("mean", "std", "lower", "upper")
+    }
+    files["bootstrap_plot"] = plots.plot_bootstrap(
+        boot[list(bootstrap.DEFAULT_METRICS)],
+        out_dir / "plots" / "bootstrap.png",
+        title=f"{name}: bootstrap (external)",
+    )
+    return files, metrics
+
+
+def _write_gradcam(
+    model: torch.nn.Module,
+    external: PreparedCohort,
+    probs: np.ndarray,
+    cfg: ClassifierConfig,
+    out_dir: Path,
+    name: str,
+) -> Path:
+    """Grad-CAM of the predicted class for ``cfg.gradcam_per_class`` external cases per class."""
+    from thyroaug.evaluation import gradcam  # matplotlib: see evaluate_and_report
+
+    y = external.labels.numpy()
+    pick = gradcam.select_per_class(y, cfg.gradcam_per_class)
+    images = external.images[torch.as_tensor(pick)]
+    pred = probs[pick].argmax(1)
+    cams = gradcam.gradcam(model, images, gradcam_layer(model), target_classes=pred)
+    return gradcam.overlay_figure(
+        images,
+        cams,
+        y[pick],
+        pred,
+        out_dir / "gradcam" / "gradcam.png",
+        n_per_class=cfg.gradcam_per_class,
+        title=f"{name}: Grad-CAM on external cases (predicted class)",
+    )
