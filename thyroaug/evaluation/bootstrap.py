@@ -180,13 +180,14 @@ def _confusion_metrics(
 
 def _auc_metrics(
     counts: np.ndarray,
-    kernels: dict[str, _WeightedAuc],
+    kernels: Sequence[_WeightedAuc],
+    micro: _WeightedAuc | None,
     classes: Sequence[str],
     defined_full: np.ndarray,
     auc_classes: str,
 ) -> dict[str, np.ndarray]:
-    """Class-wise, macro, weighted (and micro if a kernel is given) AUC of each resample."""
-    pairs = [kernels[c](counts) for c in classes]
+    """Class-wise, macro, weighted (and micro if its kernel is given) AUC of each resample."""
+    pairs = [kernel(counts) for kernel in kernels]
     auc = np.stack([a for a, _ in pairs], axis=1)  # [b, K]
     support = np.stack([w for _, w in pairs], axis=1)
     if auc_classes == "resample":
@@ -194,7 +195,7 @@ def _auc_metrics(
         undefined = ~used.any(axis=1)
     else:  # the classes defined on the full data; NaN if one of them is undefined here
         used = np.broadcast_to(defined_full, auc.shape)
-        undefined = ~(np.isfinite(auc) | ~defined_full).all(axis=1) | ~defined_full.any()
+        undefined = (used & ~np.isfinite(auc)).any(axis=1) | ~defined_full.any()
     filled = np.where(used, auc, 0.0)
     out = {f"auc_{c}": auc[:, j] for j, c in enumerate(classes)}
     w_used = (support * used).sum(axis=1)
@@ -202,8 +203,8 @@ def _auc_metrics(
     weighted = _div((filled * support).sum(axis=1), w_used, np.nan)
     out["auc_macro"] = np.where(undefined, np.nan, macro)
     out["auc_weighted"] = np.where(undefined, np.nan, weighted)
-    if "__micro__" in kernels:
-        out["auc_micro"] = kernels["__micro__"](counts)[0]
+    if micro is not None:
+        out["auc_micro"] = micro(counts)[0]
     return out
 
 
@@ -233,6 +234,9 @@ def score_resamples(
 
     Returns:
         {metric name as requested: float64 [B]}.
+
+    Raises:
+        MetricInputError: an unknown ``auc_classes``.
     """
     if auc_classes not in AUC_CLASSES:
         raise MetricInputError(f"auc_classes must be one of {AUC_CLASSES}, got {auc_classes!r}")
@@ -244,17 +248,14 @@ def score_resamples(
     correct = (y == y_pred).astype(np.float64)
     support = np.bincount(y, minlength=k)
     defined_full = (support > 0) & (support < n_cases)
-    kernels: dict[str, _WeightedAuc] = {}
+    kernels: list[_WeightedAuc] = []
+    micro = None
+    cases = np.arange(n_cases)
     if any(m.startswith("auc_") for m in wanted):
-        cases = np.arange(n_cases)
-        kernels = {
-            c: _WeightedAuc(proba[:, j], y == j, cases, n_cases) for j, c in enumerate(classes)
-        }
-        if "auc_micro" in wanted:
-            onehot = np.eye(k, dtype=bool)[y]
-            kernels["__micro__"] = _WeightedAuc(
-                proba.ravel(), onehot.ravel(), np.repeat(cases, k), n_cases
-            )
+        kernels = [_WeightedAuc(proba[:, j], y == j, cases, n_cases) for j in range(k)]
+    if "auc_micro" in wanted:
+        onehot = np.eye(k, dtype=bool)[y]
+        micro = _WeightedAuc(proba.ravel(), onehot.ravel(), np.repeat(cases, k), n_cases)
     chunk = max(1, _CHUNK_ELEMENTS // (indices.shape[1] * k))
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, indices.shape[0], chunk):
@@ -262,7 +263,7 @@ def score_resamples(
         counts = _multiplicities(sub, n_cases)  # a row sums to n' (cases drawn)
         values = _confusion_metrics(counts, pair_map, correct, classes, sub.shape[1])
         if kernels:
-            values.update(_auc_metrics(counts, kernels, classes, defined_full, auc_classes))
+            values.update(_auc_metrics(counts, kernels, micro, classes, defined_full, auc_classes))
         parts.append({m: values[m] for m in wanted})
     return {name: np.concatenate([p[m] for p in parts]) for name, m in zip(metrics, wanted)}
 
@@ -270,6 +271,18 @@ def score_resamples(
 # --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
+def _class_names(classes: Sequence[str] | None, n_classes: int) -> list[str]:
+    """The K class names (default ``"0"`` .. ``"K-1"``), checked against K."""
+    if classes is None:
+        return [str(k) for k in range(n_classes)]
+    names = [str(c) for c in classes]
+    if len(names) != n_classes:
+        raise MetricInputError(
+            f"classes has {len(names)} names but the probabilities have K={n_classes} columns"
+        )
+    return names
+
+
 def metric_replicates(
     y_true: np.ndarray,
     proba: np.ndarray,
@@ -310,17 +323,6 @@ def metric_replicates(
         raise MetricInputError(f"indices must lie in 0..{len(y) - 1}")
     out = score_resamples(y, p, idx.astype(np.int64), wanted, names, auc_classes)
     return pd.DataFrame(out, index=pd.RangeIndex(idx.shape[0], name="resample"))
-
-
-def _class_names(classes: Sequence[str] | None, n_classes: int) -> list[str]:
-    if classes is None:
-        return [str(k) for k in range(n_classes)]
-    names = [str(c) for c in classes]
-    if len(names) != n_classes:
-        raise MetricInputError(
-            f"classes has {len(names)} names but the probabilities have K={n_classes} columns"
-        )
-    return names
 
 
 def bootstrap(

@@ -189,8 +189,8 @@ def paired_bootstrap(
     full = np.arange(len(y), dtype=np.int64)[None, :]
     idx = resample_indices(len(y), n_resamples, seed)
     point_a, point_b, rep_a, rep_b = (
-        score_resamples(y, p, rows, wanted, names, auc_classes="full")
-        for p, rows in ((pa, full), (pb, full), (pa, idx), (pb, idx))
+        score_resamples(y, p, index, wanted, names, auc_classes="full")
+        for p, index in ((pa, full), (pb, full), (pa, idx), (pb, idx))
     )
     rows = []
     for m in wanted:

@@ -54,6 +54,7 @@ def _finite(name: str, values: np.ndarray) -> np.ndarray:
 
 
 def _check_distributions(distributions: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{name: finite values} of at least two distributions."""
     if len(distributions) < 2:
         raise MetricInputError(
             f"pairwise comparison needs at least two distributions, got {list(distributions)}"
@@ -209,6 +210,12 @@ def compare_bootstraps(
         bootstraps: {scenario name: bootstrap DataFrame}.
         metric: the column to compare (paper: accuracy).
         alpha: significance level.
+
+    Returns:
+        The ``ComparisonResult`` of that column.
+
+    Raises:
+        MetricInputError: a bootstrap result lacks the column.
     """
     missing = [name for name, df in bootstraps.items() if metric not in df.columns]
     if missing:
