@@ -22,6 +22,10 @@ class ImageReadError(ThyroaugError):
     """An image or mask file is missing, unreadable, not planar, or has invalid pixels."""
 
 
+class CohortFileError(ThyroaugError):
+    """A prepared cohort file is missing, truncated, corrupt or inconsistent (re-prepare it)."""
+
+
 class SplitError(ThyroaugError):
     """Splits are inconsistent (e.g. a patient in two splits, an empty split)."""
 

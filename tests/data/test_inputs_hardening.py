@@ -12,7 +12,7 @@ import torch
 from data_helpers import blob, write_png
 from safetensors.torch import save_file
 
-from thyroaug.data.cohort import COHORT_FILE, CohortFileError, PreparedCohort
+from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.manifest import (
     combine_manifests,
     load_manifest,
@@ -20,7 +20,7 @@ from thyroaug.data.manifest import (
     validate_manifest,
 )
 from thyroaug.data.prepare import cached_hash
-from thyroaug.errors import ManifestError, ThyroaugError
+from thyroaug.errors import CohortFileError, ManifestError, ThyroaugError
 
 
 # --- damaged cohort files ------------------------------------------------------------------------

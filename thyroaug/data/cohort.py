@@ -17,16 +17,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from thyroaug.contract import CLASSES
-from thyroaug.errors import ThyroaugError
+from thyroaug.errors import CohortFileError, ThyroaugError
 from thyroaug.utils.atomic import atomic_path
 from thyroaug.utils.resize import resize_images, resize_masks
 
 COHORT_FILE = "cohort.safetensors"
 TENSORS: tuple[str, ...] = ("images", "masks", "labels")
-
-
-class CohortFileError(ThyroaugError):
-    """A prepared cohort file is missing, truncated, corrupt or inconsistent (re-prepare it)."""
 
 
 def _damaged(path: Path, what: str) -> CohortFileError:

@@ -393,11 +393,8 @@ def load_manifest(
     Args:
         path: the manifest file.
         root: folder relative paths are resolved against (default: the manifest's folder).
-        center: fills ``center`` where it is missing or empty.
-        class_map: meaning of non-standard label values (e.g. class numbers).
         sheet: Excel sheet (name or index; None = all sheets concatenated).
-        check_files: check that every referenced file exists.
-        allow_outside_root: accept image / mask paths outside ``root`` (default: refused).
+        center, class_map, check_files, allow_outside_root: as in ``validate_manifest``.
 
     Returns:
         The validated canonical table (see ``validate_manifest``).

@@ -57,7 +57,7 @@ class PrepareConfig:
         normalisation: ``max`` (robust max -> [0, 1]) or ``counts`` (count-preserving).
         percentile: robust-maximum percentile for ``max``.
         non_square: ``pad`` (zero-pad, centred) or ``error``.
-        train_centers: training centers (split into train / val).
+        train_centers: training centers, e.g. ``"ABCDEF"`` or ``"A,B"`` (split into train / val).
         external_centers: external test centers.
         val_fraction: fraction of each class of the training cases held out for validation
             (from the training centers, or from the train cases of a manifest whose split
@@ -387,16 +387,8 @@ def prepare_cohort(
         manifest: a manifest file, a validated table (e.g. from ``load_registry``), or a list.
         out: output folder (the cohort goes to ``out/cohort.safetensors``) or a ``.safetensors``
             path.
-        size: output image side (paper: 128).
-        normalisation: ``max`` or ``counts`` (see ``thyroaug.data.preprocess``).
-        percentile: robust-maximum percentile for ``max``.
-        non_square: ``pad`` or ``error``.
-        train_centers: training centers, e.g. ``"ABCDEF"`` or ``"A,B"``.
-        external_centers: external test centers.
-        val_fraction: val share of each class of the training cases (training centers, or the
-            train cases of a manifest that names no val case; see ``splits.carves_val``).
-        seed: seed of the train / val split.
-        workers: reader processes (0 = this process).
+        size, normalisation, percentile, non_square, train_centers, external_centers,
+            val_fraction, seed, workers: the ``PrepareConfig`` fields.
         root: folder relative paths in manifest files resolve against (default: each manifest's
             folder; for tables: the current directory).
         class_map: meaning of non-standard label values, e.g. ``{"0": "DG", ...}``.
