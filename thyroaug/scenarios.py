@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from thyroaug.augment import make_ca_set
 from thyroaug.contract import CA, CLASSES, ORIGINAL, synthetic_artifact
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ScenarioError
@@ -380,7 +381,6 @@ def assemble_training_set(
         ScenarioError: a generator part without a set (the message says how to produce one) or
             rows outside the training split.
     """
-    from thyroaug.augment import make_ca_set
 
     sc = Scenario.parse(scenario)
     synthetic = dict(synthetic or {})

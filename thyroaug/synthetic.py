@@ -39,9 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
@@ -114,8 +118,6 @@ class SyntheticSet:
             folder: destination directory.
             grids: optional {class name: PIL image or (H, W[, 3]) uint8 array} sample grids.
         """
-        from PIL import Image
-        from safetensors.torch import save_file
 
         folder = Path(folder)
         if folder.exists() and any(folder.iterdir()):
@@ -185,8 +187,6 @@ class SyntheticSet:
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """``images`` and ``labels`` of a set file; ScenarioError naming the file if damaged."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path))
@@ -303,7 +303,6 @@ def sweep_stale_downloads(
 
 def _download(method: str, ref: str, dst: Path, hint: str) -> Path:
     """Download the set ``ref`` (run id or artifact URI) into ``dst``; ScenarioError if not."""
-    import mlflow
 
     try:
         if _RUN_ID.match(ref):

@@ -15,6 +15,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
+from mlflow import MlflowClient
+
 from thyroaug.contract import (
     CHAMPION,
     STEP_SYNTHESIZE,
@@ -27,6 +30,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ScenarioError
 from thyroaug.generators import registry
+from thyroaug.jobs.commands import run_command
 from thyroaug.tracking.runs import tag_clause
 from thyroaug.utils.env import scoped_env
 
@@ -39,7 +43,6 @@ def champion_version(family: registry.GeneratorFamily, profile: str) -> str:
     Raises:
         ScenarioError: none registered; the message gives the command that trains one.
     """
-    from mlflow import MlflowClient
 
     try:
         return str(
@@ -54,14 +57,12 @@ def champion_version(family: registry.GeneratorFamily, profile: str) -> str:
 
 
 def _tracking_uri() -> str:
-    import mlflow
 
     return mlflow.get_tracking_uri()
 
 
 def newest_set(method: str, name: str, version: str, cohort_hash: str) -> str | None:
     """``runs:/<id>/synthetic/<METHOD>`` of the newest matching finished synthesize run."""
-    from mlflow import MlflowClient
 
     client = MlflowClient()
     ids = [e.experiment_id for e in client.search_experiments()]
@@ -91,8 +92,6 @@ def _nested_env() -> Iterator[None]:
     ``--experiment-name``), and MLflow's active experiment is restored afterwards, or the parent
     run could not be continued.
     """
-    import mlflow
-    from mlflow import MlflowClient
 
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
@@ -116,7 +115,6 @@ def resolve_generator_sets(
     methods: Sequence[str], cohort: Path, cohort_hash: str, profile: str, per_class: int, seed: int
 ) -> dict[str, str]:
     """{method: set reference} for every method, found or synthesized now from the champion."""
-    from thyroaug.jobs.commands import run_command
 
     out: dict[str, str] = {}
     for method in methods:

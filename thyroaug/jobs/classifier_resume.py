@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.resume import RunCheckpoint, checkpoint_dir, run_identity
 from thyroaug.classifier.train import METRIC_ORDER
@@ -27,7 +31,7 @@ from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import TrackingError
 from thyroaug.scenarios import ScenarioData
 from thyroaug.tracking.runs import BufferedMetrics
-from thyroaug.tracking.setup import project_home
+from thyroaug.tracking.setup import project_home, start_run
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,6 @@ def open_checkpoint(
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
     """What MLflow raises when its server is away (after its bounded retries)."""
-    import requests
-    from mlflow.exceptions import MlflowException
 
     return (MlflowException, requests.exceptions.RequestException, ConnectionError, TrackingError)
 
@@ -97,9 +99,6 @@ def unreachable(exc: BaseException, ckpt: RunCheckpoint | None) -> TrackingError
 def open_run(name: str, tags: dict[str, str], nested: bool, previous: str | None) -> Iterator[Any]:
     """``start_run``; with ``previous`` (a checkpoint's run) that run again when the store still
     has it in this experiment (else a new run), unless `mlflow run` or a parent chose the run."""
-    from mlflow.exceptions import MlflowException
-
-    from thyroaug.tracking.setup import start_run
 
     if nested or os.environ.get("MLFLOW_RUN_ID"):
         previous = None
@@ -201,7 +200,6 @@ class EpochLog:
 
 def _logged_steps(run_id: str) -> set[tuple[str, int]]:
     """(metric, step) pairs of the per-epoch metrics the run already has."""
-    from mlflow import MlflowClient
 
     client = MlflowClient()
     return {(k, int(m.step)) for k in METRIC_ORDER for m in client.get_metric_history(run_id, k)}

@@ -9,9 +9,12 @@ are imported only when their command runs, so `thyroaug phantom` does not import
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -87,8 +90,6 @@ def run_command(argv: Sequence[str]) -> int:
 
     Argument errors (argparse exits) become ``CommandError`` too, with argparse's message.
     """
-    import contextlib
-    import io
 
     argv = list(argv)
     stderr = io.StringIO()
@@ -112,7 +113,6 @@ def private_files() -> int:
     cohort caches, checkpoints, banks and the local artifact store hold patient data. The
     environment variable ``THYROAUG_UMASK`` (octal, e.g. ``022``) overrides. Returns the old mask.
     """
-    import os
 
     text = os.environ.get("THYROAUG_UMASK", "077").strip()
     try:

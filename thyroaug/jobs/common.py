@@ -7,7 +7,9 @@ from pathlib import Path
 
 from thyroaug.config import PROFILE_NAMES
 from thyroaug.contract import DEFAULT_COHORT_DIR, EXPERIMENT
-from thyroaug.errors import ThyroaugError
+from thyroaug.data.cohort import COHORT_FILE
+from thyroaug.errors import ConfigError, ThyroaugError
+from thyroaug.jobs.commands import run_command
 from thyroaug.tracking.setup import project_home
 
 DEFAULT_PROFILE = "quick"
@@ -58,9 +60,6 @@ def ensure_default_cohort(cohort: Path, profile: str) -> None:
     the phantom scale follows the profile. Not logged as a run of its own (`mlflow run . -e
     prepare_data` does that). Any other missing path is the caller's error to report.
     """
-    from thyroaug.data.cohort import COHORT_FILE
-    from thyroaug.errors import ConfigError
-    from thyroaug.jobs.commands import run_command
 
     folder = project_home() / DEFAULT_COHORT_DIR
     if cohort.expanduser().resolve() != folder.resolve() or (folder / COHORT_FILE).exists():

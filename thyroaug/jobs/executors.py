@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
+import logging as _logging
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+
 from thyroaug.contract import TAG_EXECUTOR_WORKER
+from thyroaug.errors import ConfigError
+from thyroaug.jobs.commands import CommandError, run_command
 from thyroaug.tracking.setup import RUN_TAGS_ENV
 from thyroaug.utils.env import scoped_env
 
@@ -61,7 +66,6 @@ class Executor(Protocol):
 
 def run_step(argv: list[str], env: dict[str, str]) -> str | None:
     """Run one step in this process with ``env`` set; ``None`` or the step's error message."""
-    from thyroaug.jobs.commands import CommandError, run_command
 
     try:
         with scoped_env(env):
@@ -88,9 +92,6 @@ class SequentialExecutor:
 
 def _ray_worker_step(argv: list[str], env: dict[str, str], threads: int) -> str | None:
     """Body of a Ray task (a worker process): torch threads = reserved CPUs, then ``run_step``."""
-    import logging as _logging
-
-    import torch
 
     _logging.basicConfig(
         level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -120,7 +121,7 @@ class RayExecutor:
 
     def _init(self) -> Any:
         if self._ray is None:
-            import ray
+            import ray  # optional dependency, ~1 s to import: only when a study uses it
 
             if not ray.is_initialized():
                 kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
@@ -162,7 +163,6 @@ class RayExecutor:
 
 def make_executor(name: str, address: str | None = None) -> Executor:
     """``sequential`` or ``ray`` (local unless ``address``)."""
-    from thyroaug.errors import ConfigError
 
     if name == "sequential":
         return SequentialExecutor()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from thyroaug.contract import CLASSES
 from thyroaug.phantom.scanners import ALL_CENTERS
+from thyroaug.phantom.simulate import simulate_cohort
 from thyroaug.phantom.writer import FORMAT_CHOICES, SUMMARY_NAME
 
 
@@ -41,7 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, then print what was written."""
-    from thyroaug.phantom.simulate import simulate_cohort
 
     start = time.perf_counter()
     out = simulate_cohort(

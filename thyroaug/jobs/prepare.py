@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
+
 from thyroaug.config import PROFILE_NAMES, resolve
 from thyroaug.contract import STEP_PREPARE, TAG_STEP
 from thyroaug.data.manifest import load_registry, parse_class_map
@@ -41,7 +43,9 @@ from thyroaug.data.prepare import (
 )
 from thyroaug.data.preprocess import NON_SQUARE_POLICIES, NORMALISATIONS
 from thyroaug.errors import ConfigError
+from thyroaug.phantom import PHANTOM_VERSION, simulate_cohort
 from thyroaug.tracking.runs import describe_run
+from thyroaug.tracking.setup import configure_tracking, start_run
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,6 @@ def phantom_manifest(folder: str | Path, scale: float, seed: int, progress: bool
     An existing ``phantom.json`` with the same scale, seed and generator version means the files are
     reused.
     """
-    from thyroaug.phantom import PHANTOM_VERSION, simulate_cohort
 
     folder = Path(folder)
     manifest, summary = folder / "manifest.csv", folder / "phantom.json"
@@ -248,10 +251,6 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(split_table(cohort).to_string(index=False))
     if not args.no_mlflow:
-        import mlflow
-
-        from thyroaug.tracking.setup import configure_tracking, start_run
-
         configure_tracking()
         with start_run(run_name="prepare_data", tags={TAG_STEP: STEP_PREPARE}) as active:
             files = [str(s) for s in inputs if isinstance(s, str | Path)]

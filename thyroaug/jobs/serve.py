@@ -20,7 +20,11 @@ import argparse
 import logging
 import os
 
+import mlflow
+
 from thyroaug.errors import ConfigError
+from thyroaug.generators.http_guard import MB, Limits, serve
+from thyroaug.tracking.setup import resolve_uris
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve it until interrupted."""
-    import mlflow
-
-    from thyroaug.generators.http_guard import MB, Limits, serve
-    from thyroaug.tracking.setup import resolve_uris
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: not a port number")

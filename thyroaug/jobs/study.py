@@ -46,6 +46,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.projects
+from mlflow import MlflowClient
+
+from thyroaug.classifier.config import ClassifierConfig
+from thyroaug.config import resolve
 from thyroaug.contract import (
     DEFAULT_COHORT_DIR,
     EXPERIMENT,
@@ -65,8 +71,10 @@ from thyroaug.contract import (
 from thyroaug.errors import ConfigError, ThyroaugError
 from thyroaug.generators import registry
 from thyroaug.generators.family import check_family, study_arguments
-from thyroaug.jobs.common import PHANTOM_SCALE
+from thyroaug.jobs.common import PHANTOM_SCALE, add_profile
+from thyroaug.jobs.compare import compare_study
 from thyroaug.jobs.executors import EXECUTORS, Executor, StepSpec, make_executor
+from thyroaug.scenarios import PAPER_SCENARIOS, Scenario, canonical
 from thyroaug.tracking.runs import tag_clause
 from thyroaug.tracking.setup import RUN_TAGS_ENV, configure_tracking, project_home, resolve_uris
 from thyroaug.utils.env import scoped_env
@@ -76,7 +84,6 @@ log = logging.getLogger(__name__)
 
 def parse_scenarios(text: str) -> list[str]:
     """``all`` (= ``default``: the paper's 18) / a comma-separated list -> canonical names."""
-    from thyroaug.scenarios import PAPER_SCENARIOS, canonical
 
     if text in ("", "default", "all"):
         names = list(PAPER_SCENARIOS)
@@ -127,7 +134,6 @@ def classifier_key(scenario: str, seed: int, base_seed: int) -> str:
 
 def methods_needed(scenarios: list[str]) -> list[str]:
     """Generator methods (SD1..SD4, FM, plug-ins) the scenarios consume, in registry order."""
-    from thyroaug.scenarios import Scenario
 
     parts = {p for s in scenarios for p in Scenario.parse(s).generator_methods}
     return [m for m in registry.generator_methods() if m in parts]
@@ -245,8 +251,6 @@ class StudyPlan:
     @property
     def per_class(self) -> int:
         """Synthetic images per class and method: what the profile's classifier takes."""
-        from thyroaug.classifier.config import ClassifierConfig
-        from thyroaug.config import resolve
 
         return resolve(ClassifierConfig, self.profile).per_class_synthetic
 
@@ -263,7 +267,6 @@ class StudyPlan:
         ]
 
     def classifier_argv(self, scenario: str, seed: int | None = None) -> list[str]:
-        from thyroaug.scenarios import Scenario
 
         seed = self.seed if seed is None else seed
         argv = ["train-classifier", "--scenario", scenario, "--profile", self.profile]
@@ -274,7 +277,6 @@ class StudyPlan:
         return argv
 
     def classifier_depends(self, scenario: str, prep_hash: str) -> list[str]:
-        from thyroaug.scenarios import Scenario
 
         return [
             prep_hash,
@@ -410,8 +412,6 @@ def run_study(
     ``seed`` is the base seed (cohort, generators, first classifier seed; default 0, or the
     first of ``seeds``), ``seeds`` the classifier training seeds (``resolve_seeds``).
     """
-    import mlflow
-    from mlflow import MlflowClient
 
     names = parse_scenarios(scenarios)
     for method in methods_needed(names):  # a broken family stops the study before any step
@@ -480,7 +480,6 @@ def _compare(
     study_id: str, experiment: str, names: list[str], parent_id: str, seeds: list[int]
 ) -> dict[str, Any]:
     """The compare step, in this process, as a child run of the study (its training seeds)."""
-    from thyroaug.jobs.compare import compare_study
 
     tags = json.dumps({TAG_STUDY_STEP: STEP_COMPARE})
     with scoped_env({RUN_TAGS_ENV: tags, "MLFLOW_PARENT_RUN_ID": parent_id}):
@@ -489,9 +488,6 @@ def _compare(
 
 def _dispatch_kubernetes(scenario: str, plan: StudyPlan, seed: int) -> None:
     """Submit one classifier run to MLflow's Kubernetes backend (asynchronous)."""
-    import mlflow.projects
-
-    from thyroaug.scenarios import Scenario
 
     needed = Scenario.parse(scenario).generator_methods
     root = Path(__file__).resolve().parents[2]
@@ -513,7 +509,6 @@ def _dispatch_kubernetes(scenario: str, plan: StudyPlan, seed: int) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `thyroaug study`."""
-    from thyroaug.jobs.common import add_profile
 
     add_profile(parser)
     parser.add_argument(

@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable, Mapping
 
+import mlflow
+
+from thyroaug.classifier.model import find_weights
 from thyroaug.contract import deviation_tag
 from thyroaug.errors import ConfigError
 
@@ -35,11 +38,11 @@ def missing(keys: Iterable[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key in keys:
         if key == "classifier_init":
-            from thyroaug.classifier.model import find_weights
-
             present = find_weights() is not None
         else:
-            from thyroaug.evaluation.fidelity import inception_weights
+            from thyroaug.evaluation.fidelity import (
+                inception_weights,  # torchmetrics stack: only for this key
+            )
 
             present = inception_weights() is not None
         if not present:
@@ -93,7 +96,6 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
 
 def tag(subs: dict[str, str]) -> None:
     """One ``deviation.<key>`` tag per substitution on the active run."""
-    import mlflow
 
     if subs:
         mlflow.set_tags({deviation_tag(k): v for k, v in subs.items()})

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import tempfile
 from pathlib import Path
+
+import mlflow
 
 from thyroaug.contract import (
     STEP_SYNTHESIZE,
@@ -30,10 +33,14 @@ from thyroaug.contract import (
     TAG_STEP,
     synthetic_artifact,
 )
+from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
+from thyroaug.evaluation.fidelity import default_extractors, fidelity_metrics
+from thyroaug.generators.base import open_generator, synthesize
 from thyroaug.generators.registry import family
 from thyroaug.jobs.common import add_experiment, cohort_path
 from thyroaug.tracking.runs import describe_run, log_params_safely
+from thyroaug.tracking.setup import configure_tracking, start_run
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fidelity(args: argparse.Namespace, sset: object) -> dict[str, float]:
-    from thyroaug.data.cohort import PreparedCohort
-    from thyroaug.evaluation.fidelity import default_extractors, fidelity_metrics
 
     path = cohort_path(args)
     try:
@@ -96,10 +101,6 @@ def _fidelity(args: argparse.Namespace, sset: object) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     """Sample, save as a synthetic set in the run's artifacts, log fidelity; print URIs."""
-    import mlflow
-
-    from thyroaug.generators.base import open_generator, synthesize
-    from thyroaug.tracking.setup import configure_tracking, start_run
 
     if args.per_class < 1:
         raise ConfigError(f"--per-class {args.per_class}: need at least 1")
@@ -156,8 +157,6 @@ def run(args: argparse.Namespace) -> int:
             folder = sset.save(Path(tmp) / method, grids)
             mlflow.log_artifacts(str(folder), artifact_path=synthetic_artifact(method))
             if args.out:
-                import shutil
-
                 shutil.copytree(folder, Path(args.out) / method)
         if args.cohort and not args.no_fidelity:
             metrics = _fidelity(args, sset)

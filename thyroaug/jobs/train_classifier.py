@@ -30,8 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
 import torch
+import torchvision
+from mlflow.models import infer_signature
 
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.evaluate import evaluate_and_report, write_csv
@@ -55,6 +59,7 @@ from thyroaug.contract import (
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
 from thyroaug.jobs import substitutes
+from thyroaug.jobs.champion import resolve_generator_sets
 from thyroaug.jobs.classifier_resume import (
     Checkpointing,
     EpochLog,
@@ -70,14 +75,22 @@ from thyroaug.jobs.common import (
     cohort_path,
     ensure_default_cohort,
 )
-from thyroaug.scenarios import Scenario, ScenarioData, SyntheticInput, prepare_scenario_data
+from thyroaug.scenarios import (
+    Scenario,
+    ScenarioData,
+    SyntheticInput,
+    parse_synthetic_args,
+    prepare_scenario_data,
+    require_synthetic,
+)
 from thyroaug.tracking.runs import (
     describe_run,
+    load_best_params,
     log_cohort_input,
     log_params_safely,
     log_synthetic_input,
 )
-from thyroaug.tracking.setup import project_home
+from thyroaug.tracking.setup import configure_tracking, project_home
 from thyroaug.utils.atomic import write_json
 
 log = logging.getLogger(__name__)
@@ -171,9 +184,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Run `thyroaug train-classifier`; prints a one-line summary, returns the exit code."""
-    from thyroaug.classifier.config import ClassifierConfig
-    from thyroaug.scenarios import Scenario, parse_synthetic_args, require_synthetic
-    from thyroaug.tracking.setup import configure_tracking
 
     scenario = Scenario.parse(args.scenario)
     synthetic = parse_synthetic_args(args.synthetic)
@@ -185,8 +195,6 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     tags: dict[str, str] = {}
     if args.params_from:
-        from thyroaug.tracking.runs import load_best_params
-
         overrides.update(load_best_params(args.params_from))
         tags[TAG_PARAMS_FROM] = args.params_from
     overrides.update(explicit)
@@ -197,8 +205,6 @@ def run(args: argparse.Namespace) -> int:
     cohort = PreparedCohort.load(cohort_file)
     missing = [m for m in scenario.generator_methods if m not in synthetic]
     if missing:
-        from thyroaug.jobs.champion import resolve_generator_sets
-
         synthetic.update(
             resolve_generator_sets(
                 missing,
@@ -266,10 +272,6 @@ def model_name(scenario: str | Scenario) -> str:
 
 def _log_model(model: torch.nn.Module, input_size: int, name: str) -> str | None:
     """``mlflow.pytorch.log_model`` with a signature and a small float32 input example."""
-    import mlflow
-    import mlflow.pytorch
-    import torchvision
-    from mlflow.models import infer_signature
 
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     example = np.zeros((2, 1, input_size, input_size), dtype=np.float32)
@@ -399,7 +401,6 @@ def _tracked(
     cohort_source: str | Path | None,
 ) -> dict[str, Any]:
     """``_execute`` inside an MLflow run: the checkpoint's own run again when resuming."""
-    import mlflow
 
     sc, cfg = job.data.scenario, job.cfg
     run_tags = {
@@ -584,7 +585,6 @@ def _log_results(
     epoch_log: EpochLog | None,
 ) -> str | None:
     """Final metrics, artifacts and (optionally) the model into the active run."""
-    import mlflow
 
     if epoch_log is not None:
         epoch_log.flush()

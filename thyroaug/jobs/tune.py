@@ -20,16 +20,24 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import optuna
+from optuna.trial import TrialState
+
+from thyroaug.classifier.config import ClassifierConfig
+from thyroaug.config import resolve
 from thyroaug.contract import STEP_TUNE, STEP_TUNE_TRIAL, TAG_SCENARIO, TAG_STEP, TAG_TRIAL
+from thyroaug.data.cohort import PreparedCohort
 from thyroaug.jobs.common import add_cohort, add_profile, cohort_path
+from thyroaug.jobs.train_classifier import train_and_evaluate
 from thyroaug.tracking.runs import BEST_PARAMS_ARTIFACT
+from thyroaug.tracking.setup import configure_tracking, resolve_uris, start_run
 
 log = logging.getLogger(__name__)
 
 
 def default_storage() -> str | None:
     """The Optuna storage URL derived from the tracking profile (None -> in memory)."""
-    from thyroaug.tracking.setup import resolve_uris
 
     uri, _ = resolve_uris()
     if uri.startswith("sqlite:///"):
@@ -45,7 +53,6 @@ HEARTBEAT_S = 30
 
 def _storage(url: str | None) -> Any:
     """The Optuna storage with a heartbeat, so trials of a killed tune end FAIL, not RUNNING."""
-    import optuna
 
     if not url:
         return None
@@ -58,7 +65,6 @@ def _storage(url: str | None) -> Any:
 
 def _finished_trials(study: Any) -> int:
     """Trials that count toward ``--n-trials``: complete or pruned (a rerun tops up to it)."""
-    from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -84,14 +90,6 @@ def tune(
     synthetic: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run the search; returns {best_params, best_value, run_id, study_name}."""
-    import mlflow
-    import optuna
-
-    from thyroaug.classifier.config import ClassifierConfig
-    from thyroaug.config import resolve
-    from thyroaug.data.cohort import PreparedCohort
-    from thyroaug.jobs.train_classifier import train_and_evaluate
-    from thyroaug.tracking.setup import configure_tracking, start_run
 
     configure_tracking()
     cohort = PreparedCohort.load(cohort_dir)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from thyroaug.contract import TAG_MLFLOW_NOTE
 
@@ -17,8 +24,6 @@ def load_best_params(source: str) -> dict[str, Any]:
     """Best params from a JSON file or a tune run id (its ``tune/best_params.json``)."""
     path = Path(source)
     if not path.exists():
-        import mlflow
-
         path = Path(
             mlflow.artifacts.download_artifacts(run_id=source, artifact_path=BEST_PARAMS_ARTIFACT)
         )
@@ -46,7 +51,6 @@ def log_params_safely(params: Mapping[str, Any], changed_tag: str | None = None)
     value that differs is logged as ``<key>_resolved`` instead, and an equal one is skipped. With
     ``changed_tag`` (a resumed run), differing values go into that tag as JSON instead.
     """
-    import mlflow
 
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
@@ -71,10 +75,6 @@ def log_params_safely(params: Mapping[str, Any], changed_tag: str | None = None)
 def log_missing_steps(run_id: str, history: Mapping[str, Sequence[float]]) -> list[str]:
     """Log the steps (1-based) of each metric history the run lacks: an outage or a kill between
     a checkpoint and its logging skipped them. Returns ``name@step`` of what was logged now."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
     client = MlflowClient()
     now = int(time.time() * 1000)
@@ -93,7 +93,6 @@ def log_missing_steps(run_id: str, history: Mapping[str, Sequence[float]]) -> li
 
 def describe_run(text: str) -> None:
     """The run's description in the MLflow UI (``mlflow.note.content``): what it did, headlines."""
-    import mlflow
 
     mlflow.set_tag(TAG_MLFLOW_NOTE, text.strip())
 
@@ -104,9 +103,6 @@ def log_cohort_input(cohort: Any, source: str | Path, context: str = "training")
     Only the table's schema and size reach MLflow (never report text); ``source`` is the cache
     file.
     """
-    import warnings
-
-    import mlflow
 
     table = cohort.table.drop(columns=["report", "prompt", "patient_id"], errors="ignore")
     with warnings.catch_warnings():  # ambiguous local source / integer-column schema hints
@@ -130,10 +126,6 @@ def log_synthetic_input(
     reference the user gave is in the run's params. Never fails the run: a set MLflow cannot
     describe is skipped with a warning.
     """
-    import logging
-    import warnings
-
-    import mlflow
 
     try:
         with warnings.catch_warnings():
@@ -167,7 +159,6 @@ class BufferedMetrics:
         self._warned = False
 
     def _send(self) -> None:
-        import mlflow
 
         while self.pending:
             step, metrics = self.pending[0]
@@ -176,7 +167,6 @@ class BufferedMetrics:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Log (or buffer) ``metrics`` at ``step``."""
-        import logging
 
         self.pending.append((step, dict(metrics)))
         try:

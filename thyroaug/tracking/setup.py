@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
 
 from thyroaug.contract import (
     EXPERIMENT,
@@ -90,7 +95,6 @@ def configure_tracking(profile: str | None = None, experiment: str | None = None
     Also sets bounded HTTP retries so that a server going away mid-run fails with a clear error
     after backing off instead of hanging.
     """
-    import mlflow
 
     uri, artifact_location = resolve_uris(profile)
     # bounded: a server that goes away costs a call at most ~30 s (3 tries, 1-2-4 s backoff, 10 s
@@ -137,7 +141,6 @@ def sweep_stale_runs() -> list[str]:
     Every run started here is tagged with ``thyroaug.host`` / ``thyroaug.pid``; a run still
     RUNNING whose process no longer exists can never finish. Returns the ids it ended.
     """
-    from mlflow import MlflowClient
 
     try:
         client = MlflowClient()
@@ -164,8 +167,6 @@ def sweep_stale_runs() -> list[str]:
 @contextmanager
 def _signals_end_the_run() -> Iterator[None]:
     """SIGTERM / SIGHUP end the run like Ctrl-C does (FAILED, not RUNNING forever)."""
-    import signal
-    import threading
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -198,7 +199,6 @@ def start_run(
     so that steps become its nested runs, and extra tags (the study's step config hash) through
     ``THYROAUG_RUN_TAGS`` (a JSON object).
     """
-    import mlflow
 
     all_tags = dict(tags or {})
     extra = os.environ.get(RUN_TAGS_ENV)
