@@ -36,9 +36,10 @@ from thyroaug.contract import (
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation.fidelity import default_extractors, fidelity_metrics
-from thyroaug.generators.base import open_generator, synthesize
+from thyroaug.generators.base import GeneratorHandle, open_generator, synthesize
 from thyroaug.generators.registry import family
 from thyroaug.jobs.common import add_experiment, cohort_path
+from thyroaug.synthetic import SyntheticSet
 from thyroaug.tracking.runs import describe_run, log_params_safely
 from thyroaug.tracking.setup import configure_tracking, start_run
 
@@ -99,15 +100,13 @@ def _fidelity(args: argparse.Namespace, sset: object) -> dict[str, float]:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Sample, save as a synthetic set in the run's artifacts, log fidelity; print URIs."""
-
+def _open(args: argparse.Namespace) -> tuple[GeneratorHandle, str | None, str]:
+    """The generator of ``--generator`` (with ``--fast`` applied), its mode and method."""
     if args.per_class < 1:
         raise ConfigError(f"--per-class {args.per_class}: need at least 1")
-    configure_tracking(experiment=args.experiment)
-    handle = open_generator(args.generator)
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: seeds are integers >= 0")
+    handle = open_generator(args.generator)
     mode = args.mode or None
     method = handle.generator.method(mode)
     if args.fast:
@@ -116,6 +115,36 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%s offers no fast sampling mode; --fast ignored", method)
         else:
             speed_up()
+    return handle, mode, method
+
+
+def _tag_provenance(sset: SyntheticSet, handle: GeneratorHandle, run_id: str) -> None:
+    """Stamp the set and the run with the cohort and registered version it came from."""
+    sset.info["created_by_run"] = run_id
+    sset.info["cohort_hash"] = sset.info["generator"]["content_hash"]  # open_generator checked
+    name = handle.uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    mlflow.set_tags(
+        {
+            TAG_COHORT_HASH: sset.info["cohort_hash"],
+            TAG_GENERATOR_NAME: name if handle.uri.startswith("models:/") else "",
+            TAG_GENERATOR_VERSION: handle.version,
+        }
+    )
+
+
+def _log_set(sset: SyntheticSet, grids: dict, method: str, out: str | None) -> None:
+    """The set as the run's artifacts ``synthetic/<METHOD>/`` (and a copy in ``out``)."""
+    with tempfile.TemporaryDirectory(prefix="thyroaug-synth-") as tmp:
+        folder = sset.save(Path(tmp) / method, grids)
+        mlflow.log_artifacts(str(folder), artifact_path=synthetic_artifact(method))
+        if out:
+            shutil.copytree(folder, Path(out) / method)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample, save as a synthetic set in the run's artifacts, log fidelity; print URIs."""
+    configure_tracking(experiment=args.experiment)
+    handle, mode, method = _open(args)
     kwargs = {k: v for k, v in {"solver": args.solver, "steps": args.steps}.items() if v}
     tags = {TAG_STEP: STEP_SYNTHESIZE, TAG_METHOD: method}
     with start_run(run_name=f"synthesize-{method}", tags=tags) as active:
@@ -142,22 +171,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             **kwargs,
         )
-        described = sset.info.get("generator", {})
-        sset.info["created_by_run"] = run_id
-        sset.info["cohort_hash"] = described["content_hash"]  # checked by open_generator
-        name = handle.uri.removeprefix("models:/").split("@")[0].split("/")[0]
-        mlflow.set_tags(
-            {
-                TAG_COHORT_HASH: sset.info["cohort_hash"],
-                TAG_GENERATOR_NAME: name if handle.uri.startswith("models:/") else "",
-                TAG_GENERATOR_VERSION: handle.version,
-            }
-        )
-        with tempfile.TemporaryDirectory(prefix="thyroaug-synth-") as tmp:
-            folder = sset.save(Path(tmp) / method, grids)
-            mlflow.log_artifacts(str(folder), artifact_path=synthetic_artifact(method))
-            if args.out:
-                shutil.copytree(folder, Path(args.out) / method)
+        _tag_provenance(sset, handle, run_id)
+        _log_set(sset, grids, method, args.out)
         if args.cohort and not args.no_fidelity:
             metrics = _fidelity(args, sset)
             if metrics:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,36 @@ def suggest(trial: Any) -> dict[str, Any]:
     }
 
 
+def _objective(
+    cohort: PreparedCohort, scenario: str, profile: str, seed: int, synthetic: dict[str, str]
+) -> Callable[[optuna.Trial], float]:
+    """One trial: a nested classifier run with the trial's settings, pruned on val loss."""
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = resolve(ClassifierConfig, profile, seed=seed, **suggest(trial))
+
+        def report(epoch: int, values: dict[str, float]) -> None:
+            trial.report(float(values["val_loss"]), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        out = train_and_evaluate(
+            cohort,
+            scenario,
+            cfg,
+            synthetic_sets=synthetic,
+            evaluate_external=False,
+            log_model=False,
+            run_name=f"trial-{trial.number}",
+            progress=False,
+            tags={TAG_STEP: STEP_TUNE_TRIAL, TAG_TRIAL: str(trial.number)},
+            on_epoch=report,
+        )
+        return float(out["best_val_loss"])
+
+    return objective
+
+
 def tune(
     cohort_dir: str | Path,
     scenario: str = "O",
@@ -95,15 +126,13 @@ def tune(
     cohort = PreparedCohort.load(cohort_dir)
     storage = storage or default_storage()
     study_name = study_name or f"thyroaug-{scenario}-{profile}"
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     study = optuna.create_study(
         study_name=study_name,
         storage=_storage(storage),
         load_if_exists=True,
         direction="minimize",
-        sampler=sampler,
-        pruner=pruner,
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
     )
     with start_run(
         run_name=f"tune-{scenario}", tags={TAG_STEP: STEP_TUNE, TAG_SCENARIO: scenario}
@@ -117,29 +146,7 @@ def tune(
                 "storage": "sql" if storage else "memory",
             }
         )
-
-        def objective(trial: optuna.Trial) -> float:
-            cfg = resolve(ClassifierConfig, profile, seed=seed, **suggest(trial))
-
-            def report(epoch: int, values: dict[str, float]) -> None:
-                trial.report(float(values["val_loss"]), epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-
-            out = train_and_evaluate(
-                cohort,
-                scenario,
-                cfg,
-                synthetic_sets=synthetic or {},
-                evaluate_external=False,
-                log_model=False,
-                run_name=f"trial-{trial.number}",
-                progress=False,
-                tags={TAG_STEP: STEP_TUNE_TRIAL, TAG_TRIAL: str(trial.number)},
-                on_epoch=report,
-            )
-            return float(out["best_val_loss"])
-
+        objective = _objective(cohort, scenario, profile, seed, synthetic or {})
         finished = _finished_trials(study)
         if finished:
             log.info("study %s already has %d finished trial(s)", study_name, finished)
