@@ -50,7 +50,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 
 from thyroaug.contract import (
     BOOTSTRAP_ARTIFACT,
@@ -64,6 +66,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation import metrics as M
+from thyroaug.evaluation import plots
 from thyroaug.evaluation import report as R
 from thyroaug.evaluation.alignment import AlignedPredictions, CompareError, align_predictions
 from thyroaug.evaluation.comparison import PAIRED_NAME, Comparison, Settings, analyse
@@ -149,7 +152,6 @@ def _figures(
     tmp: Path, cmp: Comparison, runs: StudyRuns, settings: Settings
 ) -> tuple[Path | None, Path | None]:
     """The paired-difference heatmap and the paper-method heatmap (None when not computed)."""
-    from thyroaug.evaluation import plots  # imports torch: `thyroaug compare --help` stays light
 
     heatmap = paper_heatmap = None
     missing = dict.fromkeys(runs.missing, "missing")
@@ -213,9 +215,6 @@ def compare_study(
         CompareError: no finished classifier run of the study, or runs on different cases.
         ConfigError: an unknown ``metric``.
     """
-    import mlflow  # heavy: `thyroaug compare --help` does not load it
-    from mlflow import MlflowClient
-
     if metric not in PAIRED_NAME:
         raise ConfigError(f"metric {metric!r}: choose one of {sorted(PAIRED_NAME)}")
     settings = Settings(study_id, PAIRED_NAME[metric], alpha, n_resamples, seed)
@@ -365,8 +364,6 @@ def _log_run(
     experiment: str | None,
 ) -> dict[str, Any]:
     """Log the compare run: params, tags (one ``deviation.<key>`` per deviation), artifacts."""
-    import mlflow  # heavy: `thyroaug compare --help` does not load it
-
     configure_tracking(experiment=experiment)
     tags = {TAG_STEP: STEP_COMPARE, TAG_STUDY_ID: settings.study_id}
     with start_run(run_name=f"compare-{settings.study_id}", tags=tags) as run:

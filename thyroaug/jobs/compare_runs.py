@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -36,6 +37,7 @@ from thyroaug.contract import (
 )
 from thyroaug.errors import ThyroaugError, TrackingError
 from thyroaug.evaluation.alignment import CompareError, external_rows
+from thyroaug.scenarios import canonical
 from thyroaug.tracking.runs import tag_clause
 from thyroaug.utils.env import scoped_env
 
@@ -125,8 +127,6 @@ def _classifier_runs(
     client: Any, ids: list[str], base: str, seeds: Sequence[Any] | None, out: StudyRuns
 ) -> None:
     """``out.by_seed`` (latest run per scenario and seed) and ``out.superseded``."""
-    from thyroaug.scenarios import canonical  # imports torch (training-set assembly)
-
     wanted = None if seeds is None else {seed_key(s) for s in seeds}
     for run in _search(client, ids, f"{base} and {tag_clause(TAG_STEP, STEP_CLASSIFIER)}"):
         try:
@@ -159,8 +159,6 @@ def find_runs(
     default: every seed found, the primary one being the study run's ``seed`` param when runs
     with it exist, else the smallest.
     """
-    from thyroaug.scenarios import canonical  # imports torch (training-set assembly)
-
     if "'" in study_id or "\\" in study_id:
         raise CompareError(f"study id {study_id!r}: quotes and backslashes are not supported")
     ids = _experiment_ids(client, experiment)
@@ -215,8 +213,6 @@ def download_csvs(
     runs: dict[str, Any], artifact: str, dst: Path, what: str, progress: bool
 ) -> dict[str, pd.DataFrame]:
     """``artifact`` of every run as a DataFrame (one progress bar for all); failures logged."""
-    import mlflow  # heavy: `thyroaug compare --help` does not load it
-
     out: dict[str, pd.DataFrame] = {}
     with _quiet_mlflow_downloads():
         for scenario, run in tqdm(
@@ -236,8 +232,6 @@ def download_csvs(
 
 def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> list[Path]:
     """The PNG sample grids of every synthesis run, downloaded under ``dst``."""
-    import mlflow  # heavy: `thyroaug compare --help` does not load it
-
     grids: list[Path] = []
     with _quiet_mlflow_downloads():
         for method, run in synth.items():
