@@ -23,6 +23,7 @@ import mlflow
 import torch
 
 from thyroaug.config import local_weights, resolve, to_dict
+from thyroaug.contract import TAG_SOURCE, TAG_TEXT_ENCODER
 from thyroaug.errors import ConfigError
 from thyroaug.generators.banks import BANK_ARTIFACT
 from thyroaug.generators.family import FamilyTrainer, PaperInput, TrainedGenerator, TrainingJob
@@ -141,7 +142,10 @@ class SDTrainer(FamilyTrainer):
             ),
             metrics=metrics,
             bank=result.model_dir.parent / BANK_ARTIFACT,
-            tags={"source": result.source, "text_encoder": result.card["text_encoder_training"]},
+            tags={
+                TAG_SOURCE: result.source,
+                TAG_TEXT_ENCODER: result.card["text_encoder_training"],
+            },
             max_count=job.max_count or SD_MAX_COUNT,
         )
 
