@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from thyroaug.contract import TAG_PRETRAINED, TAG_SOURCE
 from thyroaug.evaluation.report import fidelity_long
 
 PAPER = {"image_size": 128, "epochs": 300, "per_class_synthetic": 1000, "bootstrap": 1000}
@@ -50,7 +51,7 @@ def _classifier_deviations(classifier: Mapping[str, RunFacts]) -> dict[str, str]
     random = [
         s
         for s, r in classifier.items()
-        if str(r.params.get("pretrained", r.tags.get("pretrained", ""))).lower()
+        if str(r.params.get("pretrained", r.tags.get(TAG_PRETRAINED, ""))).lower()
         in ("false", "0", "no")
     ]
     if random:
@@ -115,7 +116,7 @@ def _generator_deviations(generators: Mapping[str, RunFacts]) -> dict[str, str]:
     out: dict[str, str] = {}
     sd = generators.get("train_sd")
     if sd is not None:
-        source = sd.tags.get("source", sd.params.get("source", ""))
+        source = sd.tags.get(TAG_SOURCE, sd.params.get("source", ""))
         if source == "scratch":
             out["sd_source"] = (
                 "Stable Diffusion trained from scratch (compact model), not fine-tuned from SD v1.4"
