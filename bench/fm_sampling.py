@@ -59,9 +59,10 @@ from torch import nn
 from thyroaug.config import resolve
 from thyroaug.contract import CLASSES
 from thyroaug.generators.flow_matching.config import FMConfig
+from thyroaug.generators.flow_matching.fast_sampling import release_freed_heap
 from thyroaug.generators.flow_matching.model import VelocityNet, count_parameters
 from thyroaug.generators.flow_matching.pipeline import FlowMatchingPipeline
-from thyroaug.generators.flow_matching.sampler import ODESampler, initial_noise, release_freed_heap
+from thyroaug.generators.flow_matching.sampler import ODESampler, initial_noise
 
 SYNTHESIZE_IMAGES = 400
 """A typical synthesize call of the quick profile: 100 images per class x 4 classes."""

@@ -19,7 +19,7 @@ from thyroaug.generators.banks import (
     reveal,
     write_bank,
 )
-from thyroaug.generators.flow_matching.pipeline import MaskBank
+from thyroaug.generators.flow_matching.bank import MaskBank
 from thyroaug.generators.flow_matching.pyfunc import fm_card
 
 

@@ -12,6 +12,7 @@ from thyroaug.config import resolve
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError, GeneratorError
 from thyroaug.generators.base import sample_seed
+from thyroaug.generators.flow_matching.bank import MaskBank
 from thyroaug.generators.flow_matching.config import FMConfig
 from thyroaug.generators.flow_matching.model import (
     VelocityNet,
@@ -21,7 +22,6 @@ from thyroaug.generators.flow_matching.model import (
 )
 from thyroaug.generators.flow_matching.pipeline import (
     FlowMatchingPipeline,
-    MaskBank,
     load_generator,
     save_generator,
 )
@@ -419,7 +419,10 @@ def test_sampling_view_shares_the_weights_and_leaves_the_net_alone():
 
 
 def test_onednn_linear_matches_f_linear_and_keeps_autograd():
-    from thyroaug.generators.flow_matching.pipeline import OneDNNLinear, onednn_linear_available
+    from thyroaug.generators.flow_matching.fast_sampling import (
+        OneDNNLinear,
+        onednn_linear_available,
+    )
 
     lin = torch.nn.Linear(16, 8)
     fast = OneDNNLinear(lin)
@@ -434,7 +437,7 @@ def test_onednn_linear_matches_f_linear_and_keeps_autograd():
 
 def test_heap_retention_is_released_after_sample(monkeypatch):
     from thyroaug.generators.flow_matching import pipeline as pipeline_module
-    from thyroaug.generators.flow_matching.sampler import retain_freed_heap
+    from thyroaug.generators.flow_matching.fast_sampling import retain_freed_heap
 
     released = []
     monkeypatch.setattr(pipeline_module, "release_freed_heap", lambda: released.append(1))

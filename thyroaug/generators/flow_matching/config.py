@@ -1,17 +1,8 @@
 """Configuration of the flow-matching generator: paper defaults plus quick / smoke profiles.
 
-Defaults (profile ``paper``) are the paper's section 3.2.3 and the MOTFM network it cites: MONAI
-``DiffusionModelUNet`` with channels (32, 64, 128, 224, 256), two residual blocks per level,
-attention at the last two levels (one head per level: ``num_head_channels`` = channels), four
-transformer layers, residual up/down sampling, cross-attention on a one-hot class context of
-dimension 4, and a ``ControlNet`` of the same configuration for the mask (conditioning embedding
-(16,)). That is 71.2 M + 31.2 M parameters. Training: Adam 1e-4 for 200 epochs; sampling: Euler,
-10 steps from Gaussian noise.
-
-Values the paper does not state are marked "ours" below (batch size, EMA, clipping, checkpoint and
-logging cadence). ``quick`` is a CPU demonstration (64 px, a 3-level net of 1.0 M + 0.45 M
-parameters, 1.4 GFLOP per forward, lr 3e-4 for a short run); ``smoke`` is for tests (32 px, a
-2-level net of 67 k + 32 k parameters).
+Defaults (profile ``paper``) are the paper's section 3.2.3 and the MOTFM network it cites (71.2 M +
+31.2 M parameters); values the paper does not state are marked "ours". The profiles' sizes:
+docs/generators.md, "Configuration".
 """
 
 from __future__ import annotations

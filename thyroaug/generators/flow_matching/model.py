@@ -1,22 +1,9 @@
-"""Flow-matching model (paper section 2.2 / 3.2.3, MOTFM): the velocity net, the path, the loss.
+"""Flow-matching model (paper sections 2.2 / 3.2.3, MOTFM): the velocity net, the path, the loss.
 
-Why MONAI's ``DiffusionModelUNet`` and ``ControlNet``: they are exactly the networks MOTFM (the FM
-method the paper cites, [yazdani2026flow]) builds from MONAI Generative, so the paper-size config
-reproduces its 71.2 M + 31.2 M parameters and layer layout, maintained upstream (flash attention
-through SDPA, ControlNet zero convolutions) instead of re-implemented here.
-
-* **Velocity net** ``VelocityNet``: the UNet predicts v(x_t, t). The class enters as a one-hot
-  context ``[B, 1, 4]`` through the UNet's (and ControlNet's) cross-attention; the mask enters
-  through a ControlNet initialised from the UNet's weights whose zero-initialised output
-  convolutions produce residuals added to the UNet's skip connections and middle block, so the
-  branch is a no-op at initialisation. Conditioning is a string: ``class+mask`` (paper),
-  ``class``, ``mask``, ``none``. Continuous t in [0, 1] is scaled to [0, 999] for the sinusoidal
-  time embedding (kept continuous, unlike MOTFM's floor to integers, so that midpoint / rk4 /
-  dopri5 evaluations between grid points see distinct times).
-* **Path and loss**: conditional OT (linear) path x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) and x1 a
-  training image scaled from [0, 1] to [-1, 1]; target velocity x1 - x0; MSE; t ~ U[0, 1].
-
-Training lives in ``train.py``, sampling in ``sampler.py`` / ``pipeline.py``.
+The net is MONAI's ``DiffusionModelUNet`` with a ``ControlNet`` branch for the mask, as MOTFM
+[yazdani2026flow] builds it; the path is the conditional OT path of Lipman et al. (2023), Eq. (22)
+with sigma_min = 0, trained with their Eq. (23). Design notes: docs/generators.md, "Model, path
+and loss".
 """
 
 from __future__ import annotations
@@ -42,12 +29,17 @@ FORMAT = "thyroaug-fm/1"
 class VelocityNet(nn.Module):
     """v(x_t, t | class, mask): MONAI DiffusionModelUNet (+ ControlNet for the mask).
 
+    The class enters as a one-hot context ``[B, 1, 4]`` through cross-attention, the mask through
+    a ControlNet initialised from the UNet (a no-op at first: zero convolutions).
+
     Args:
         config: network settings (``FMConfig``); ``config.conditioning`` picks the branches.
     """
 
     def __init__(self, config: FMConfig) -> None:
         super().__init__()
+        # monai takes seconds to import: it loads when a net is built, not with
+        # `train-fm --help` (whose trainer imports this module)
         from monai.networks.nets import ControlNet, DiffusionModelUNet
 
         self.config = config
@@ -138,7 +130,10 @@ def count_parameters(net: VelocityNet) -> dict[str, int]:
 def cond_ot_path(
     x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conditional OT path: (x_t, u_t) with x_t = (1 - t) x0 + t x1 and u_t = x1 - x0."""
+    """Conditional OT path (Lipman et al. 2023, Eq. (22), sigma_min = 0): (x_t, u_t).
+
+    x_t = (1 - t) x0 + t x1 and u_t = x1 - x0.
+    """
     tt = t.reshape(-1, *([1] * (x1.ndim - 1))).to(x1.dtype)
     return (1 - tt) * x0 + tt * x1, x1 - x0
 
@@ -151,7 +146,7 @@ def flow_matching_loss(
     labels: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE between the predicted velocity at x_t and the path's target x1 - x0."""
+    """Conditional flow-matching loss (Lipman et al. 2023, Eq. (23)): MSE to u_t = x1 - x0."""
     x_t, u_t = cond_ot_path(x0, x1, t)
     v = net(x_t, t, labels, masks)
     return F.mse_loss(v.float(), u_t.float())

@@ -1,235 +1,47 @@
-"""The flow-matching synthesis pipeline: net + ODE sampler + mask bank -> images; save / load.
+"""The flow-matching synthesis pipeline (net + ODE sampler + mask bank -> images); save / load.
 
-``FlowMatchingPipeline`` implements ``generators.base.Generator``: seeds -> noise, labels -> class
-context, mask choice from the ``MaskBank`` of training masks (``ConditionBank.pick``), batching,
-output mapping to [0, 1]. ``save_generator`` / ``load_generator`` own the generator folder a person
-can open: ``config.json``, ``model.safetensors`` (EMA weights), ``masks.safetensors`` +
-``masks.csv`` and a ``README.md`` card. See ``sampler.py`` for the seeding scheme.
-
-Sampling speed (``bench/fm_sampling.py`` measures each piece against a MOTFM-style loop). The net
-is called through ``_SamplingNet``, an inference view that shares the net's parameters:
-
-* the ControlNet's mask embedding depends on neither x nor t, so it runs once per batch instead
-  of once per velocity evaluation (bitwise the same result);
-* on the CPU (defaults, each switchable): channels-last memory format (oneDNN's native layout for
-  convolutions); ``nn.Linear`` through oneDNN's fp32 inner product instead of MKL's sgemm (MKL
-  takes its AVX2 path on non-Intel CPUs, oneDNN uses AVX-512 where present); and the glibc heap
-  keeps freed blocks while sampling (``sampler.retain_freed_heap``) so that the activations of
-  each evaluation do not page-fault fresh memory in; ``sample`` hands the memory back at its end;
-* ``torch.compile`` stays opt-in (``compile=True`` / ``enable_fast_sampling``, ``synthesize
-  --fast``): on the CPU it did not beat the eager path and compiling costs minutes.
-
-Outputs agree with the plain net call to float rounding (~1e-6); a given batch layout and thread
-count is bitwise reproducible.
+``FlowMatchingPipeline`` implements ``generators.base.Generator``. ``save_generator`` /
+``load_generator`` own the generator folder a person can open: ``config.json``,
+``model.safetensors`` (EMA weights), a ``README.md`` card and, with ``embed_bank``, the mask bank.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
-import itertools
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
-from thyroaug.generators.base import (
-    ConditionBank,
-    GeneratedBatch,
-    image_grid,
-    label_index,
-    sample_seed,
-)
+from thyroaug.generators.base import GeneratedBatch, image_grid, label_index, sample_seed
+from thyroaug.generators.flow_matching.bank import MaskBank
 from thyroaug.generators.flow_matching.config import FMConfig
+from thyroaug.generators.flow_matching.fast_sampling import (
+    SamplingNet,
+    onednn_linear_available,
+    release_freed_heap,
+    retain_freed_heap,
+)
 from thyroaug.generators.flow_matching.model import FORMAT, VelocityNet, count_parameters
 from thyroaug.generators.flow_matching.sampler import (
     FIXED_STEP_SOLVERS,
     ODESampler,
     Velocity,
     initial_noise,
-    release_freed_heap,
-    retain_freed_heap,
     to_data_range,
 )
 from thyroaug.utils.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class MaskBank(ConditionBank):
-    """Training masks by class, from which mask-conditioned synthesis draws its conditions.
-
-    Attributes:
-        masks: uint8 ``[M, 1, S, S]`` (0/1).
-        labels: int64 ``[M]`` class index of each mask's case.
-        case_ids: the case id of each mask (recorded as ``source_id`` in manifests).
-    """
-
-    masks: torch.Tensor
-    labels: torch.Tensor
-    case_ids: list[str]
-    condition_name: ClassVar[str] = "training mask"
-
-    def __post_init__(self) -> None:
-        if not (len(self.masks) == len(self.labels) == len(self.case_ids)):
-            raise GeneratorError("MaskBank: masks, labels and case_ids differ in length")
-
-    def save(self, folder: str | Path) -> None:
-        """Write ``masks.safetensors`` (bit-packed) and ``masks.csv`` into ``folder``."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        arr = self.masks.numpy().astype(np.uint8)
-        packed = np.packbits(arr.reshape(len(arr), -1) > 0, axis=1)
-        save_file(
-            {"packed": torch.from_numpy(packed), "labels": self.labels.long().contiguous()},
-            str(folder / "masks.safetensors"),
-            metadata={"shape": ",".join(str(s) for s in arr.shape)},
-        )
-        pd.DataFrame(
-            {"case_id": self.case_ids, "label": [CLASSES[int(i)] for i in self.labels]}
-        ).to_csv(folder / "masks.csv", index=False)
-
-    @classmethod
-    def load(cls, folder: str | Path) -> MaskBank:
-        """Read a bank written by ``save``."""
-        from safetensors import safe_open
-
-        folder = Path(folder)
-        with safe_open(str(folder / "masks.safetensors"), framework="pt") as f:
-            shape = tuple(int(s) for s in (f.metadata() or {})["shape"].split(","))
-            packed = f.get_tensor("packed").numpy()
-            labels = f.get_tensor("labels")
-        n = int(np.prod(shape[1:]))
-        masks = np.unpackbits(packed, axis=1, count=n).reshape(shape).astype(np.uint8)
-        table = pd.read_csv(folder / "masks.csv", keep_default_na=False, dtype=str)
-        return cls(torch.from_numpy(masks), labels, table["case_id"].tolist())
-
-
-# --------------------------------------------------------------------------------------------
-# Sampling view of the net and CPU helpers
-# --------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def onednn_linear_available() -> bool:
-    """Whether ``torch.ops.mkldnn._linear_pointwise`` (oneDNN fp32 inner product) works here."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        x, w, b = torch.randn(3, 5, 8), torch.randn(4, 8), torch.randn(4)
-        with torch.inference_mode():
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-        return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-5))
-    except Exception:  # an older / other build without the op
-        return False
-
-
-class OneDNNLinear(nn.Module):
-    """``nn.Linear`` evaluated by oneDNN's fp32 inner product (CPU inference; same parameters).
-
-    Outside inference (grad enabled), on other devices or dtypes and under ``torch.compile``
-    (inductor lowers this op only for frozen weights; it picks its own GEMM) it is ``F.linear``.
-    """
-
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        self.weight = linear.weight  # the same Parameter objects, not copies
-        self.bias = linear.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-class _SamplingNet(nn.Module):
-    """Inference view of a ``VelocityNet`` for ODE sampling.
-
-    New module objects around the net's own parameter and buffer tensors (shared, not copied),
-    so later in-place weight changes (EMA updates, ``load_state_dict``) are seen. Differences
-    from ``VelocityNet.forward``: the class context and the ControlNet's mask embedding are
-    computed once per batch by ``conditions`` (the embedding module is an ``nn.Identity`` in the
-    view, and the precomputed embedding goes in as ``controlnet_cond``: the same operations on
-    the same values, so bitwise the same output), and optionally every ``nn.Linear`` is a
-    ``OneDNNLinear``.
-    """
-
-    def __init__(self, net: VelocityNet, *, onednn_linear: bool = False) -> None:
-        super().__init__()
-        shared = {id(t): t for t in itertools.chain(net.parameters(), net.buffers())}
-        view = copy.deepcopy(net, shared)
-        if onednn_linear:
-            for module in list(view.modules()):
-                for name, child in list(module.named_children()):
-                    if type(child) is nn.Linear:
-                        setattr(module, name, OneDNNLinear(child))
-        self.cond_embedding: nn.Module | None = None
-        embedding = getattr(view.controlnet, "controlnet_cond_embedding", None)
-        if isinstance(embedding, nn.Module):
-            self.cond_embedding = embedding
-            view.controlnet.controlnet_cond_embedding = nn.Identity()
-        self.net = view
-
-    def conditions(
-        self,
-        labels: torch.Tensor | None,
-        masks: torch.Tensor | None,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(class context, ControlNet conditioning) for a batch, as ``VelocityNet.forward``."""
-        net = self.net
-        context = None
-        if net.uses_class:
-            if labels is None:
-                raise ValueError("this net is class-conditioned: pass labels")
-            context = net.context(labels.to(device), dtype)
-        cond = None
-        if net.controlnet is not None:
-            if masks is None:
-                raise ValueError("this net is mask-conditioned: pass masks")
-            cond = masks.to(device).to(dtype)
-            if self.cond_embedding is not None:
-                cond = self.cond_embedding(cond)
-        return context, cond
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor | None,
-        cond: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Velocity at ``x``, time ``t`` for the prepared ``conditions``."""
-        net = self.net
-        steps = net.timesteps(t.to(x.device), x.shape[0]).to(x.device)
-        if net.controlnet is None:
-            return net.unet(x=x, timesteps=steps, context=context)
-        down, mid = net.controlnet(x=x, timesteps=steps, controlnet_cond=cond, context=context)
-        return net.unet(
-            x=x,
-            timesteps=steps,
-            context=context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        )
 
 
 class FlowMatchingPipeline:
@@ -244,8 +56,7 @@ class FlowMatchingPipeline:
         channels_last: convert net and inputs to channels-last memory format (oneDNN's native
             layout; None: on for the CPU, off elsewhere). Converts ``net`` in place.
         compile: ``torch.compile`` the sampling forward (``True`` or a mode such as
-            ``max-autotune-no-cudagraphs``); off by default: on the CPU it did not pay back
-            within a synthesize call (bench/fm_sampling.py).
+            ``max-autotune-no-cudagraphs``); off by default (docs/generators.md).
         onednn_linear: run ``nn.Linear`` layers through oneDNN (None: on for the CPU if
             available).
         retain_heap: ``retain_freed_heap`` while sampling (None: on for the CPU with glibc).
@@ -279,7 +90,7 @@ class FlowMatchingPipeline:
         self.onednn_linear = bool(onednn_linear) and on_cpu
         self.retain_heap = on_cpu if retain_heap is None else bool(retain_heap) and on_cpu
         self.compiled: bool | str = False
-        self._sampling_net = _SamplingNet(self.net, onednn_linear=self.onednn_linear)
+        self._sampling_net = SamplingNet(self.net, onednn_linear=self.onednn_linear)
         self._forward: Callable[..., torch.Tensor] = self._sampling_net
         self.enable_fast_sampling(
             channels_last=on_cpu if channels_last is None else channels_last, compile=compile
@@ -295,15 +106,17 @@ class FlowMatchingPipeline:
     def enable_fast_sampling(self, channels_last: bool = True, compile: bool | str = True) -> None:
         """Channels-last memory format and/or ``torch.compile`` of the sampling forward.
 
-        Same weights and math (outputs agree to float rounding). ``compile`` is ``True`` (default
-        mode) or an inductor mode name; compiling costs seconds (cached) to minutes (cold) up
-        front and one more compilation for a batch of another size. On a CPU it did not pay back
-        (bench/fm_sampling.py); channels-last is already on by default there.
+        Same weights and math (outputs agree to float rounding).
+
+        Args:
+            channels_last: convert the net (in place) and the inputs to channels-last.
+            compile: ``True`` (default mode) or an inductor mode name; a batch of another size
+                compiles again.
         """
         if channels_last and not self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.channels_last = True
-            self._sampling_net = _SamplingNet(self.net, onednn_linear=self.onednn_linear)
+            self._sampling_net = SamplingNet(self.net, onednn_linear=self.onednn_linear)
             self._forward = self._sampling_net
             self.compiled = False
         if compile and not self.compiled:
@@ -358,8 +171,6 @@ class FlowMatchingPipeline:
             GeneratorError: unknown label, length mismatch, wrong mask size, or a mask for a net
                 that does not use masks.
         """
-        from tqdm.auto import tqdm
-
         self.method(mode)
         idx = [label_index(lbl) for lbl in labels]
         seeds = [int(s) for s in seeds]
@@ -395,8 +206,8 @@ class FlowMatchingPipeline:
     def velocity(self, labels: torch.Tensor | None, masks: torch.Tensor | None) -> Velocity:
         """The ODE right-hand side v(t, x) for fixed conditions.
 
-        The class context and the ControlNet's mask embedding are computed at the first
-        evaluation (under the caller's autocast / grad mode) and reused by the later ones.
+        The conditions (``SamplingNet.conditions``) are prepared at the first evaluation, under
+        the caller's autocast / grad mode, and reused by the later ones.
         """
         forward, view, prepared = self._forward, self._sampling_net, {}
 
@@ -505,13 +316,19 @@ def save_generator(
     *,
     embed_bank: bool = False,
 ) -> Path:
-    """Write the generator folder atomically (config.json, safetensors weights, card).
+    """Write the generator folder atomically (config.json, safetensors weights, README card).
 
-    The mask bank goes into the folder only with ``embed_bank`` (``--embed-sources``); otherwise
-    the caller writes it apart (``generators.banks.write_bank``) and it stays with the run.
+    Args:
+        folder: destination (replaced if it exists).
+        net: the velocity net to save (the EMA weights).
+        mask_bank: the training masks (counted on the card).
+        info: training provenance kept in ``config.json``.
+        embed_bank: put the mask bank in the folder too (``--embed-sources``); otherwise the
+            caller writes it apart (``generators.banks.write_bank``) and it stays with the run.
+
+    Returns:
+        ``folder``.
     """
-    from safetensors.torch import save_file
-
     info = dict(info or {})
     cfg = net.config
     with atomic_dir(folder, replace=True) as tmp:
@@ -561,14 +378,16 @@ def load_generator(
 ) -> FlowMatchingPipeline:
     """Load a folder written by ``save_generator`` as a ready ``FlowMatchingPipeline``.
 
-    ``mask_bank``: the training masks to draw from (default: the ones embedded in the folder, if
-    any; without either, mask-conditioned sampling needs the caller's masks).
+    Args:
+        folder: the generator folder.
+        device: where to run (CUDA if available when None).
+        mask_bank: the training masks to draw from (default: the ones embedded in the folder, if
+            any; without either, mask-conditioned sampling needs the caller's masks).
+        **pipeline_kwargs: passed to ``FlowMatchingPipeline``.
 
     Raises:
         GeneratorError: the folder is not a thyroaug FM generator.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     path = folder / "config.json"
     if not path.exists():

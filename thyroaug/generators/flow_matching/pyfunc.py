@@ -16,7 +16,9 @@ from typing import Any
 from thyroaug.contract import registered_name
 from thyroaug.generators.banks import EMBEDDED_WARNING, bank_config, embedded_files
 from thyroaug.generators.base import Generator, model_card
+from thyroaug.generators.flow_matching.bank import MaskBank
 from thyroaug.generators.flow_matching.config import SOLVERS
+from thyroaug.generators.flow_matching.pipeline import load_generator as load_pipeline
 from thyroaug.generators.pyfunc_base import (
     GeneratorModel,
     LoggedGenerator,
@@ -36,14 +38,10 @@ class FMGeneratorModel(GeneratorModel):
 
     def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
         """Load ``save_generator``'s folder with the mask bank ``bank`` (or the embedded one)."""
-        from thyroaug.generators.flow_matching.pipeline import load_generator
-
-        return load_generator(folder, device=device, mask_bank=bank)
+        return load_pipeline(folder, device=device, mask_bank=bank)
 
     def read_bank(self, folder: Path) -> Any:
         """The training masks (``MaskBank``) written by ``banks.write_bank``."""
-        from thyroaug.generators.flow_matching.pipeline import MaskBank
-
         return MaskBank.load(folder)
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,8 +62,13 @@ class FMGeneratorModel(GeneratorModel):
 
 
 def fm_card(config: Mapping[str, Any], info: Mapping[str, Any], embedded: bool = False) -> str:
-    """The registry description of a generator folder, from its ``config.json`` (config, info);
-    ``embedded``: the folder holds its mask bank (``--embed-sources``), said loudly first."""
+    """The registry description of a generator folder.
+
+    Args:
+        config: the ``config`` of its ``config.json``.
+        info: the ``info`` of its ``config.json``.
+        embedded: the folder holds its mask bank (``--embed-sources``), said loudly first.
+    """
     uses_mask = "mask" in str(config.get("conditioning", ""))
     where = (
         "EMBEDDED in this model (--embed-sources)"
@@ -114,8 +117,14 @@ def log_fm_generator(
     """Log (and optionally register) a flow-matching generator folder in the active run.
 
     The model is logged as ``generator-fm``; a registered version (and the registered model) get
-    ``fm_card`` as their description. ``bank_uri``: where the mask bank was logged
-    (``banks.log_bank``), recorded in the model's ``model_config``.
+    ``fm_card`` as their description.
+
+    Args:
+        folder: the folder written by ``pipeline.save_generator``.
+        registered_name: register under this name (e.g. ``thyroaug-fm``).
+        alias: set this alias (e.g. ``champion``) on the new version; needs ``registered_name``.
+        max_count: the served count cap.
+        bank_uri: where the mask bank was logged (``banks.log_bank``), for ``model_config``.
     """
     payload = json.loads((Path(folder) / "config.json").read_text())
     cfg = payload["config"]

@@ -1,12 +1,8 @@
 """Training of the flow-matching velocity net (MOTFM recipe) with exact resume.
 
-``train_flow_matching``: Adam (1e-4), EMA weights (sampled), gradient clipping, autocast (bf16 /
-fp16) only on CUDA, ``accelerate.Accelerator`` (one CPU process here; ``accelerate launch`` shards
-each epoch's permutation across GPUs without code changes), atomic checkpoints every N epochs and an
-exact ``resume``. Seeding: the data order of epoch e is ``randperm`` from a generator seeded
-``derive_seed(seed, 0, e)`` and the noise / t of process r in epoch e from
-``derive_seed(seed, 1, r, e)``; the checkpoint also stores the torch, CUDA, numpy and python global
-RNG states, so a resumed run equals an uninterrupted one (bitwise on CPU).
+``train_flow_matching``: Adam, EMA weights (sampled), gradient clipping, autocast on CUDA only,
+``accelerate`` across GPUs, atomic checkpoints and a resume equal to an uninterrupted run (bitwise
+on CPU). Recipe and seeding: docs/generators.md, "Training".
 """
 
 from __future__ import annotations
@@ -19,13 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from tqdm.auto import tqdm
 
 from thyroaug.config import to_dict
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import ConfigError, GeneratorError
+from thyroaug.generators.flow_matching.bank import MaskBank
 from thyroaug.generators.flow_matching.config import FMConfig
 from thyroaug.generators.flow_matching.model import (
     FORMAT,
@@ -33,7 +33,7 @@ from thyroaug.generators.flow_matching.model import (
     count_parameters,
     flow_matching_loss,
 )
-from thyroaug.generators.flow_matching.pipeline import FlowMatchingPipeline, MaskBank, sample_grid
+from thyroaug.generators.flow_matching.pipeline import FlowMatchingPipeline, sample_grid
 from thyroaug.generators.flow_matching.sampler import from_data_range
 from thyroaug.utils.atomic import atomic_path
 from thyroaug.utils.resize import resize_images, resize_masks
@@ -121,10 +121,8 @@ def _ema_multi_avg_fn(decay: float):
     return update
 
 
-def make_ema(net: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+def make_ema(net: nn.Module, decay: float) -> AveragedModel:
     """A ``torch.optim.swa_utils.AveragedModel`` keeping the EMA of ``net``'s parameters."""
-    from torch.optim.swa_utils import AveragedModel
-
     return AveragedModel(net, multi_avg_fn=_ema_multi_avg_fn(decay))
 
 
@@ -208,8 +206,6 @@ class _Training:
 
 def _mlflow_run_info(log_mlflow: bool | None, main: bool) -> tuple[bool, dict[str, Any]]:
     """(whether to log to MLflow, {mlflow_run_id}) - default: log when a run is active."""
-    import mlflow
-
     if log_mlflow is None:
         log_mlflow = mlflow.active_run() is not None
     log_mlflow = bool(log_mlflow) and main
@@ -240,6 +236,7 @@ def _setup(
     cfg: FMConfig, cohort: PreparedCohort, workdir: Path, resume: bool, log_mlflow: bool | None
 ) -> _Training:
     """Data, net, optimiser, EMA and accelerator, restored from a checkpoint when resuming."""
+    # accelerate (~200 modules) loads to train, not with `train-fm --help` (trainer imports this)
     from accelerate import Accelerator
 
     ckpt_path = workdir / CHECKPOINT_FILE
@@ -296,8 +293,6 @@ def _describe(tr: _Training) -> None:
 
 def _train_epoch(tr: _Training, epoch: int, per_rank: int, progress: bool) -> float:
     """One pass over this process's share of the epoch's permutation; the mean loss."""
-    from tqdm.auto import tqdm
-
     cfg, acc, data = tr.cfg, tr.accelerator, tr.data
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     tr.net.train()
@@ -352,8 +347,7 @@ def _save_checkpoint(tr: _Training, done: int) -> None:
 def _after_epoch(tr: _Training, done: int, seconds: float) -> None:
     """Checkpoint when due, then log the epoch (and a sample grid every ``sample_every``).
 
-    Checkpoint first: a kill in between leaves an epoch unlogged, never logged twice after a
-    resume; ``train-fm`` logs the losses the run lacks (``TrainResult.losses``) at the end.
+    Checkpoint first: a kill in between never logs an epoch twice after a resume.
     """
     cfg, loss = tr.cfg, tr.losses[-1]
     if tr.main:
@@ -369,8 +363,6 @@ def _after_epoch(tr: _Training, done: int, seconds: float) -> None:
 
 
 def _log_epoch(tr: _Training, done: int, loss: float) -> None:
-    import mlflow
-
     mlflow.log_metric("train_loss", loss, step=done)
     if done % tr.cfg.sample_every == 0 or done == tr.cfg.epochs:
         pipeline = _pipeline(tr.ema, tr.bank, tr.accelerator.device)
@@ -392,7 +384,7 @@ def train_flow_matching(
     progress: bool = True,
     log_mlflow: bool | None = None,
 ) -> TrainResult:
-    """Train the velocity net on the cohort's train split (see the module docstring).
+    """Train the velocity net on the cohort's train split.
 
     Args:
         cfg: settings (``resolve(FMConfig, profile, ...)``).
