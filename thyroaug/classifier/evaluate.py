@@ -22,6 +22,8 @@ from thyroaug.classifier.model import gradcam_layer
 from thyroaug.classifier.train import FitResult, predict_proba
 from thyroaug.contract import BOOTSTRAP_ARTIFACT, CLASSES
 from thyroaug.data.cohort import PreparedCohort
+from thyroaug.evaluation import bootstrap, gradcam, plots
+from thyroaug.evaluation import metrics as M
 from thyroaug.utils.atomic import atomic_path, write_json
 from thyroaug.utils.csvsafe import to_csv_safe
 
@@ -77,10 +79,6 @@ def evaluate_and_report(
     Returns:
         {"metrics": flat dict (external_*, best_val_*, bootstrap_*), "files": {key: path}}.
     """
-    # sklearn / matplotlib (~1 s) load to evaluate, not with `thyroaug train-classifier --help`
-    from thyroaug.evaluation import metrics as M
-    from thyroaug.evaluation import plots
-
     model = result.model
     cl = cfg.channels_last
     files: dict[str, Path] = {}
@@ -143,8 +141,6 @@ def _write_bootstrap(
     Returns:
         (files, ``bootstrap_<metric>_<mean|std|lower|upper>`` metrics).
     """
-    from thyroaug.evaluation import bootstrap, plots  # sklearn / matplotlib: see above
-
     boot = bootstrap.bootstrap(y, probs, n_resamples=cfg.bootstrap, seed=cfg.seed, metrics="all")
     files = {"bootstrap": write_csv(out_dir / BOOTSTRAP_ARTIFACT, boot)}
     summary = bootstrap.summarize(boot)
@@ -171,8 +167,6 @@ def _write_gradcam(
     name: str,
 ) -> Path:
     """Grad-CAM of the predicted class for ``cfg.gradcam_per_class`` external cases per class."""
-    from thyroaug.evaluation import gradcam  # matplotlib: see evaluate_and_report
-
     y = external.labels.numpy()
     pick = gradcam.select_per_class(y, cfg.gradcam_per_class)
     images = external.images[torch.as_tensor(pick)]

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import mlflow
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 import torch
+from matplotlib.figure import Figure
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -445,8 +447,6 @@ def split_table(cohort: PreparedCohort) -> pd.DataFrame:
 
 def example_grid(cohort: PreparedCohort, per_class: int = 6, seed: int = 0) -> Any:
     """A matplotlib Figure: one row per class, ``per_class`` random cases with mask outlines."""
-    from matplotlib.figure import Figure  # ~0.4 s: only for the figure, not for `--help`
-
     rng = np.random.default_rng(seed)
     fig = Figure(figsize=(1.6 * per_class, 1.7 * len(CLASSES)), dpi=100)
     axes = fig.subplots(len(CLASSES), per_class, squeeze=False)
@@ -490,8 +490,6 @@ def log_cohort(
 
     Patient ids and report text are never logged as params or tags.
     """
-    import mlflow  # ~1.5 s: only when logging, not for `thyroaug prepare --help`
-
     cohort = outcome.cohort
     params: dict[str, Any] = {k: v for k, v in to_dict(config).items() if k not in ("workers",)}
     params.update(

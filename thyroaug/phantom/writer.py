@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from thyroaug import CLASS_NAMES, CLASSES, __version__
 from thyroaug.errors import ConfigError
@@ -223,10 +225,6 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_examples(path: Path, examples: dict[tuple[str, str], np.ndarray]) -> None:
     """A grid of one image per (class, center): rows = classes, columns = centers."""
-    # matplotlib (~0.4 s) only here: `thyroaug phantom --help` and planning stay without it
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     centers = [c for c in ALL_CENTERS if any((c, label) in examples for label in CLASSES)]
     fig = Figure(figsize=(1.35 * len(centers) + 0.6, 1.45 * len(CLASSES) + 0.4), dpi=110)
     FigureCanvasAgg(fig)
