@@ -241,7 +241,7 @@ def plot_significance_heatmap(
     (``p_adj < alpha``) carry a bold adjusted p-value; others a grey one. The diagonal is grey.
 
     Args:
-        result: output of ``stats.compare_distributions``.
+        result: output of ``paper_method.compare_distributions``.
         path: output image path.
         title: figure title (default names the metric and the test).
         cap: colour saturation in -log10(p) units.
@@ -421,7 +421,7 @@ def plot_bootstrap(
     """Bootstrap distributions.
 
     Args:
-        data: either one model's ``stats.bootstrap`` DataFrame (one histogram panel per metric,
+        data: either one model's ``bootstrap.bootstrap`` DataFrame (one histogram panel per metric,
             median and percentile interval marked) or {name: 1-D values} for one metric across
             models (horizontal box plots in the given order, top to bottom).
         path: output image path.

@@ -33,10 +33,10 @@ from thyroaug.contract import (
     TAG_STEP,
     TAG_STUDY_ID,
     synthetic_artifact,
-    train_step,
 )
 from thyroaug.errors import ThyroaugError, TrackingError
 from thyroaug.evaluation.alignment import CompareError, external_rows
+from thyroaug.generators import registry
 from thyroaug.scenarios import canonical
 from thyroaug.tracking.runs import tag_clause
 from thyroaug.utils.env import scoped_env
@@ -192,7 +192,7 @@ def find_runs(
         method = run.data.tags.get(TAG_METHOD, "")
         if method and method not in out.synth:
             out.synth[method] = run
-    for step in (train_step("sd"), train_step("fm")):
+    for step in (fam.entry_point for fam in registry.families()):
         found = _search(client, ids, f"{base} and {tag_clause(TAG_STEP, step)}")
         if found:
             out.generators[step] = found[0]
