@@ -1,20 +1,10 @@
 """Condition banks kept out of the registry: training cases live with the run, not the model.
 
-A generator draws missing conditions (FM: a training mask; SD: a training image, mask and prompt)
-from its ``ConditionBank``. Those are patient-derived, so a registered model holds weights and
-configuration only: the bank is written to its own folder (``write_bank``: the family's files,
-``bank.json`` with cohort hash, case count and a sha256 per file; 0700 / 0600) and logged as the
-training run's artifact ``condition_bank/`` (``log_bank``), governed by the run's (experiment's)
-permissions like the run's other patient-derived artifacts. The logged model only refers to it:
-its ``model_config`` holds ``condition_bank`` (``runs:/<run>/condition_bank``), ``cohort_hash``
-and ``reveal_sources`` (False).
-
-``fetch_bank`` loads it when a loader has access: ``"auto"`` / a ``runs:/`` or other artifact URI
-downloads it with the caller's tracking credentials into a private temp folder that is removed
-after reading; a local folder is read in place; ``"none"`` loads nothing. A bank that cannot be
-read (no permission, missing, another cohort, a file changed) is not used, with one warning line:
-requests must then bring their own image / mask. ``--embed-sources`` at training keeps the old
-behaviour (bank inside the model folder) and the model card says so loudly.
+``write_bank`` / ``read_bank`` write and check a bank folder (the family's files plus ``bank.json``:
+cohort hash, case count, a sha256 per file; private permissions), ``log_bank`` logs it as the
+training run's ``condition_bank/`` artifact, ``fetch_bank`` loads it for a loader with access (one
+warning and None otherwise) and ``bank_config`` is what the logged model holds instead. Why:
+docs/generators.md, "Condition banks stay with the run".
 """
 
 from __future__ import annotations
@@ -27,6 +17,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import mlflow
 
 from thyroaug.errors import GeneratorError
 from thyroaug.generators.base import ConditionBank
@@ -104,8 +96,6 @@ def read_bank(
 
 def log_bank(folder: str | Path) -> str:
     """Log ``folder`` as the active run's ``condition_bank/`` artifact; return its URI."""
-    import mlflow
-
     run = mlflow.active_run()
     if run is None:
         raise GeneratorError("log_bank needs an active MLflow run")
@@ -140,8 +130,6 @@ def fetch_bank(
 
 
 def _download_and_read(uri: str, load: Callable[[Path], B], *, family: str, cohort_hash: str) -> B:
-    import mlflow
-
     tmp = Path(tempfile.mkdtemp(prefix="thyroaug-bank-"))
     try:
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))

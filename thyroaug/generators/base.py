@@ -1,19 +1,9 @@
-"""What every generator (flow matching, Stable Diffusion) offers to synthesis and serving.
+"""What every generator offers to synthesis and serving: the ``Generator`` protocol and helpers.
 
-A generator is anything with the small ``Generator`` protocol below: ``sample(labels, seeds,
-masks=None, **kw)`` returns images in the cohort's [0, 1] intensity range plus per-image provenance
-columns. Registered generators are MLflow pyfunc models whose python model (see
-``thyroaug.generators.pyfunc_base.GeneratorModel``) holds such an object after loading, so
-``open_generator("models:/thyroaug-fm@champion")`` works for any flavour without a registry of
-loaders: the logged python model class is the dispatch.
-
-Seeding scheme (shared by all generators): the image for (seed, label, mask) is a function of those
-three alone, independent of the batch it is drawn in. ``synthesize`` derives the per-image seed of
-the j-th image of class c from the run seed s as ``SeedSequence([s, c, j])`` (first 32-bit word),
-records it in the manifest, so any single image can be regenerated from its manifest row.
-
-``model_card`` (with ``INTENDED_USE`` / ``MUST_NOT``) writes the registry description every family
-registers its generator with (``pyfunc_base.log_generator`` sets it).
+``open_generator`` loads any registered generator (the logged pyfunc class is the dispatch),
+``synthesize`` draws a synthetic set (image j of class c from run seed s: seed
+``SeedSequence([s, c, j])``), ``ConditionBank`` draws training conditions by (class, seed) and
+``model_card`` writes the registry description. Loading and seeding: docs/generators.md, "Shared".
 """
 
 from __future__ import annotations
@@ -27,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
@@ -103,10 +94,9 @@ def sample_seed(base_seed: int, label: int, index: int) -> int:
 class ConditionBank:
     """Training cases a generator may condition on, by class (FM: masks; SD: images/masks/prompts).
 
-    Both families draw a condition the same way: for class ``c`` and per-image seed ``s`` the case
-    is drawn uniformly (with replacement) among the eligible cases of class ``c`` by
-    ``numpy.random.default_rng([s, c])``, so the choice depends on (seed, class) alone, as the
-    image does. Subclasses (dataclasses) add the tensors and their own file format, and provide:
+    Subclasses (dataclasses) add the tensors and their own ``save`` / ``load``. ``pick`` draws the
+    case for (class c, image seed s) uniformly among the eligible cases of c, by
+    ``numpy.random.default_rng([s, c])``.
 
     Attributes:
         labels: int64 ``[M]`` class index of each case.
@@ -148,6 +138,7 @@ class ConditionBank:
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
     """Tile ``[N, 1, S, S]`` images in [0, 1] into one uint8 ``(H, W)`` array (gray)."""
+    # torchvision (~1000 modules) loads for a grid, not with base.py, which every family imports
     from torchvision.utils import make_grid
 
     if images.numel() == 0:
@@ -173,6 +164,7 @@ def registry_version(uri: str) -> str:
     name, alias, version = m.groups()
     if version:
         return version
+    # mlflow (seconds) loads to read the registry, not with base.py, which every family imports
     from mlflow import MlflowClient
 
     try:
@@ -185,12 +177,12 @@ def registry_version(uri: str) -> str:
 
 
 def open_generator(uri: str) -> GeneratorHandle:
-    """Load a logged / registered generator (any flavour) by MLflow model URI.
+    """Load a logged / registered generator (any family) by MLflow model URI.
 
     Raises:
         GeneratorError: the URI cannot be resolved or is not a thyroaug generator.
     """
-    import mlflow
+    import mlflow  # heavy: see registry_version
 
     version = registry_version(uri)
     try:
@@ -223,21 +215,25 @@ def synthesize(
     progress: bool = True,
     **sample_kwargs: Any,
 ) -> tuple[Any, dict[str, np.ndarray]]:
-    """Draw ``per_class`` images of each class and return (SyntheticSet, grids per class).
+    """Draw ``per_class`` images of each class as a synthetic set.
 
     Args:
         handle: from ``open_generator`` (carries URI and registry version for the manifest).
         per_class: images per class (paper: 1000).
-        seed: run seed; per-image seeds follow the module's seeding scheme.
+        seed: run seed; image j of class c gets ``sample_seed(seed, c, j)``.
         classes: class names to draw.
         batch_size: images per ``sample`` call.
         mode: generator mode (SD1..SD4 for Stable Diffusion; None for FM).
         progress: show a tqdm bar.
         **sample_kwargs: passed to ``Generator.sample`` (e.g. ``solver``, ``steps``).
-    """
-    from tqdm.auto import tqdm
 
-    from thyroaug.synthetic import SyntheticSet
+    Returns:
+        (SyntheticSet, {class: uint8 grid of its first 16 images}).
+
+    Raises:
+        GeneratorError: ``per_class`` or ``batch_size`` below 1.
+    """
+    from thyroaug.synthetic import SyntheticSet  # it imports mlflow: see registry_version
 
     if per_class < 1:
         raise GeneratorError(f"per_class={per_class}: need at least one image per class")
@@ -250,20 +246,12 @@ def synthesize(
         for c in classes
         for j in range(per_class)
     ]
-    images: list[torch.Tensor] = []
-    columns: dict[str, list[Any]] = {}
     kwargs = dict(sample_kwargs)
     if mode is not None:
         kwargs["mode"] = mode
-    with tqdm(total=len(jobs), desc=f"synthesize {method}", disable=not progress) as bar:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            out = gen.sample([j[0] for j in chunk], [j[1] for j in chunk], **kwargs)
-            images.append(out.images.float().cpu())
-            for key, values in out.columns.items():
-                columns.setdefault(key, []).extend(values)
-            bar.update(len(chunk))
-    all_images = torch.cat(images)
+    all_images, columns = _sample_jobs(
+        gen, jobs, batch_size, kwargs, f"synthesize {method}", progress
+    )
     labels = torch.tensor([j[0] for j in jobs], dtype=torch.int64)
     manifest = pd.DataFrame(
         {
@@ -295,6 +283,28 @@ def synthesize(
         if (labels == label_index(c)).any()
     }
     return SyntheticSet(all_images, labels, manifest, info), grids
+
+
+def _sample_jobs(
+    gen: Generator,
+    jobs: list[tuple[int, int]],
+    batch_size: int,
+    kwargs: dict[str, Any],
+    desc: str,
+    progress: bool,
+) -> tuple[torch.Tensor, dict[str, list[Any]]]:
+    """Images of the (label, seed) ``jobs`` in batches, and their provenance columns."""
+    images: list[torch.Tensor] = []
+    columns: dict[str, list[Any]] = {}
+    with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start : start + batch_size]
+            out = gen.sample([j[0] for j in chunk], [j[1] for j in chunk], **kwargs)
+            images.append(out.images.float().cpu())
+            for key, values in out.columns.items():
+                columns.setdefault(key, []).extend(values)
+            bar.update(len(chunk))
+    return torch.cat(images), columns
 
 
 # ----------------------------------------------------------------------------------------------

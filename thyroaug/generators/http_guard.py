@@ -1,20 +1,10 @@
 """`thyroaug serve`: MLflow's scoring app for a generator behind a small hardening middleware.
 
-``build_app(model)`` is MLflow's own FastAPI scoring app (``mlflow.pyfunc.scoring_server.init``:
-/ping, /health, /invocations, MLflow's request timeout ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``)
-wrapped in ``GuardMiddleware``, a pure ASGI middleware that
-
-* answers only /ping, /health and /invocations (404 for /version, /docs, /openapi.json and all
-  else: no library version is revealed); accepts only ``application/json`` on /invocations (415);
-* refuses bodies over ``Limits.max_body_bytes`` (413): Content-Length is checked before reading,
-  a chunked body is counted while it streams and reading stops at the limit;
-* runs at most ``Limits.max_concurrent`` predictions; a request waits up to
-  ``Limits.queue_timeout`` seconds for a slot, then gets 503 with ``Retry-After``. A slot is held
-  until the prediction thread ends, even when MLflow's timeout already answered 504;
-* rewrites every 4xx / 5xx body to ``{"error_code": ..., "message": ...}``: a 400 raised by the
-  model (``GeneratorModel``'s messages) keeps its message without MLflow's echo of the input, other
-  messages are cut short; lines that look like a traceback, file paths and version numbers are
-  dropped; a 500 says only "internal error (see the server log)" (the log has the traceback).
+``build_app(model)`` wraps MLflow's FastAPI scoring app in ``GuardMiddleware``, a pure ASGI
+middleware: only /ping, /health and JSON /invocations are answered (404, 415), body size and
+concurrent predictions are capped (413, 503 with ``Retry-After``) and every error body becomes a
+short ``{"error_code", "message"}`` without tracebacks, paths or versions. The rules in full:
+docs/generators.md, "The HTTP guard".
 """
 
 from __future__ import annotations
@@ -32,7 +22,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import mlflow
+import uvicorn
 from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
 
 from thyroaug.errors import GeneratorError
 
@@ -368,8 +361,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 def build_app(model: Any, limits: Limits | None = None) -> GuardMiddleware:
     """MLflow's scoring app for a loaded pyfunc ``model`` (``predict`` wrapped by
     ``guard_predict``; timeout from ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``) behind the guard."""
-    from mlflow.pyfunc import scoring_server
-
     guard_predict(model)
     return GuardMiddleware(scoring_server.init(model), limits)
 
@@ -386,10 +377,10 @@ def serve(
 
     ``max_connections`` bounds open connections (uvicorn answers 503 above it), so at most that
     many bodies of ``max_body_bytes`` are held in memory at once.
-    """
-    import mlflow
-    import uvicorn
 
+    Raises:
+        GeneratorError: the model cannot be loaded.
+    """
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MLflow raises many types for a missing / unreadable model

@@ -1,41 +1,10 @@
-"""MLflow pyfunc wrappers: registry entries and `mlflow models serve` for the generators.
+"""MLflow pyfunc of a generator: the served model every family subclasses; logging, registration.
 
-``GeneratorModel`` is the reusable base every generator family subclasses (flow matching in
-``flow_matching/pyfunc.py``, Stable Diffusion in ``stable_diffusion/pyfunc.py``): it loads a
-generator folder logged as the artifact ``generator`` (``load_generator`` is the one method a
-subclass writes), validates requests and formats the answer. Request (one row per request, as
-``{"inputs": [...]}`` / ``dataframe_records`` or a pandas DataFrame in Python):
-
-  ``label``  class name (DG / NG / NL / TI) or index, required;
-  ``count``  images for this row (default 1); all rows together at most ``max_count``;
-  ``seed``   integer, 0 <= seed <= 2**63 - 1 (default 0); image j of the row uses seed + j (the
-             answer's ``seed``), so a row with (seed=s+j, count=1) reproduces it; a row whose last
-             seed would pass 2**63 - 1 is refused, so every answered seed is a valid request seed;
-  ``mask``   optional S x S nested list (> 0.5 = thyroid) for mask-conditioned generators.
-
-Any other field (a misspelled ``counts`` or ``seeed``) is refused with its name, unless the family
-declares it in ``extra_fields``. Params (``{"params": {...}}``): subclass-specific sampling settings
-(``sample_kwargs`` hook). Answer: a DataFrame (JSON records when served) with ``request`` (row
-number), ``index`` (j), ``label``, ``seed``, ``source_id`` (``request`` for a given mask; the
-training case id drawn only if the operator set ``reveal_sources``, else "") and ``image``
-(S x S float32 array in [0, 1]). Invalid requests raise ``MlflowException`` with
-``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400 with the message
-(never a stack trace from our checks).
-
-Before any work every request is screened (``screen_request``; a family's own ``predict`` is
-wrapped too): rows read (MLflow's numpy 0-d values become Python values), count / seed checked,
-at most ``max_count`` images and ``max_work`` compute, ``images x steps x S x S`` (S: image side;
-steps: ``params.steps`` or the generator's default; default budget 64 images x 50 steps x 128 px).
-An unexpected error answers 500 with its type only (the server log has the traceback).
-
-``log_generator`` logs a generator folder (one logged model per family, e.g. ``generator-fm``)
-**without an input schema** (MLflow would drop undeclared columns before ``predict``, so ``counts``
-would never be refused; the columns are recorded as ``request_fields`` metadata; models logged
-earlier keep that behaviour until re-logged) and, when it registers it, writes the family's model
-card (``model_card``: cohort content hash and training-case count - never patient ids, pixels or
-report text -, profile, metrics, intended use, what it must not be used for) as the description
-of the registered model and of the new version. Serving needs ``thyroaug`` importable there
-(``--env-manager local`` from this project's virtualenv).
+``GeneratorModel`` loads the logged ``generator`` folder (a family writes ``load_generator``),
+screens and validates request rows (``label``, ``count``, ``seed``, ``mask`` and the family's
+``extra_fields``; count cap and compute budget) and formats the answer; an invalid request is an
+HTTP 400 with its reason. ``log_generator`` logs a folder without an input schema and registers it
+with its model card. Request and answer format, and why no schema: docs/generators.md, "Serving".
 """
 
 from __future__ import annotations
@@ -55,10 +24,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, Array
 
 from thyroaug.contract import CLASSES
 from thyroaug.errors import GeneratorError
+from thyroaug.generators.banks import fetch_bank, reveal
 from thyroaug.generators.base import MAX_DESCRIPTION, Generator, label_index
 from thyroaug.generators.request_rows import (
     Request,
@@ -108,13 +82,9 @@ def _screened(predict: Callable[..., Any]) -> Callable[..., Any]:
 def _without_type_hint_warning() -> Iterator[None]:
     """Drop MLflow's "Add type hints to the `predict` method" UserWarning; pass on all others.
 
-    MLflow warns (with raw ANSI colour codes) when a ``PythonModel`` subclass defines ``predict``
-    without type hints, i.e. whenever this module is imported - on every model load in a new
-    process. Ours are unannotated on purpose: with type hints MLflow validates inputs itself
-    (before our 400 messages) and may derive a schema of its own. A plain
-    ``warnings.filterwarnings("ignore", ...)`` does not reach that warning (MLflow checks inside
-    its own ``simplefilter("once")``), so the warnings of the block are recorded, that one is
-    dropped and every other one is shown as usual.
+    ``predict`` is unannotated on purpose (docs/generators.md, "Logging without an input
+    schema"); MLflow's own ``simplefilter("once")`` defeats a plain filter, so the block's
+    warnings are recorded and all but that one shown again.
     """
     with warnings.catch_warnings(record=True) as caught:
         yield
@@ -202,8 +172,6 @@ class GeneratorModel(_UntypedPythonModel):
         bank prompts. Operators override both with ``model_config=`` at load or the
         ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` environment variable.
         """
-        from thyroaug.generators.banks import fetch_bank, reveal
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         config = dict(getattr(context, "model_config", None) or {})
         self.reveal_sources = reveal(config)
@@ -358,13 +326,9 @@ class GeneratorModel(_UntypedPythonModel):
 def request_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
     """The shared input/output signature (plus optional ``(name, type, default)`` params).
 
-    The input schema documents the request; ``log_generator`` logs the model without it (see the
-    module docstring) and records its column names as ``request_fields`` metadata instead.
+    The input schema documents the request; ``log_generator`` logs the model without it and
+    records its column names as ``request_fields`` metadata instead.
     """
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-    from mlflow.types.schema import AnyType, Array
-
     inputs = Schema(
         [
             ColSpec("string", "label"),
@@ -455,9 +419,13 @@ def log_generator(
         input_example: request example (default: one DG image, seed 0).
         model_config: load-time settings (``generators.banks.bank_config``: where the condition
             bank is, never the bank itself).
-    """
-    from mlflow import MlflowClient
 
+    Returns:
+        Where the model went: its URI and, when registered, name, version and alias.
+
+    Raises:
+        GeneratorError: an alias without a registered name.
+    """
     if alias and not registered_name:
         raise GeneratorError("an alias needs a registered model name (pass --register)")
     if input_example is None:
@@ -498,13 +466,9 @@ def log_generator(
 def _served_signature(signature: Any) -> tuple[Any, list[str]]:
     """``signature`` without its input schema, and the request columns that schema named.
 
-    With a named input schema MLflow's scoring server drops undeclared columns before ``predict``
-    (``counts`` instead of ``count`` would silently give one image); without one the raw rows
-    reach ``GeneratorModel``, which refuses unknown fields. Outputs and params are kept (MLflow
-    still validates params).
+    Without an input schema the raw rows reach ``GeneratorModel``, which refuses unknown fields
+    (MLflow's scoring server would drop them silently); outputs and params are kept.
     """
-    from mlflow.models import ModelSignature
-
     inputs = getattr(signature, "inputs", None)
     fields = list(inputs.input_names()) if inputs is not None and inputs.has_input_names() else []
     if signature.outputs is None and signature.params is None:

@@ -1,8 +1,8 @@
 """Reading and checking generator request rows (the parts every family shares).
 
 ``request_rows`` turns what MLflow hands ``predict`` (a DataFrame, rows, one row, columns) into
-plain dicts; ``count_and_seed``, ``as_int`` and ``_mask`` check one field each and raise
-``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the row and field.
+plain dicts; ``count_and_seed``, ``as_int``, ``square`` and ``mask_array`` check one field each and
+raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the row and field.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ MAX_SEED = 2**63 - 1
 
 
 def invalid(message: str) -> MlflowException:
+    """The exception of an invalid request (MLflow answers it with HTTP 400 and ``message``)."""
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
@@ -42,12 +43,14 @@ class Request:
 
 
 def is_missing(value: Any) -> bool:
+    """Whether a request field is absent (None, or NaN as pandas fills a missing cell)."""
     if value is None:
         return True
     return isinstance(value, float) and math.isnan(value)
 
 
 def as_int(value: Any, name: str, row: int, minimum: int) -> int:
+    """Field ``name`` of row ``row`` as an int from ``minimum`` to 2**63 - 1; 400 otherwise."""
     if isinstance(value, bool):
         raise invalid(f"row {row}: {name}={show(value)} must be an integer")
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
