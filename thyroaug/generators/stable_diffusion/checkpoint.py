@@ -1,10 +1,7 @@
-"""What the Stable Diffusion generator writes to disk and reads back.
+"""What the Stable Diffusion generator writes to disk and reads back (every folder atomically).
 
-The generator folder: a diffusers SD directory (``save_pretrained``) plus ``thyroaug_sd.json`` (the
-model card: source, training, config), ``README.md`` and, only with ``--embed-sources``, the source
-bank (``save_components``, ``read_card``, ``card_config``). Training state:
-``checkpoints/checkpoint-<step>/`` (accelerate state + EMA + ``trainer_state.json`` with the MLflow
-run id, ``checkpoint_run_id``) and the scratch VAE stage. Every folder is written atomically.
+The generator folder (``save_components``, ``read_card``, ``card_config``) and the training state
+(``checkpoints/checkpoint-<step>/``, the scratch VAE stage); layout: docs/generators.md, "Files".
 """
 
 from __future__ import annotations
@@ -44,8 +41,14 @@ def save_components(
 ) -> Path:
     """Save as a diffusers SD directory (atomic: temp sibling, then rename; replaces ``out_dir``).
 
-    Next to the diffusers files go ``thyroaug_sd.json`` (the model card), ``README.md`` and,
-    when given, the source bank (``sources.safetensors`` + ``sources.csv``).
+    Args:
+        components: the five parts.
+        out_dir: the generator folder.
+        card: the thyroaug model card, written as ``thyroaug_sd.json`` and ``README.md``.
+        bank: the source bank to embed (``--embed-sources``), or None.
+
+    Returns:
+        The folder.
     """
     out = Path(out_dir)
     with atomic_dir(out, replace=True) as tmp:
@@ -135,6 +138,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
+    # mlflow loads to train: the SD pipeline (inference) imports this module for read_card
     import mlflow
 
     run = mlflow.active_run()

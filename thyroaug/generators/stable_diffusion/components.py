@@ -5,6 +5,9 @@
 directory (offline); ``build_vae`` / ``build_text_encoder`` / ``build_unet`` make the seeded random
 parts of a scratch model; ``make_scheduler`` the inference scheduler. Also the image helpers that
 training and sampling share (``to_unit``, ``to_model_pixels``, ``collapsed``).
+
+diffusers and transformers (seconds to import) load inside the functions that need them, so that
+these helpers, the source bank and ``train-sd --help`` do not pull them in.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ class SDComponents:
 
     def pipeline(self) -> Any:
         """A ``StableDiffusionPipeline`` over these components (no safety checker)."""
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline  # heavy: see the module docstring
 
         return StableDiffusionPipeline(
             vae=self.vae,
@@ -133,6 +136,8 @@ def load_components(
     model_dir: str | os.PathLike, torch_dtype: torch.dtype | None = None
 ) -> SDComponents:
     """Load the five parts of a local diffusers SD directory (offline)."""
+    # heavy: see the module docstring
+    import diffusers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.schedulers import SchedulerMixin
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -142,8 +147,6 @@ def load_components(
     dkw = dict(kw, torch_dtype=torch_dtype) if torch_dtype is not None else kw
     index = json.loads((path / "model_index.json").read_text())
     sched_cls_name = (index.get("scheduler") or [None, "PNDMScheduler"])[1]
-    import diffusers
-
     sched_cls = getattr(diffusers, str(sched_cls_name), DDPMScheduler)
     if not (isinstance(sched_cls, type) and issubclass(sched_cls, SchedulerMixin)):
         sched_cls = DDPMScheduler
@@ -177,8 +180,12 @@ def sd_v1_scheduler_config() -> dict[str, Any]:
 
 
 def make_scheduler(name: str, base: Any) -> Any:
-    """The named inference scheduler built from ``base``'s config (``default`` keeps ``base``)."""
-    from diffusers import (
+    """The named inference scheduler built from ``base``'s config (``default`` keeps ``base``).
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    from diffusers import (  # heavy: see the module docstring
         DDIMScheduler,
         DDPMScheduler,
         DPMSolverMultistepScheduler,
@@ -213,7 +220,7 @@ def _groups(channels: Sequence[int]) -> int:
 
 def build_vae(cfg: SDConfig) -> Any:
     """A single-channel ``AutoencoderKL`` of the config's size (random init, seeded)."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy: see the module docstring
 
     torch.manual_seed(cfg.seed)
     n = len(cfg.vae_block_channels)
@@ -232,7 +239,7 @@ def build_vae(cfg: SDConfig) -> Any:
 
 def build_text_encoder(cfg: SDConfig, tokenizer: Any) -> Any:
     """A small ``CLIPTextModel`` sized to the tokenizer (random init, seeded)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel  # heavy: see the module docstring
 
     torch.manual_seed(cfg.seed + 1)
     config = CLIPTextConfig(
@@ -252,7 +259,7 @@ def build_text_encoder(cfg: SDConfig, tokenizer: Any) -> Any:
 
 def build_unet(cfg: SDConfig, latent_size: int, latent_channels: int, cross_dim: int) -> Any:
     """A small ``UNet2DConditionModel`` (cross-attention in all but the deepest level)."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # heavy: see the module docstring
 
     torch.manual_seed(cfg.seed + 2)
     n = len(cfg.unet_block_channels)

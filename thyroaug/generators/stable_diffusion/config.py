@@ -1,19 +1,10 @@
 """Configuration of the Stable Diffusion generator: paper defaults plus quick / smoke profiles.
 
 Defaults are the authors' recipe (paper section 3.2.2 and their ``Train.sh`` /
-``Inference_combined.py``): diffusers' text-to-image fine-tuning of SD v1.4 at 128 px, batch 1,
-gradient accumulation 4, EMA, fp16, learning rate 1e-5 constant, max grad norm 1, random flip,
-50,000 steps; inference with the pipelines' own defaults (50 steps, guidance 7.5, img2img strength
-0.8, the model directory's scheduler, PNDM for SD v1.4) and black outputs regenerated up to 3 times
-(a black output is one whose brightest pixel is at most 5/255, the authors' test).
-
-Two sources of a model, one code path:
-  ``finetune``  the UNet of a local diffusers-format SD directory (``base_model`` or the
-                ``THYROAUG_SD_BASE`` environment variable; never downloaded) is fine-tuned.
-  ``scratch``   a compact latent diffusion model is built from the same diffusers classes: a VAE
-                trained on the cohort, a CLIP BPE tokenizer trained on the cohort's prompts and a
-                small CLIPTextModel, then the UNet. ``auto`` picks ``finetune`` when a base model is
-                given or found, else ``scratch`` (the offline default).
+``Inference_combined.py``). A model is fine-tuned from a local diffusers SD directory
+(``finetune``, never downloaded) or built from the same diffusers classes and trained on the
+cohort (``scratch``); ``auto`` picks ``finetune`` when a base model is given or found. The recipe
+in full: docs/generators.md, "Recipe and sources".
 """
 
 from __future__ import annotations
@@ -50,7 +41,7 @@ class SDConfig:
     profile: str = "paper"
     # --- which model -------------------------------------------------------------------------
     source: str = "auto"
-    """``auto`` | ``scratch`` | ``finetune`` (see the module docstring)."""
+    """``auto`` | ``scratch`` | ``finetune``."""
     base_model: str = ""
     """Local diffusers SD directory to fine-tune (empty: ``THYROAUG_SD_BASE`` or scratch)."""
     # --- data ----------------------------------------------------------------------------------
@@ -76,13 +67,11 @@ class SDConfig:
     use_ema: bool = True
     ema_decay: float = 0.9999
     prompt_dropout: float = 0.0
-    """Probability of training on the empty prompt (0 as the authors; the pretrained SD v1.4
-    already knows the unconditional prompt; a scratch model needs > 0 for classifier-free
-    guidance and for SD3's empty prompt to be meaningful, see the quick/smoke profiles)."""
+    """Probability of training on the empty prompt (0 as the authors; a scratch model needs > 0
+    for classifier-free guidance and SD3, docs/generators.md)."""
     text_encoder_training: str = "auto"
     """``frozen`` (the authors' recipe), ``joint`` (trained with the UNet, same learning rate and
-    EMA), ``auto``: frozen for ``finetune``, joint for ``scratch`` (a randomly initialised text
-    encoder carries no meaning of its own, so it is learned together with the UNet)."""
+    EMA) or ``auto``: frozen for ``finetune``, joint for ``scratch``."""
     seed: int = 0
     checkpointing_steps: int = 5000
     checkpoints_total_limit: int = 2

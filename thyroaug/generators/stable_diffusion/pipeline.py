@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from thyroaug.errors import ConfigError, GeneratorError
 from thyroaug.generators.base import GeneratedBatch, label_index
@@ -108,6 +109,7 @@ class SDGenerator:
         scheduler: str | None = None,
         image_size: int | None = None,
     ):
+        # diffusers (seconds) loads with a model, not with this module (train-sd --help, pyfunc)
         from diffusers import StableDiffusionImg2ImgPipeline
 
         if isinstance(model, SDComponents):
@@ -456,8 +458,6 @@ class SDGenerator:
             GeneratorError: missing or mis-shaped inputs for the mode.
             PromptError: a prompt over the tokenizer limit (unless ``cfg.truncate_prompts``).
         """
-        from tqdm.auto import tqdm
-
         check_mode(mode)
         cfg = cfg or self.cfg
         seeds = [int(s) for s in seeds]

@@ -1,29 +1,10 @@
-"""MLflow pyfunc of the Stable Diffusion generator (``thyroaug-sd``), built on ``pyfunc.py``.
+"""MLflow pyfunc of the Stable Diffusion generator (registered as ``thyroaug-sd``).
 
-The logged artifact ``generator`` is the saved diffusers directory, so a registered version is
-itself a local SD directory; its source bank (training images, masks, prompts, case ids) is NOT in
-it but in the training run's ``condition_bank/`` artifact, loaded only by a loader with access to
-that run (``generators.banks``); answers carry source ids and bank prompts only if the operator
-sets ``reveal_sources``. ``SDGeneratorModel`` extends the shared
-``GeneratorModel`` (count cap, label / count / seed / mask validation, 400 answers) with the SD
-fields. Request rows (``{"inputs": [...]}`` when served):
-
-  ``label``   class name or index, required (the class the image is meant to show; picks the
-              source case when no condition is given);
-  ``mode``    SD1 | SD2 | SD3 | SD4, required;
-  ``prompt``  text for SD1 / SD2 / SD4 (default: a training case's prompt of that class); at most
-              the tokenizer's 77 tokens; not allowed for SD3 (which uses the empty prompt);
-  ``image``   optional S x S start image in [0, 1] for SD1 / SD3 (default: a training image);
-  ``mask``    optional S x S mask (> 0.5 = thyroid) for SD4 (default: a training mask);
-  ``count``   images for this row (default 1; all rows together at most ``max_count``);
-  ``seed``    integer >= 0; image j of the row uses seed + j.
-
-Params: ``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1). The answer has
-the shared columns (request, index, label, seed, source_id, image) plus ``mode``, ``prompt`` and
-``retries`` (black-output regenerations). Invalid requests give HTTP 400 with the reason.
-
-The logged model is named ``generator-sd``; a registered version carries ``sd_card`` as its
-description.
+``SDGeneratorModel`` extends ``pyfunc_base.GeneratorModel`` with the request fields ``mode``
+(SD1..SD4, required), ``prompt`` and ``image``, and the params ``steps``, ``guidance_scale`` and
+``strength``; the answer adds ``mode``, ``prompt`` and ``retries``. The logged artifact
+(``generator-sd``) is the saved diffusers directory, without its source bank. Request format:
+docs/generators.md, "Serving".
 """
 
 from __future__ import annotations
@@ -37,6 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import Array
 
 from thyroaug import CLASSES
 from thyroaug.errors import GeneratorError, PromptError
@@ -52,7 +37,8 @@ from thyroaug.generators.pyfunc_base import (
 from thyroaug.generators.request_rows import Request, as_int, invalid, is_missing, square
 from thyroaug.generators.stable_diffusion.checkpoint import read_card
 from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, MODES
-from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE, SOURCES_TENSORS
+from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE, SOURCES_TENSORS, SourceBank
 
 SD_REGISTERED_NAME = "thyroaug-sd"
 SD_MODEL_NAME = "generator-sd"
@@ -91,7 +77,7 @@ def _records(model_input: Any) -> list[dict[str, Any]]:
 
 
 class SDGeneratorModel(GeneratorModel):
-    """Pyfunc of the Stable Diffusion generator (see the module docstring).
+    """Pyfunc of the Stable Diffusion generator: SD request fields and params.
 
     Args:
         max_count: most images one ``predict`` call may return (SD is slow: default 16).
@@ -104,16 +90,12 @@ class SDGeneratorModel(GeneratorModel):
         super().__init__(max_count=max_count)
 
     def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
-        """Load the diffusers directory as an ``SDGenerator`` drawing from ``bank`` (default: a
-        bank embedded in the directory, if any)."""
-        from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
-
+        """The diffusers directory as an ``SDGenerator`` drawing from ``bank`` (default: one
+        embedded in the directory, if any)."""
         return SDGenerator(folder, bank=bank, device=device)
 
     def read_bank(self, folder: Path) -> Any:
         """The source bank (``SourceBank``) written by ``banks.write_bank``."""
-        from thyroaug.generators.stable_diffusion.sources import SourceBank
-
         return SourceBank.load(folder)
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -182,9 +164,10 @@ class SDGeneratorModel(GeneratorModel):
         return out
 
     def check_bank_strength(self, requests: list[SDRequest], kwargs: Mapping[str, Any]) -> None:
-        """Refuse a ``strength`` below the model's default for rows whose start image / mask
-        comes from the source bank: near 0, img2img returns the training case itself. A caller's
-        own image, or an operator's ``reveal_sources``, lifts the floor.
+        """Refuse a ``strength`` below the model's default where the start comes from the bank.
+
+        Near 0, img2img returns the training case itself; the caller's own image / mask, or the
+        operator's ``reveal_sources``, lifts the floor.
 
         Raises:
             MlflowException: INVALID_PARAMETER_VALUE (HTTP 400).
@@ -210,8 +193,6 @@ class SDGeneratorModel(GeneratorModel):
         Raises:
             MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) for any invalid request.
         """
-        from mlflow.exceptions import MlflowException
-
         if self.generator is None:
             raise MlflowException("generator not loaded (load the model with mlflow.pyfunc)")
         requests = self.parse_requests(model_input)
@@ -263,10 +244,6 @@ class SDGeneratorModel(GeneratorModel):
 
 def sd_signature(params: list[tuple[str, str, Any]] | None = None) -> Any:
     """The shared generator signature extended with the SD fields (inputs and outputs)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-    from mlflow.types.schema import Array
-
     shared = request_signature(params)
     inputs = Schema(
         [

@@ -1,10 +1,7 @@
 """The source bank: the training cases Stable Diffusion sampling starts from.
 
-``SourceBank`` holds the images (SD1 / SD3 start images), masks (SD4), prompts (SD1 / SD2 / SD4),
-labels and case ids of one cohort split. It is a ``generators.base.ConditionBank``: the case for
-(label, seed) is drawn by ``ConditionBank.pick``; SD4 draws only among cases with a mask. Its files
-are ``sources.safetensors`` + ``sources.csv``, written beside the model (``generators.banks``: the
-training run's ``condition_bank/`` artifact), inside the model folder only with
+Its files are ``sources.safetensors`` + ``sources.csv``, written beside the model (the training
+run's ``condition_bank/`` artifact, ``generators.banks``), inside the model folder only with
 ``--embed-sources``.
 """
 
@@ -18,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
 from thyroaug import CLASSES
 from thyroaug.errors import GeneratorError, PromptError
@@ -32,10 +30,8 @@ SOURCES_TABLE = "sources.csv"
 class SourceBank(ConditionBank):
     """The training cases SD conditions on: images, masks, prompts, labels and case ids.
 
-    SD1 / SD3 start from a case image, SD4 from a case mask, SD1 / SD2 / SD4 use the case's
-    prompt. For an image of class ``c`` and seed ``s`` the source is drawn uniformly (with
-    replacement) from the class's cases by ``numpy.random.default_rng([s, c])``, so the choice
-    depends on (seed, class) only, as the image itself does (``ConditionBank.pick``).
+    SD1 / SD3 start from a case image, SD4 from a case mask (drawn among the cases with one), SD1 /
+    SD2 / SD4 use the case's prompt; ``ConditionBank.pick`` draws the case for (class, seed).
     """
 
     images: torch.Tensor
@@ -81,8 +77,6 @@ class SourceBank(ConditionBank):
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``sources.safetensors`` and ``sources.csv`` into ``folder``."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         save_file(
             {
@@ -104,8 +98,6 @@ class SourceBank(ConditionBank):
     @classmethod
     def load(cls, folder: str | os.PathLike) -> SourceBank | None:
         """Read a bank written by ``save`` (None when ``folder`` holds none)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if not (folder / SOURCES_TENSORS).exists():
             return None

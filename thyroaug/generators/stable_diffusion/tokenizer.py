@@ -1,12 +1,9 @@
 """A CLIP-style BPE tokenizer trained on the cohort's prompts (the ``scratch`` Stable Diffusion).
 
-The tokenizer is trained with the ``tokenizers`` package using CLIP's exact text pipeline (NFC +
-whitespace folding + lower-casing, CLIP's split regex, byte-level alphabet, ``</w>`` end-of-word
-suffix), so the result is an ordinary ``transformers.CLIPTokenizer`` that loads offline from a
-folder and that ``StableDiffusionPipeline`` uses unchanged. The vocabulary is laid out like CLIP's:
-the 256 byte symbols, the same with ``</w>``, the learned merges in order, then the two special
-tokens. Every byte symbol is in the vocabulary, so any text (not only the cohort's words) is
-tokenizable without an unknown token.
+``train_clip_tokenizer`` trains it with ``tokenizers`` through CLIP's own text pipeline and
+vocabulary layout, so the result is an ordinary ``transformers.CLIPTokenizer`` without an unknown
+token (docs/generators.md, "The scratch tokenizer"); ``check_prompts`` checks prompts against a
+tokenizer's limit.
 """
 
 from __future__ import annotations
@@ -18,6 +15,8 @@ import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from thyroaug.errors import PromptError
 from thyroaug.utils.atomic import staging_prefix, sweep_staging
@@ -38,8 +37,6 @@ CLIP_SPLIT = (
 
 def _clip_text_pipeline(tokenizer: object) -> None:
     """Give a ``tokenizers.Tokenizer`` CLIP's normalizer and pre-tokenizer (in place)."""
-    from tokenizers import Regex, normalizers, pre_tokenizers
-
     tokenizer.normalizer = normalizers.Sequence(  # type: ignore[attr-defined]
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )
@@ -73,7 +70,7 @@ def train_clip_tokenizer(
     Raises:
         PromptError: no non-empty prompt to train on, or ``vocab_size`` below the byte alphabet.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    # transformers loads to train a tokenizer, not with `train-sd --help` (trainer imports this)
     from transformers import CLIPTokenizer
 
     texts = [p for p in prompts if isinstance(p, str) and p.strip()]

@@ -1,9 +1,10 @@
 """Training of the Stable Diffusion generator: ``train_sd``, the scratch stages and the loop.
 
 ``train_sd`` follows diffusers' ``train_text_to_image.py`` as the authors ran it (the step itself is
-in ``train_step.py``): it resolves the source, builds a ``scratch`` model's stages (tokenizer, text
-encoder, a VAE trained by ``train_vae``) or loads the base model, runs the optimizer steps with
-MLflow logging, checkpoints and sample grids on schedule, and saves the generator folder.
+in ``train_step.py``); docs/generators.md, "Training".
+
+diffusers, transformers and accelerate (seconds to import) load inside the functions, not with
+``train-sd --help`` (whose trainer imports this module).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mlflow import MlflowClient
+from tqdm.auto import tqdm
 
 from thyroaug import CLASSES
 from thyroaug.config import local_weights, to_dict
 from thyroaug.errors import ConfigError, GeneratorError, PromptError
 from thyroaug.generators.banks import BANK_ARTIFACT, write_bank
+from thyroaug.generators.base import GeneratorHandle, synthesize
 from thyroaug.generators.stable_diffusion.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -134,16 +139,11 @@ def _train_images(cohort: Any, cfg: SDConfig) -> tuple[torch.Tensor, list[str], 
 @functools.lru_cache(maxsize=64)
 def _logged_up_to(run_id: str, key: str) -> int:
     """The last step of ``key`` the run had when this process first logged it (-1: none)."""
-    from mlflow import MlflowClient
-
     return max((m.step for m in MlflowClient().get_metric_history(run_id, key)), default=-1)
 
 
 def _log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Log to the active MLflow run, if there is one; a resumed run skips the steps it already
-    has (the steps between its last checkpoint and the kill), so every step appears once."""
-    import mlflow
-
+    """Log to the active MLflow run, if any; a resumed run skips the steps the run already has."""
     run = mlflow.active_run()
     if run is None:
         return
@@ -157,8 +157,6 @@ def _log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 
 def _log_image(array: np.ndarray, artifact_file: str) -> None:
-    import mlflow
-
     if mlflow.active_run() is not None:
         mlflow.log_image(array, artifact_file)
 
@@ -171,16 +169,11 @@ def _log_image(array: np.ndarray, artifact_file: str) -> None:
 def train_vae(
     vae: Any, images01: torch.Tensor, cfg: SDConfig, device: torch.device, progress: bool = True
 ) -> list[float]:
-    """Train a scratch VAE (L1 + ``vae_kl_weight`` * KL) and set its latent scaling factor.
-
-    The scaling factor is 1 / std of the training latents (as chosen for SD), so the diffusion
-    model sees unit-variance latents.
+    """Train a scratch VAE (L1 + ``vae_kl_weight`` * KL); set its latent scaling to 1 / std.
 
     Returns:
         The loss of every step.
     """
-    from tqdm.auto import tqdm
-
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
     x_all = to_model_pixels(images01, 1)
@@ -245,6 +238,7 @@ def _prepare_scratch(
 
     Each finished stage is saved under ``stages``; with ``resume`` a saved stage is reused.
     """
+    # heavy: see the module docstring
     from diffusers import AutoencoderKL, PNDMScheduler
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -327,8 +321,6 @@ def _train_loop(
     st: TrainState, cohort: Any, on_grid: GridCallback | None, desc: str, progress: bool
 ) -> None:
     """Optimizer steps up to ``cfg.max_train_steps``: log, checkpoint and sample on schedule."""
-    from tqdm.auto import tqdm
-
     cfg = st.cfg
     bar = tqdm(
         total=cfg.max_train_steps,
@@ -386,8 +378,6 @@ def _grid_during_training(st: TrainState, cohort: Any, on_grid: GridCallback | N
 
 def training_grids(comps: SDComponents, cohort: Any, cfg: SDConfig) -> dict[str, np.ndarray]:
     """Per-class SD2 sample grids (``cfg.grid_per_class`` images) from training prompts."""
-    from thyroaug.generators.base import GeneratorHandle, synthesize
-
     bank = SourceBank.from_cohort(cohort, cfg.train_split)
     gen = SDGenerator(comps, bank=bank, cfg=replace(cfg, truncate_prompts=True))
     handle = GeneratorHandle(generator=gen, uri="training")
@@ -442,8 +432,10 @@ def _save_model(
     on_grid: GridCallback | None,
     embed_sources: bool = False,
 ) -> None:
-    """The generator folder, the source bank beside it (``<output>/condition_bank``, or inside
-    the folder with ``embed_sources``) and the final per-class sample grids."""
+    """The generator folder, its source bank and the final per-class sample grids.
+
+    The bank goes to ``<output>/condition_bank`` (inside the folder too with ``embed_sources``).
+    """
     bank = SourceBank.from_cohort(cohort, cfg.train_split)
     card.update(train_cases=len(bank), embedded_sources=bool(embed_sources))
     save_components(final, model_dir, card, bank if embed_sources else None)
@@ -492,7 +484,7 @@ def train_sd(
     Raises:
         ConfigError, PromptError, GeneratorError: bad settings, over-long prompts, empty split.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # heavy: see the module docstring
 
     t0 = time.perf_counter()
     out = Path(output_dir)

@@ -1,9 +1,11 @@
 """One optimisation step of the Stable Diffusion UNet (and text encoder), as in diffusers.
 
-``setup_training`` freezes and places the parts, builds the EMA, AdamW and LR schedule and passes
-them through ``accelerate``; ``train_step`` runs one micro-batch (noise-prediction MSE on VAE
-latents, gradient accumulation and clipping) and ``finish_optimizer_step`` the EMA update after a
-synced step. Each micro-batch's draw and noise are seeded by its index, so a resumed run repeats.
+``setup_training`` places the parts and builds EMA, AdamW and the LR schedule through
+``accelerate``; ``train_step`` runs one micro-batch (noise-prediction MSE on VAE latents, seeded by
+its index); ``finish_optimizer_step`` updates the EMA after a synced step.
+
+diffusers (seconds to import) loads inside the functions, not with ``train-sd --help`` (whose
+trainer imports this module).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _place_models(
 
 def _make_ema(cfg: SDConfig, comps: SDComponents, train_text: bool) -> tuple[Any, Any]:
     """EMA of the UNet (and of the text encoder when trained); (None, None) without EMA."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # heavy: see the module docstring
     from diffusers.training_utils import EMAModel
 
     if not cfg.use_ema:
@@ -136,7 +138,7 @@ def setup_training(
     ckpt_root: Path,
 ) -> TrainState:
     """Noise scheduler, placed models, EMA, AdamW + LR schedule through ``accelerator.prepare``."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler  # heavy: see the module docstring
     from diffusers.optimization import get_scheduler
 
     noise_scheduler = DDPMScheduler.from_config(comps.scheduler.config)
