@@ -11,14 +11,12 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import mlflow
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
@@ -27,8 +25,7 @@ from matplotlib.figure import Figure
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from thyroaug.config import to_dict
-from thyroaug.contract import CLASS_NAMES, CLASSES, TAG_COHORT_HASH, TAG_COHORT_REUSED
+from thyroaug.contract import CLASS_NAMES, CLASSES
 from thyroaug.data.cohort import COHORT_FILE, PreparedCohort
 from thyroaug.data.io import read_image, read_mask
 from thyroaug.data.manifest import (
@@ -479,48 +476,3 @@ def example_grid(cohort: PreparedCohort, per_class: int = 6, seed: int = 0) -> A
 def carved_from_train(cohort: PreparedCohort) -> bool:
     """Whether the cohort's val set was carved from the train cases its manifest named."""
     return bool(cohort.settings.get("val_carved_from_train", False))
-
-
-def log_cohort(
-    outcome: PrepareOutcome,
-    config: PrepareConfig,
-    sources: Sequence[str] = (),
-) -> None:
-    """Log a prepared cohort to the active MLflow run (what is logged: ``docs/data.md``).
-
-    Patient ids and report text are never logged as params or tags.
-    """
-    cohort = outcome.cohort
-    params: dict[str, Any] = {k: v for k, v in to_dict(config).items() if k not in ("workers",)}
-    params.update(
-        content_hash=cohort.content_hash,
-        n_cases=len(cohort),
-        **{f"n_{split}": len(cohort.indices(split)) for split in SPLITS},
-        val_carved_from_train=str(carved_from_train(cohort)).lower(),
-    )
-    if sources:
-        params["sources"] = ",".join(Path(s).name for s in sources)[:500]
-    mlflow.log_params(params)
-    mlflow.set_tags(
-        {
-            TAG_COHORT_HASH: cohort.content_hash,
-            TAG_COHORT_REUSED: str(outcome.reused).lower(),
-        }
-    )
-    dataset_table = cohort.table.drop(columns=["report"], errors="ignore")
-    with warnings.catch_warnings():  # ambiguous local source / integer-column schema hints
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            dataset_table,
-            source=str(outcome.path.resolve()),
-            name=f"thyroaug-cohort-{cohort.size}px",
-            digest=cohort.content_hash,
-            targets="label",
-        )
-        mlflow.log_input(dataset, context="prepared")
-    summary = summary_table(cohort)
-    mlflow.log_table(summary, artifact_file="cohort/counts_center_class.json")
-    mlflow.log_text(summary.to_csv(index=False), "cohort/counts_center_class.csv")
-    mlflow.log_text(split_table(cohort).to_csv(index=False), "cohort/counts_split_class.csv")
-    mlflow.log_dict(cohort.settings, "cohort/settings.json")
-    mlflow.log_figure(example_grid(cohort), "cohort/examples.png")

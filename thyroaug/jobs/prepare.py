@@ -24,27 +24,30 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from thyroaug.config import PROFILE_NAMES, resolve
-from thyroaug.contract import STEP_PREPARE, TAG_STEP
+from thyroaug.config import PROFILE_NAMES, resolve, to_dict
+from thyroaug.contract import STEP_PREPARE, TAG_COHORT_HASH, TAG_COHORT_REUSED, TAG_STEP
 from thyroaug.data.manifest import load_registry, parse_class_map
 from thyroaug.data.prepare import (
     PrepareConfig,
+    PrepareOutcome,
+    carved_from_train,
     cohort_path,
-    log_cohort,
+    example_grid,
     prepare,
     split_table,
     summary_table,
 )
 from thyroaug.data.preprocess import NON_SQUARE_POLICIES, NORMALISATIONS
+from thyroaug.data.splits import SPLITS
 from thyroaug.errors import ConfigError
 from thyroaug.phantom import PHANTOM_VERSION, simulate_cohort
-from thyroaug.tracking.runs import describe_run
+from thyroaug.tracking.runs import describe_run, log_cohort_input
 from thyroaug.tracking.setup import configure_tracking, start_run
 
 log = logging.getLogger(__name__)
@@ -206,6 +209,40 @@ def _inputs(args: argparse.Namespace, class_map: dict[str, str] | None, seed: in
             "(simulate the phantom cohort first)"
         )
     return inputs
+
+
+def log_cohort(
+    outcome: PrepareOutcome,
+    config: PrepareConfig,
+    sources: Sequence[str] = (),
+) -> None:
+    """Log a prepared cohort to the active run: settings and split counts as params, the cohort
+    as the run's dataset input (``tracking.runs.log_cohort_input``), count tables, settings and an
+    example grid as artifacts (``docs/data.md``). No patient id or report text is logged."""
+    cohort = outcome.cohort
+    params: dict[str, Any] = {k: v for k, v in to_dict(config).items() if k not in ("workers",)}
+    params.update(
+        content_hash=cohort.content_hash,
+        n_cases=len(cohort),
+        **{f"n_{split}": len(cohort.indices(split)) for split in SPLITS},
+        val_carved_from_train=str(carved_from_train(cohort)).lower(),
+    )
+    if sources:
+        params["sources"] = ",".join(Path(s).name for s in sources)[:500]
+    mlflow.log_params(params)
+    mlflow.set_tags(
+        {
+            TAG_COHORT_HASH: cohort.content_hash,
+            TAG_COHORT_REUSED: str(outcome.reused).lower(),
+        }
+    )
+    log_cohort_input(cohort, outcome.path, context="prepared")
+    summary = summary_table(cohort)
+    mlflow.log_table(summary, artifact_file="cohort/counts_center_class.json")
+    mlflow.log_text(summary.to_csv(index=False), "cohort/counts_center_class.csv")
+    mlflow.log_text(split_table(cohort).to_csv(index=False), "cohort/counts_split_class.csv")
+    mlflow.log_dict(cohort.settings, "cohort/settings.json")
+    mlflow.log_figure(example_grid(cohort), "cohort/examples.png")
 
 
 def run(args: argparse.Namespace) -> int:

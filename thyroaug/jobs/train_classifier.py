@@ -40,7 +40,7 @@ from mlflow.models import infer_signature
 from thyroaug.classifier.config import ClassifierConfig
 from thyroaug.classifier.evaluate import evaluate_and_report, write_csv
 from thyroaug.classifier.resume import RunCheckpoint
-from thyroaug.classifier.train import EpochCallback, FitResult, cpu_name, fit, torch_threads
+from thyroaug.classifier.train import EpochCallback, FitResult, cpu_name, fit
 from thyroaug.config import resolve, to_dict
 from thyroaug.contract import (
     DEFAULT_COHORT_DIR,
@@ -92,6 +92,7 @@ from thyroaug.tracking.runs import (
 )
 from thyroaug.tracking.setup import configure_tracking, project_home
 from thyroaug.utils.atomic import write_json
+from thyroaug.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
