@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 
 from thyroaug.config import resolve, to_dict
@@ -58,7 +59,6 @@ class FMTrainer(FamilyTrainer):
         return to_dict(self.config(job))
 
     def train(self, job: TrainingJob) -> TrainedGenerator:
-        import mlflow
 
         cfg = self.config(job)
         result = train_flow_matching(
