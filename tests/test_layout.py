@@ -182,3 +182,20 @@ def test_the_tag_literal_check_finds_what_it_should() -> None:
     )
     hits = _tag_literals("m.py", ast.parse(code))
     assert len(hits) == 7, hits
+
+
+def test_importing_every_command_leaves_logging_to_the_cli() -> None:
+    """No import configures the root logger (``mlflow.pytorch`` does: it calls
+    ``logging.basicConfig(level=ERROR)``), or the CLI's own ``basicConfig`` would do nothing and
+    every thyroaug warning would vanish."""
+    code = (
+        "import importlib, logging, pkgutil, thyroaug.jobs as J\n"
+        "for m in pkgutil.iter_modules(J.__path__):\n"
+        "    importlib.import_module('thyroaug.jobs.' + m.name)\n"
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "0", "an import configured the root logger"

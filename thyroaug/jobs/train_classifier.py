@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 import torchvision
@@ -278,6 +277,8 @@ def _log_model(model: torch.nn.Module, input_size: int, name: str) -> str | None
     example = np.zeros((2, 1, input_size, input_size), dtype=np.float32)
     with torch.inference_mode():
         out = model(torch.from_numpy(example)).numpy()
+    # mlflow.pytorch is loaded here, on first use, not at import: importing it calls
+    # logging.basicConfig(level=ERROR), which would silence the CLI's own logging set up later
     requirements = [
         *mlflow.pytorch.get_default_pip_requirements(),
         f"torchvision=={torchvision.__version__.split('+')[0]}",
