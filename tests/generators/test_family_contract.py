@@ -144,9 +144,8 @@ def test_a_broken_family_fails_check_family_by_name(broken, trainer: str, messag
 
 
 def _job(tmp_path: Path, content_hash: str = "abc") -> TrainingJob:
-    job = TrainingJob("broken", "smoke", tmp_path / "cohort", 0, tmp_path / "out")
-    job._cohort = argparse.Namespace(content_hash=content_hash)  # type: ignore[assignment]
-    return job
+    cohort = argparse.Namespace(content_hash=content_hash)
+    return TrainingJob.in_memory(cohort, "broken", tmp_path / "out")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -203,7 +202,7 @@ def test_import_rules_cover_a_new_family_without_editing_pyproject(tmp_path: Pat
     )
     shutil.copytree(ROOT / "lint", tree / "lint", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
-    family = tree / "thyroaug" / "generators" / "noise"
+    family = tree / "thyroaug" / "generators" / "zz_lint_probe"  # a name no real family has
     family.mkdir()
     (family / "__init__.py").write_text("")
     (family / "model.py").write_text("from thyroaug.generators.base import GeneratedBatch\n")
@@ -212,14 +211,50 @@ def test_import_rules_cover_a_new_family_without_editing_pyproject(tmp_path: Pat
     (family / "model.py").write_text("from thyroaug.generators.flow_matching import config\n")
     broken = _lint(tree)
     assert broken.returncode != 0
-    assert "thyroaug.generators.noise is not allowed to import" in broken.stdout
+    assert "thyroaug.generators.zz_lint_probe is not allowed to import" in broken.stdout
     assert "thyroaug.generators.flow_matching" in broken.stdout
     (family / "model.py").write_text("")
     (tree / "thyroaug" / "generators" / "helpers.py").write_text(
-        "import thyroaug.generators.noise\n"
+        "import thyroaug.generators.zz_lint_probe\n"
     )
     shared = _lint(tree)
     assert shared.returncode != 0
-    assert "thyroaug.generators.helpers is not allowed to import thyroaug.generators.noise" in (
+    assert "generators.helpers is not allowed to import thyroaug.generators.zz_lint_probe" in (
         " ".join(shared.stdout.split())
     )
+
+
+def test_a_renamed_copy_of_a_bank_file_is_still_found(broken, tmp_path: Path) -> None:
+    broken("_Trainer")
+    for folder in ("model", "bank"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "bank" / "cases.csv").write_text("case_id\nA001\n")
+    (tmp_path / "bank" / "bank.json").write_text("{}")  # the bank's own record is not data
+    (tmp_path / "model" / "bank.json").write_text("{}")
+    (tmp_path / "model" / "settings.csv").write_text("case_id\nA001\n")  # same bytes, new name
+    _Model.generator_to_load = _Gen({"content_hash": "abc", "image_size": 32})
+    trained = TrainedGenerator(folder=tmp_path / "model", summary="", bank=tmp_path / "bank")
+    with pytest.raises(FamilyContractError, match=r"copy of condition-bank file\(s\) \['cases"):
+        check_trained(_Trainer(), trained, _job(tmp_path), min_image_size=32)
+    job = _job(tmp_path)
+    job.embed_sources = True  # asked for: the copy is what the option means
+    check_trained(_Trainer(), trained, job, min_image_size=32)
+    (tmp_path / "model" / "settings.csv").write_text("sigma\n0.05\n")
+    with pytest.raises(FamilyContractError, match="--embed-sources was given"):
+        check_trained(_Trainer(), trained, job, min_image_size=32)
+
+
+def test_a_broken_family_stops_its_command_with_one_line(broken, capsys) -> None:
+    from thyroaug.jobs.commands import main
+
+    broken("ClashingOption")
+    assert main(["train-broken", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("thyroaug train-broken: error: generator family 'broken' breaks")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_a_job_over_an_in_memory_cohort(tmp_path: Path) -> None:
+    cohort = argparse.Namespace(content_hash="h1")
+    job = TrainingJob.in_memory(cohort, "fm", tmp_path / "out", seed=3)  # type: ignore[arg-type]
+    assert (job.cohort, job.content_hash, job.seed, job.profile) == (cohort, "h1", 3, "smoke")

@@ -108,6 +108,7 @@ def test_a_plugin_family_takes_the_documented_user_path(tmp_path: Path) -> None:
         study = [thyroaug, "study", "--profile", "smoke", "--scenarios", "O,O+MEAN"]
         text = _run(study, env, project)
         assert "study smoke-s0 finished" in text
+        exps = [e.experiment_id for e in client.search_experiments()]  # the study's own too
         steps = {
             r.data.tags.get("study_step"): r.info.status
             for r in client.search_runs(exps, "tags.study_id = 'smoke-s0'")

@@ -30,7 +30,7 @@ from thyroaug.contract import CHAMPION, DEFAULT_COHORT_DIR, EXPERIMENT
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.errors import GeneratorError
 from thyroaug.generators import registry
-from thyroaug.generators.banks import BANK_ARTIFACT, bank_config, write_bank
+from thyroaug.generators.banks import BANK_ARTIFACT, BANK_FILE, bank_config, write_bank
 from thyroaug.generators.base import ConditionBank, Generator, model_card
 from thyroaug.generators.pyfunc_base import (
     GeneratorModel,
@@ -39,6 +39,7 @@ from thyroaug.generators.pyfunc_base import (
     pip_requirements,
 )
 from thyroaug.generators.registry import GeneratorFamily
+from thyroaug.utils.digest import file_sha256
 
 REQUIRED_DESCRIBE_KEYS: tuple[str, ...] = ("content_hash", "image_size")
 """Keys ``Generator.describe()`` must return: ``synthesize`` stamps a set with the cohort hash
@@ -170,9 +171,19 @@ class TrainingJob:
 
     @property
     def cohort(self) -> PreparedCohort:
+        """The prepared cohort, loaded from ``cohort_file`` on first use."""
         if self._cohort is None:
             self._cohort = PreparedCohort.load(self.cohort_file)
         return self._cohort
+
+    @classmethod
+    def in_memory(
+        cls, cohort: PreparedCohort, family: str, output: Path, profile: str = "smoke", **kw: Any
+    ) -> TrainingJob:
+        """A job over a cohort already in memory (tests, notebooks); ``kw``: other fields."""
+        job = cls(family, profile, Path("<in memory>"), kw.pop("seed", 0), Path(output), **kw)
+        job._cohort = cohort
+        return job
 
     def write_bank(self, bank: ConditionBank) -> Path:
         """Write the training cases the generator conditions on to ``output/condition_bank``
@@ -202,7 +213,8 @@ class TrainedGenerator:
         card: the registry description (``base.model_card``); None: a generic card.
         request_params: request params the served model accepts, ``(name, type, default)``.
         requirements: pip packages the model needs when loaded, besides the base ones.
-        max_count: most images one served request may ask for.
+        max_count: most images one served request may ask for by default (``--max-count``
+            overrides it; None: ``DEFAULT_MAX_COUNT``).
     """
 
     folder: Path
@@ -214,7 +226,7 @@ class TrainedGenerator:
     card: str | None = None
     request_params: list[tuple[str, str, Any]] = field(default_factory=list)
     requirements: tuple[str, ...] = ()
-    max_count: int = DEFAULT_MAX_COUNT
+    max_count: int | None = None
 
 
 class FamilyTrainer(ABC):
@@ -260,12 +272,12 @@ class FamilyTrainer(ABC):
     ) -> LoggedGenerator:
         """Log ``trained.folder`` as the pyfunc ``generator-<family>`` of the active run (and
         register it); the default suits most families."""
-        model = self.model_class(max_count=trained.max_count)
+        model = self.model_class(max_count=trained.max_count or DEFAULT_MAX_COUNT)
         tags = {
             "method": registry.family(job.family).label,
             "profile": job.profile,
             "content_hash": job.content_hash,
-            "embedded_sources": str(job.embed_sources and trained.bank is not None).lower(),
+            "embedded_sources": str(bool(embedded_bank_files(trained))).lower(),
         }
         card = trained.card or model_card(
             f"thyroaug {job.family} generator",
@@ -372,6 +384,20 @@ def check_family(family: GeneratorFamily) -> FamilyTrainer:
     return trainer
 
 
+def embedded_bank_files(trained: TrainedGenerator) -> list[str]:
+    """Files of the condition bank (``bank.json`` aside) with an identical copy, by sha256, in
+    the model folder: patient data a registry reader could download."""
+    if trained.bank is None or not Path(trained.bank).is_dir():
+        return []
+    bank = {
+        file_sha256(p): p.name
+        for p in Path(trained.bank).iterdir()
+        if p.is_file() and p.name != BANK_FILE
+    }
+    inside = {file_sha256(p) for p in Path(trained.folder).rglob("*") if p.is_file()}
+    return sorted(name for digest, name in bank.items() if digest in inside)
+
+
 def check_trained(
     trainer: FamilyTrainer, trained: TrainedGenerator, job: TrainingJob, min_image_size: int
 ) -> Generator:
@@ -387,13 +413,12 @@ def check_trained(
     folder = Path(trained.folder)
     if not folder.is_dir():
         raise FamilyContractError(job.family, [f"train() returned {folder}, not a folder"])
-    bank = None
-    if trained.bank is not None and getattr(trainer.model_class, "bank_family", ""):
-        bank = trainer.model_class().read_bank(Path(trained.bank))
-    try:
-        generator = trainer.model_class().load_generator(folder, "cpu", bank)
-    except TypeError:  # a family without a condition bank: load_generator(folder, device)
-        generator = trainer.model_class().load_generator(folder, "cpu")
+    model = trainer.model_class()
+    if model.bank_family:  # as pyfunc_base.GeneratorModel.load_context calls it
+        bank = model.read_bank(Path(trained.bank)) if trained.bank is not None else None
+        generator = model.load_generator(folder, "cpu", bank)
+    else:
+        generator = model.load_generator(folder, "cpu")
     described = generator.describe()
     problems = [
         f"describe() lacks {key!r}" for key in REQUIRED_DESCRIBE_KEYS if key not in described
@@ -409,11 +434,14 @@ def check_trained(
             f"image size {size} px is below the {job.profile} classifier's {min_image_size} px "
             "(its sets could not train that classifier)"
         )
-    if trained.bank is not None and not job.embed_sources:
-        inside = {p.name for p in folder.rglob("*") if p.is_file()}
-        leaked = sorted(inside & {p.name for p in Path(trained.bank).iterdir() if p.is_file()})
-        if leaked:
-            problems.append(f"the model folder holds condition-bank file(s) {leaked}")
+    copies = embedded_bank_files(trained)
+    if copies and not job.embed_sources:
+        problems.append(f"the model folder holds a copy of condition-bank file(s) {copies}")
+    if job.embed_sources and trained.bank is not None and not copies:
+        problems.append(
+            "--embed-sources was given but the model folder holds no copy of the condition "
+            "bank: refuse the option in train() if the family does not support it"
+        )
     fam = registry.family(job.family)
     for method in fam.methods:
         mode = {"mode": method} if len(fam.methods) > 1 else {}

@@ -97,6 +97,8 @@ def run_command(argv: Sequence[str]) -> int:
         with contextlib.redirect_stderr(stderr):
             parser = build_parser(only=argv[0] if argv else None)
             args = parser.parse_args(argv)
+    except ThyroaugError as exc:
+        raise CommandError(argv, 2, str(exc)) from exc
     except SystemExit as exc:
         code = int(exc.code or 0)
         if code:
@@ -130,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in commands():
         command = None
-    parser = build_parser(only=command)
+    try:  # a generator family that breaks its contract is found while its options are built
+        parser = build_parser(only=command)
+    except ThyroaugError as exc:
+        print(f"thyroaug {command}: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     private_files()
     logging.basicConfig(

@@ -116,6 +116,7 @@ def run(args: argparse.Namespace, family: GeneratorFamily) -> int:
         log_cohort_input(job.cohort, job.cohort_file)
         substitutes.tag(subs)
         trained = trainer.train(job)
+        trained.max_count = job.max_count or trained.max_count
         min_size = resolve(ClassifierConfig, job.profile).image_size
         check_trained(trainer, trained, job, min_size)
         bank_uri = log_bank(trained.bank) if trained.bank is not None else None

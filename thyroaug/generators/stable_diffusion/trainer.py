@@ -146,7 +146,7 @@ class SDTrainer(FamilyTrainer):
                 TAG_SOURCE: result.source,
                 TAG_TEXT_ENCODER: result.card["text_encoder_training"],
             },
-            max_count=job.max_count or SD_MAX_COUNT,
+            max_count=SD_MAX_COUNT,
         )
 
     def checkpoint_run_id(self, output: Path) -> str | None:
