@@ -429,14 +429,14 @@ def _report_outage(what: str, outage: float, log: str, code: int | None) -> list
 
 
 @contextlib.contextmanager
-def _classifier_under_server(home: Path, epochs: int) -> Iterator[dict[str, Any]]:
+def _classifier_under_server(home: Path, epochs: int, **env_extra: str) -> Iterator[dict[str, Any]]:
     """A smoke classifier training against a real `mlflow server`; yields once it is under way
     (``argv``, ``env``, ``client``, ``port``, ``proc``, ``run_id``, ``servers`` to append
     restarts to); every server and the classifier are killed afterwards."""
     make_tiny_cohort().save(home / "cohort")
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
-    env = _env(home, THYROAUG_TRACKING="server", THYROAUG_TRACKING_URI=uri)
+    env = _env(home, THYROAUG_TRACKING="server", THYROAUG_TRACKING_URI=uri, **env_extra)
     argv = _classifier_argv(home, epochs)
     client = MlflowClient(uri)
     servers = [_start_server(home, port)]
@@ -477,8 +477,12 @@ def test_tracking_server_killed_mid_run_then_restarted(tmp_path: Path) -> None:
 
 
 def test_tracking_server_away_longer_than_the_retry_budget(tmp_path: Path) -> None:
-    """Still away when training ends: one clear line, non-zero; --resume completes the run."""
-    with _classifier_under_server(tmp_path, 3) as job:
+    """Still away when training ends: one clear line, non-zero; --resume completes the run.
+
+    With a short retry budget (one retry, 2 s timeout; the default is ~30 s a call): what is
+    checked is what happens once the budget is spent, not how long the default lasts."""
+    budget = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+    with _classifier_under_server(tmp_path, 3, **budget) as job:
         argv, env, client, proc, run_id = (job[k] for k in ("argv", "env", "client", "proc",
                                                            "run_id"))  # fmt: skip
         _kill_server(job["servers"][-1])
