@@ -18,7 +18,7 @@ import importlib
 import inspect
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -235,9 +235,13 @@ class FamilyTrainer(ABC):
     Attributes:
         model_class: the family's pyfunc (a ``pyfunc_base.GeneratorModel`` subclass that
             implements ``load_generator``).
+        folder_logger: optional; see below.
     """
 
     model_class: ClassVar[type[GeneratorModel]]
+    folder_logger: ClassVar[Callable[..., LoggedGenerator] | None] = None
+    """The family's own ``log_<family>_generator(folder, *, registered_name, alias, max_count,
+    bank_uri)`` (its card, tags and signature); None: ``log_model``'s generic logging."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:  # noqa: B027 (optional)
         """Add the family's own options (never one of ``add_common_arguments``)."""
@@ -271,8 +275,17 @@ class FamilyTrainer(ABC):
         bank_uri: str | None,
     ) -> LoggedGenerator:
         """Log ``trained.folder`` as the pyfunc ``generator-<family>`` of the active run (and
-        register it); the default suits most families."""
-        model = self.model_class(max_count=trained.max_count or DEFAULT_MAX_COUNT)
+        register it): through ``folder_logger`` when the family has one, else generically."""
+        max_count = trained.max_count or DEFAULT_MAX_COUNT
+        if self.folder_logger is not None:
+            return self.folder_logger(
+                trained.folder,
+                registered_name=registered_name,
+                alias=alias,
+                max_count=max_count,
+                bank_uri=bank_uri,
+            )
+        model = self.model_class(max_count=max_count)
         tags = {
             "method": registry.family(job.family).label,
             "profile": job.profile,

@@ -71,14 +71,3 @@ def ensure_default_cohort(cohort: Path, profile: str) -> None:
         run_command([*argv, "--no-mlflow", "--no-progress"])
     except ThyroaugError as exc:
         raise ConfigError(f"could not prepare the default cohort in {folder}: {exc}") from exc
-
-
-def add_embed_sources(parser: argparse.ArgumentParser) -> None:
-    """``--embed-sources``: keep the condition bank (training cases) inside the logged model."""
-    parser.add_argument(
-        "--embed-sources",
-        action="store_true",
-        help="put the condition bank (training images/masks, case ids, prompts) INSIDE the logged "
-        "and registered model, readable by anyone with READ on the registry (default: it stays "
-        "with the training run as the artifact condition_bank/, the model only refers to it)",
-    )

@@ -23,12 +23,12 @@ from thyroaug.generators.flow_matching.config import CONDITIONING_MODES, FMConfi
 from thyroaug.generators.flow_matching.pipeline import save_generator
 from thyroaug.generators.flow_matching.pyfunc import FMGeneratorModel, log_fm_generator
 from thyroaug.generators.flow_matching.train import CHECKPOINT_FILE, train_flow_matching
-from thyroaug.generators.pyfunc_base import LoggedGenerator
 
 
 class FMTrainer(FamilyTrainer):
     """``thyroaug train-fm``."""
 
+    folder_logger = staticmethod(log_fm_generator)
     model_class = FMGeneratorModel
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -99,20 +99,3 @@ class FMTrainer(FamilyTrainer):
             return None
         saved = torch.load(path, map_location="cpu", weights_only=False)
         return saved.get("info", {}).get("mlflow_run_id")
-
-    def log_model(
-        self,
-        trained: TrainedGenerator,
-        job: TrainingJob,
-        *,
-        registered_name: str | None,
-        alias: str | None,
-        bank_uri: str | None,
-    ) -> LoggedGenerator:
-        return log_fm_generator(
-            trained.folder,
-            registered_name=registered_name,
-            alias=alias,
-            max_count=trained.max_count,
-            bank_uri=bank_uri,
-        )

@@ -27,7 +27,6 @@ from thyroaug.contract import TAG_SOURCE, TAG_TEXT_ENCODER
 from thyroaug.errors import ConfigError
 from thyroaug.generators.banks import BANK_ARTIFACT
 from thyroaug.generators.family import FamilyTrainer, PaperInput, TrainedGenerator, TrainingJob
-from thyroaug.generators.pyfunc_base import LoggedGenerator
 from thyroaug.generators.stable_diffusion.checkpoint import checkpoint_run_id
 from thyroaug.generators.stable_diffusion.config import SOURCES, SDConfig
 from thyroaug.generators.stable_diffusion.pyfunc import SDGeneratorModel, log_sd_generator
@@ -40,6 +39,7 @@ SD_MAX_COUNT = 16
 class SDTrainer(FamilyTrainer):
     """``thyroaug train-sd``."""
 
+    folder_logger = staticmethod(log_sd_generator)
     model_class = SDGeneratorModel
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -151,20 +151,3 @@ class SDTrainer(FamilyTrainer):
 
     def checkpoint_run_id(self, output: Path) -> str | None:
         return checkpoint_run_id(output / "checkpoints")
-
-    def log_model(
-        self,
-        trained: TrainedGenerator,
-        job: TrainingJob,
-        *,
-        registered_name: str | None,
-        alias: str | None,
-        bank_uri: str | None,
-    ) -> LoggedGenerator:
-        return log_sd_generator(
-            trained.folder,
-            registered_name=registered_name,
-            alias=alias,
-            max_count=trained.max_count,
-            bank_uri=bank_uri,
-        )
