@@ -28,6 +28,7 @@ from torchvision.models import resnet18
 from thyroaug.config import local_weights
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
+from thyroaug.evaluation.gradcam import CamLayer, choose_layer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ def build_resnet18(
     return model, pretrained
 
 
-def gradcam_layer(model: nn.Module) -> nn.Module:
-    """The layer Grad-CAM explains: the last residual block of stage 4."""
-    return model.layer4[-1]
+def gradcam_layer(model: nn.Module, image_size: int) -> CamLayer:
+    """The ResNet stage Grad-CAM explains for ``image_size`` px inputs (``gradcam.choose_layer``).
+
+    The deepest of ``layer1``..``layer4`` whose map is at least 8x8: with the 3x3/1 conv1 and the
+    max-pool that is layer4 (8x8) at 128 px and layer2 (8x8) at 32 px, where layer4 is 2x2.
+    """
+    stages = {f"layer{i}": getattr(model, f"layer{i}") for i in range(1, 5)}
+    probe = torch.zeros(1, model.conv1.in_channels, image_size, image_size)
+    return choose_layer(model, stages, probe)
