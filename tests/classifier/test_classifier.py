@@ -260,6 +260,7 @@ def test_cli_smoke_run_logged_to_mlflow(local_store: Path, tiny_cohort: Prepared
         "plots/roc.png",
         "plots/bootstrap.png",
         "gradcam/gradcam.png",
+        "gradcam/cams.npz",
         "predictions/predictions.csv",
         "metrics/metrics_table.csv",
         "metrics/metrics.json",

@@ -3,8 +3,9 @@
 ``evaluate_and_report`` turns a ``FitResult`` and the scenario's evaluation sets into files: Table 2
 metrics (``thyroaug.evaluation.metrics``), bootstrap distributions of every Table 2 metric (their
 percentile intervals are the 95 % CIs of ``thyroaug compare``), confusion matrix / ROC plots,
-Grad-CAM overlays and per-case predictions (case ids and centers, never patient ids). MLflow
-logging of those files is the job's business (``thyroaug.jobs.train_classifier``).
+Grad-CAM overlays and maps (``gradcam/cams.npz``) and per-case predictions (case ids and centers,
+never patient ids). MLflow logging of those files is the job's business
+(``thyroaug.jobs.train_classifier``).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def evaluate_and_report(
         files.update(boot_files)
         metrics.update(boot_metrics)
     if cfg.gradcam_per_class > 0:
-        files["gradcam"] = _write_gradcam(model, data.external, ext_p, cfg, out_dir, name)
+        files.update(_write_gradcam(model, data.external, ext_p, cfg, out_dir, name))
     return {"metrics": metrics, "files": files}
 
 
@@ -165,19 +166,48 @@ def _write_gradcam(
     cfg: ClassifierConfig,
     out_dir: Path,
     name: str,
-) -> Path:
-    """Grad-CAM of the predicted class for ``cfg.gradcam_per_class`` external cases per class."""
+) -> dict[str, Path]:
+    """Grad-CAM (Selvaraju et al. 2017) of the predicted class on fixed external cases.
+
+    The first ``cfg.gradcam_per_class`` cases of each class by case id (the same for every
+    scenario and seed), at the layer ``gradcam_layer`` picks for the image size; writes the
+    maps as data (``gradcam.CAMS_ARTIFACT``) and as the figure ``gradcam/gradcam.png``.
+    """
     y = external.labels.numpy()
-    pick = gradcam.select_per_class(y, cfg.gradcam_per_class)
+    case_ids = external.table["case_id"].astype(str).to_numpy()
+    pick = gradcam.select_cases(case_ids, y, cfg.gradcam_per_class)
     images = external.images[torch.as_tensor(pick)]
     pred = probs[pick].argmax(1)
-    cams = gradcam.gradcam(model, images, gradcam_layer(model), target_classes=pred)
-    return gradcam.overlay_figure(
+    layer = gradcam_layer(model, external.size)
+    res = gradcam.explain(model, images, layer.module, target_classes=pred)
+    if layer.note:
+        log.warning("%s: %s", name, layer.note)
+    cams = gradcam.CamSet(
+        case_ids=case_ids[pick],
+        true=y[pick],
+        pred=pred,
+        target=res.targets,
+        probs=probs[pick],
+        images=images[:, 0].float().numpy(),
+        cams=res.cams,
+        layer=layer.name,
+        map_size=res.map_size,
+        scenario=name,
+        note=layer.note,
+    )
+    h, w = res.map_size
+    figure = gradcam.overlay_figure(
         images,
-        cams,
-        y[pick],
+        res.cams,
+        cams.true,
         pred,
         out_dir / "gradcam" / "gradcam.png",
         n_per_class=cfg.gradcam_per_class,
-        title=f"{name}: Grad-CAM on external cases (predicted class)",
+        title=f"{name}: Grad-CAM at {layer.name} ({h}x{w} map) on external cases (predicted class)",
+        case_ids=cams.case_ids,
+        note=layer.note,
     )
+    return {
+        "gradcam": figure,
+        "gradcam_data": gradcam.save_cams(cams, out_dir / gradcam.CAMS_ARTIFACT),
+    }
