@@ -13,18 +13,24 @@ import pytest
 from thyroaug.contract import CLASSES
 from thyroaug.evaluation import fidelity
 from thyroaug.evaluation.bootstrap import bootstrap, summarize
+from thyroaug.evaluation.findings import (
+    Contrasts,
+    Evidence,
+    Findings,
+    StudyFacts,
+    claims_table,
+    sanity_flags,
+)
 from thyroaug.evaluation.metrics import compute_metrics
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
 from thyroaug.evaluation.report import (
     FIDELITY_COLUMNS,
-    ReportInputs,
     fidelity_long,
-    format_ci,
-    html_report,
-    table2_ci,
     table3_from_long,
     table3_markdown,
 )
+from thyroaug.evaluation.report_html import Cell, ReportInputs, html_report
+from thyroaug.evaluation.table2 import format_ci, table2_ci
 
 CI = re.compile(r"^\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]$")
 
@@ -103,26 +109,68 @@ def test_table3_one_layout_with_kid_std() -> None:
     assert table3_from_long(fidelity_long({})) is None
 
 
-def test_html_report_opens_with_banner_and_lists_gaps(tmp_path: Path) -> None:
+def _findings(one_class: bool) -> Findings:
+    y = np.array([0, 1, 2, 3] * 5)
+    good = np.eye(4)[y] * 0.7 + 0.075
+    bad = np.tile([0.1, 0.1, 0.1, 0.7], (20, 1))
+    probas = {"O": good, "FM": bad if one_class else good}
+    sanity = sanity_flags(y, probas, {}, {"O": (20, 20), "FM": (8, 0)})
+    claims = claims_table(Evidence({}, Contrasts(), None))
+    empty = pd.DataFrame(columns=["contrast", "metric"])
+    return Findings(claims, empty, sanity, None, pd.DataFrame(), None, False)
+
+
+def test_html_report_opens_with_the_findings_and_lists_gaps(tmp_path: Path) -> None:
+    facts = StudyFacts("s1", "quick", "phantom", "scale 0.25", 575, 63, 101, ("0",), 0.174)
     page = html_report(
         ReportInputs(
             study_id="s1",
-            compared=["O", "CA", "O+FM"],
+            compared=["O", "FM"],
+            facts=facts,
+            findings=_findings(one_class=True),
+            table2={
+                "O": {"precision_TI": Cell(0.9, 0.8, 1.0), "accuracy": Cell(0.7, 0.6, 0.8)},
+                "FM": {"precision_TI": Cell(0.3, 0.2, 0.4), "precision_DG": Cell(0.0)},
+            },
             expected_source="the study's scenario list",
             missing=["O+FM+CA"],
             not_tested={"CA": "no predictions"},
             deviations={"classifier_init": "ResNet18 from random init, not ImageNet"},
-            n_external=101,
-            mdd={"acc": 0.72, "acc_based": 0.174, "psi": 0.02, "psi_based": math.inf},
             paper_long=pd.DataFrame({"a": ["O"], "b": ["CA"]}),
             paper_resamples=(1000, 1000),
         )
     )
-    assert page.index("Deviations from the paper") < page.index("<h1>")
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Findings" and headings.index("Findings") < next(
+        i for i, h in enumerate(headings) if h.startswith("Table 2")
+    )
+    assert page.index("Findings") < page.index("Deviations from the paper")
+    assert "<b>phantom cohort</b>" in page and "clinical numbers are not expected" in page
+    assert "17.4 points" in page and "80 % power" in page
+    assert "id='claims'" in page and page.count("not run") >= 10  # no evidence given
+    assert "one-class predictor (TI for 20/20)" in page  # the flag, in the findings
     assert "docs/deviations.md" in page
     assert "CA: not tested (no predictions)" in page
     assert "O+FM+CA" in page and "the study&#x27;s scenario list" in page
-    assert "17.4 percentage points" in page and "80 % power" in page
     assert f"{PAPER_METHOD_NAME} (B = 1000 resamples)" in page
     assert "shrink as the number of resamples grows" in page
-    assert "no paired test" in page
+    # FM never predicts DG: its DG precision is undefined, shown n/a (not 0.000); O is best
+    assert "title='class never predicted: precision undefined'>n/a</td>" in page
+    assert "<span class='best'>0.900 [0.80, 1.00]</span>" in page
+    assert "paper 0.96" in page  # O's TI precision in the paper's Table 2
+
+
+def test_html_report_shows_each_methods_grids_under_its_name(tmp_path: Path) -> None:
+    grids = {}
+    for method, shade in (("SD1", 40), ("FM", 200)):
+        for cls in CLASSES:
+            path = tmp_path / method / f"grid_{cls}.png"
+            path.parent.mkdir(exist_ok=True)
+            from PIL import Image
+
+            Image.new("L", (8, 8), shade + CLASSES.index(cls)).save(path)
+            grids.setdefault(method, {})[cls] = path
+    page = html_report(ReportInputs(study_id="s", compared=["O"], grids=grids))
+    figures = re.findall(r"<figure data-method='(\w+)' data-class='(\w+)'>", page)
+    assert figures == [(m, c) for m in ("SD1", "FM") for c in CLASSES]
+    assert "<figcaption>FM TI</figcaption>" in page

@@ -33,7 +33,7 @@ from thyroaug.tracking.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-SCENARIOS = ("O", "CA", "FM", "O+FM")
+SCENARIOS = ("O", "CA", "FM", "SD1", "O+FM")
 STUDY_ID = "ui"
 # flags that render the MLflow SPA without a display: virtual time lets the app's fetches and
 # renders finish before the DOM is dumped; a fresh profile per page (localStorage keeps filters)
@@ -46,7 +46,6 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--virtual-time-budget=15000",
     "--window-size=1400,1000",
 )
 RANDOM_RUN_NAME = re.compile(r"^[a-z]+-[a-z]+-\d{1,4}$")  # MLflow's generated names: bold-owl-123
@@ -70,12 +69,16 @@ class Browser:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
 
-    def open(self, name: str, url: str) -> tuple[str, str]:
-        """(rendered DOM, visible text) of ``url``; saves ``<name>.html`` and ``<name>.png``."""
+    def open(self, name: str, url: str, budget_ms: int = 15000) -> tuple[str, str]:
+        """(rendered DOM, visible text) of ``url``; saves ``<name>.html`` and ``<name>.png``.
+
+        ``budget_ms``: virtual time the page gets to fetch and render before the DOM is dumped.
+        """
         shot = self.out / f"{name}.png"
         cmd = [
             self.binary,
             *CHROMIUM_FLAGS,
+            f"--virtual-time-budget={budget_ms}",
             f"--user-data-dir={self.out / ('profile-' + name)}",
             "--dump-dom",
             f"--screenshot={shot}",
@@ -195,7 +198,7 @@ def test_mlflow_ui_and_report_show_the_study_in_a_browser(
     browser = Browser(binary, shots)
     try:
         _check_mlflow_ui(browser, tracking_home, eid, runs, o_run, compare.info.run_id, model)
-        _check_report(browser, report)
+        _check_report(browser, report, client, by_step["synthesize"], tmp_path / "grids")
         pngs = [f for f in shots.iterdir() if f.suffix == ".png"]
         assert len(pngs) == 8 and all(f.stat().st_size > 10_000 for f in pngs), pngs
     finally:
@@ -260,21 +263,52 @@ def _check_mlflow_ui(
 
         # the report inside MLflow's artifact viewer (an iframe of the artifact)
         art = f"{base}/#/experiments/{eid}/runs/{compare_id}/artifacts/compare/report.html"
-        dom, text = browser.open("7-compare-artifacts", art)
+        dom, text = browser.open("7-compare-artifacts", art, budget_ms=60000)  # ~0.5 MB page
         assert "report.html" in text and "paired_tests.csv" in text, text[:2000]
         assert 'class="mlflow-html-iframe"' in dom
     finally:
         _stop(proc)
 
 
-def _check_report(browser: Browser, report: Path) -> None:
-    """The study's own HTML report, opened as a file: banner, Table 2 with CIs, paired tests."""
+def _check_report(
+    browser: Browser, report: Path, client: MlflowClient, synth: list[Run], grids: Path
+) -> None:
+    """The study's own HTML report, opened as a file: the findings first, the data named as the
+    phantom, the claims with verdicts, Table 2 with intervals, key contrasts, and one sample grid
+    per method and class, each the very image its synthesize run logged."""
     dom, text = browser.open("8-report", report.as_uri())
+    headings = re.findall(r"<h2[^>]*>(.*?)</h2>", dom, flags=re.S)
+    assert headings[0] == "Findings" and headings.index("Findings") < next(
+        i for i, h in enumerate(headings) if h.startswith("Table 2")
+    ), headings
+    assert "phantom cohort" in text and "clinical numbers are not expected" in text
+    assert "The paper's claims" in text and '<table id="claims">' in dom.replace("'", '"')
+    assert re.search(r"(reproduced|contradicted|inconclusive|not testable|not run)", text)
     assert "Deviations from the paper recorded by these runs" in text, text[:1500]
-    assert "Table 2: external-set classification metrics, value [95 % CI]" in text
     assert re.search(r"\d\.\d{3} \[-?\d\.\d{2}, -?\d\.\d{2}\]", text), text[:3000]
-    assert "Paired comparison on the same external cases" in text
-    for test_name in ("McNemar exact", "paired bootstrap", "DeLong"):
+    assert "Key contrasts" in text and "unadjusted" in text
+    for test_name in ("McNemar", "paired bootstrap", "DeLong"):
         assert test_name in text, test_name
-    assert all(f"<th>{s}</th>" in dom for s in SCENARIOS), "a scenario row is missing in Table 2"
-    assert dom.count("<table") >= 3, dom.count("<table")
+    assert all(f"<th>{s}" in dom for s in SCENARIOS), "a scenario row is missing in Table 2"
+    shown = _grid_images(dom)
+    assert {m for m, _ in shown} == {"FM", "SD1"}, sorted(shown)
+    for run in synth:
+        method = run.data.tags["method"]
+        for cls in ("DG", "NG", "NL", "TI"):
+            logged = client.download_artifacts(
+                run.info.run_id, f"synthetic/{method}/grid_{cls}.png", str(grids / method)
+            )
+            assert shown[(method, cls)] == Path(logged).read_bytes(), (method, cls)
+    assert len(set(shown.values())) == len(shown), "two methods or classes show the same grid"
+
+
+def _grid_images(dom: str) -> dict[tuple[str, str], bytes]:
+    """{(method, class): PNG bytes} of the report's sample-grid figures."""
+    import base64
+
+    figures = re.findall(
+        r'<figure data-method="([^"]+)" data-class="([^"]+)">\s*<img[^>]*src="data:image/png;'
+        r'base64,([^"]+)"',
+        dom.replace("'", '"'),
+    )
+    return {(m, c): base64.b64decode(data) for m, c, data in figures}

@@ -223,7 +223,8 @@ def test_default_comparison_is_paired_and_not_fooled_by_two_cases(study: dict) -
 
 def test_report_banner_cis_missing_and_not_tested(study: dict) -> None:
     report = (study["local"] / "report.html").read_text()
-    assert report.index("Deviations from the paper") < report.index("<h1>")
+    findings, table2 = report.index("<h2>Findings</h2>"), report.index("<section id='table2'>")
+    assert findings < report.index("Deviations from the paper") < table2  # findings first
     assert "ResNet18 from random init, not ImageNet" in report
     assert "deviations.md" in report
     assert "CA: not tested (no predictions)" in report

@@ -254,6 +254,7 @@ def prepare(
         settings["prompt_builder"] = builder_record
     settings.update(_carve_settings(table, cfg))
     chash = content_hash(table, settings)  # rows as given: assigned splits follow the settings
+    settings["data_source"] = data_source(manifest)  # a record, not part of the hash
     table = assign_splits(
         table, cfg.train_centers, cfg.external_centers, cfg.val_fraction, cfg.seed
     )
@@ -291,6 +292,22 @@ def prepare(
         chash,
     )
     return PrepareOutcome(cohort=cohort, path=saved, reused=False)
+
+
+def data_source(manifest: ManifestInput) -> dict[str, Any]:
+    """What the cohort is: ``{"kind": "phantom", ...}`` when the manifest sits beside the
+    ``phantom.json`` the simulator writes (its version, scale and seed), else
+    ``{"kind": "manifest", "name": <file name>}`` (clinical or other data of the user's)."""
+    if isinstance(manifest, Sequence) and not isinstance(manifest, str) and len(manifest) == 1:
+        manifest = manifest[0]
+    if isinstance(manifest, (str, Path)):
+        record = Path(manifest).parent / "phantom.json"
+        if record.is_file():
+            info = json.loads(record.read_text(encoding="utf-8"))
+            keep = ("phantom_version", "scale", "seed", "total")
+            return {"kind": "phantom", **{k: info.get(k) for k in keep}}
+        return {"kind": "manifest", "name": Path(manifest).name}
+    return {"kind": "manifest", "name": "(in memory)"}
 
 
 def _build_prompts(table: pd.DataFrame, builder: Any) -> tuple[list[str], list[str]]:

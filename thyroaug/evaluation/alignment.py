@@ -27,6 +27,7 @@ class AlignedPredictions:
     case_ids: list[str]
     y: np.ndarray  # class indices [n]
     probas: dict[str, np.ndarray]  # scenario -> [n, K]
+    centers: np.ndarray | None = None  # external center of each case, when recorded
 
 
 def external_rows(frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -89,7 +90,11 @@ def align_predictions(
         p = df[cols].to_numpy(dtype=np.float64)
         probas[name] = p / p.sum(axis=1, keepdims=True)  # undo CSV rounding of the row sums
     y = np.array([CLASSES.index(str(t)) for t in truth], dtype=np.int64)
-    return AlignedPredictions(order, y, probas)
+    centers = None
+    if "center" in frames[ref].columns:
+        by_id = frames[ref].set_index(frames[ref]["case_id"].astype(str))["center"]
+        centers = by_id.loc[order].astype(str).to_numpy()
+    return AlignedPredictions(order, y, probas, centers)
 
 
 __all__ = ["AlignedPredictions", "CompareError", "align_predictions", "external_rows"]

@@ -23,7 +23,7 @@ from thyroaug.evaluation.alignment import AlignedPredictions, align_predictions,
 from thyroaug.evaluation.bootstrap import bootstrap, summarize
 from thyroaug.evaluation.paired import minimal_detectable_difference, paired_comparisons
 from thyroaug.evaluation.paper_method import ComparisonResult, compare_bootstraps
-from thyroaug.evaluation.report import format_ci, table2_ci
+from thyroaug.evaluation.table2 import format_ci, table2_ci
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Comparison:
     t2: pd.DataFrame | None = None  # numeric Table 2
     t2_ci: pd.DataFrame | None = None  # formatted
     t2_long: pd.DataFrame | None = None
+    points: dict[str, dict[str, float]] = field(default_factory=dict)  # scenario -> Table 2
     mdd: dict[str, float] = field(default_factory=dict)
     paper: ComparisonResult | None = None
     paper_summary: pd.DataFrame | None = None
@@ -211,6 +212,7 @@ def analyse(
                 cmp.aligned.y, cmp.aligned.probas, n_resamples=n_resamples, seed=seed, alpha=alpha
             )
     points, intervals = _points_and_intervals(logged, cmp.aligned, boots, n_resamples, seed)
+    cmp.points = points
     _table2(cmp, points, intervals)
     _paper_method(boots, metric, alpha, cmp)
     return cmp

@@ -23,7 +23,7 @@ from thyroaug.evaluation.alignment import align_predictions
 from thyroaug.evaluation.comparison import Settings, metrics_with_intervals
 from thyroaug.evaluation.fdr import benjamini_hochberg_within
 from thyroaug.evaluation.paired import paired_comparisons, seed_combined_test
-from thyroaug.evaluation.report import table2_ci
+from thyroaug.evaluation.table2 import table2_ci
 
 SEED_TEST_COLUMNS: tuple[str, ...] = (
     "a",
@@ -71,6 +71,7 @@ class SeedAnalysis:
     summary: pd.DataFrame | None = None  # SEED_TABLE_COLUMNS
     per_seed_diffs: pd.DataFrame | None = None  # paired_comparisons of every seed + "seed"
     tests: pd.DataFrame | None = None  # seed_tests.csv
+    probas: dict[Key, np.ndarray] = field(default_factory=dict)  # aligned, per (scenario, seed)
 
     @property
     def max_seeds(self) -> int:
@@ -219,6 +220,7 @@ def analyse_seeds(
     out = SeedAnalysis(seeds=seeds, primary=primary)
     out.n_seeds = {s: sum(1 for k in probas if k[0] == s) for s in order}
     ordered = {(s, seed): probas[(s, seed)] for s in order for seed in seeds if (s, seed) in probas}
+    out.probas = ordered
     out.per_seed = per_seed_table2(aligned.y, ordered, settings.n_resamples, settings.seed)
     out.summary = seed_summary(out.per_seed)
     out.per_seed_diffs = per_seed_diffs(aligned.y, probas, order, seeds, settings)

@@ -60,6 +60,7 @@ from thyroaug.contract import (
     STEP_COMPARE,
     TAG_MISSING_SCENARIOS,
     TAG_NOT_TESTED,
+    TAG_PROFILE,
     TAG_STEP,
     TAG_STUDY_ID,
     deviation_tag,
@@ -71,8 +72,12 @@ from thyroaug.evaluation import report as R
 from thyroaug.evaluation.alignment import AlignedPredictions, CompareError, align_predictions
 from thyroaug.evaluation.comparison import PAIRED_NAME, Comparison, Settings, analyse
 from thyroaug.evaluation.deviations import RunFacts, find_deviations
+from thyroaug.evaluation.findings import Findings, StudyFacts, find, findings_markdown
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
+from thyroaug.evaluation.report_html import ReportInputs, html_report, table2_cells
 from thyroaug.evaluation.seeds import SeedAnalysis, analyse_seeds
+from thyroaug.evaluation.table2 import seed_table
+from thyroaug.generators import registry
 from thyroaug.jobs.compare_runs import (
     StudyRuns,
     download_csvs,
@@ -149,15 +154,20 @@ def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) ->
 
 
 def _figures(
-    tmp: Path, cmp: Comparison, runs: StudyRuns, settings: Settings
+    tmp: Path,
+    cmp: Comparison,
+    runs: StudyRuns,
+    settings: Settings,
+    seed_tests: pd.DataFrame | None = None,
 ) -> tuple[Path | None, Path | None]:
-    """The paired-difference heatmap and the paper-method heatmap (None when not computed)."""
-
+    """The pairwise heatmap (seed-combined tests when given, else the paired tests of one seed)
+    and the paper-method heatmap (None when not computed)."""
     heatmap = paper_heatmap = None
     missing = dict.fromkeys(runs.missing, "missing")
-    if cmp.paired is not None:
+    pairs = seed_tests if seed_tests is not None else cmp.paired
+    if pairs is not None:
         heatmap = plots.plot_paired_heatmap(
-            cmp.paired,
+            pairs,
             tmp / "significance_heatmap.png",
             names=runs.expected,
             metric=settings.metric,
@@ -246,11 +256,110 @@ def compare_study(
             seed,
         )
         by_seed = _seed_analysis(runs, preds, tmp / "s", settings, progress)
-        grids = download_grids(client, runs.synth, tmp / "grids")
+        order = {m: i for i, m in enumerate(registry.generator_methods())}
+        synth = dict(sorted(runs.synth.items(), key=lambda kv: order.get(kv[0], len(order))))
+        grids = download_grids(client, synth, tmp / "grids")
         deviations = _deviations(runs)
-        files = _outputs(tmp, runs, cmp, grids, deviations, settings, by_seed)
+        t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
+        found = _findings(runs, cmp, by_seed, t3_long, settings)
+        files = _outputs(tmp, runs, cmp, grids, deviations, settings, by_seed, found, t3_long)
         configure = _tracking_experiment(client, runs, experiment)
         return _log_run(runs, cmp, files, deviations, settings, configure)
+
+
+def _train_sizes(runs: StudyRuns) -> dict[str, tuple[int, int]]:
+    """{scenario: (training images, original cases among them)} from the runs' params."""
+    out = {}
+    for scenario, run in runs.chosen.items():
+        params = run.data.params
+        total = int(float(params.get("n_train", 0) or 0))
+        out[scenario] = (total, int(float(params.get("train_count_O", 0) or 0)))
+    return out
+
+
+def _claims_fidelity(t3_long: pd.DataFrame) -> pd.DataFrame | None:
+    """The Table 3 long frame of the extractor the claims use: Inception when the runs have it
+    (the paper's), else the O classifier's features, else the first one."""
+    if t3_long is None or t3_long.empty:
+        return None
+    names = list(dict.fromkeys(t3_long["extractor"].astype(str)))
+    pick = next((n for n in names if n.startswith("inception")), None)
+    pick = pick or next((n for n in names if "random" not in n), names[0])
+    part = t3_long[t3_long["extractor"] == pick].rename(columns={"mode": "method"})
+    return part.reset_index(drop=True)
+
+
+def _findings(
+    runs: StudyRuns,
+    cmp: Comparison,
+    by_seed: SeedAnalysis | None,
+    t3_long: pd.DataFrame,
+    settings: Settings,
+) -> Findings | None:
+    """Claims, key contrasts, sanity flags and per-center results (None without predictions)."""
+    if cmp.aligned is None:
+        return None
+    several = by_seed is not None and by_seed.tests is not None and not by_seed.tests.empty
+    long = cmp.t2_long
+    auc = {}
+    if long is not None:
+        rows = long[long["metric"] == "auc_macro"]
+        auc = {r.scenario: (r.value, r.ci_low, r.ci_high) for r in rows.itertuples()}
+    values = {s: dict(m) for s, m in (cmp.points or {}).items()}
+    if several and by_seed.summary is not None:
+        for r in by_seed.summary.itertuples():
+            values.setdefault(r.scenario, {})[r.metric] = float(r.mean)
+    methods = [m for m in registry.generator_methods() if m in runs.synth or any(
+        m in s.split("+") for s in runs.chosen)]  # fmt: skip
+    return find(
+        y=cmp.aligned.y,
+        probas=cmp.aligned.probas,
+        centers=cmp.aligned.centers,
+        values=values,
+        paired=cmp.paired,
+        auc_intervals=auc,
+        train_sizes=_train_sizes(runs),
+        methods=methods,
+        fidelity=_claims_fidelity(t3_long),
+        seed_probas=by_seed.probas if several else None,
+        seed_tests=by_seed.tests if several else None,
+        per_seed_paired=by_seed.per_seed_diffs if several else None,
+        alpha=settings.alpha,
+        n_resamples=settings.n_resamples,
+        seed=settings.seed,
+    )
+
+
+def _study_facts(runs: StudyRuns, cmp: Comparison, settings: Settings) -> StudyFacts:
+    """The data and design the findings open with, from the runs' params."""
+    params = [r.data.params for r in runs.chosen.values()]
+    kinds = {p.get("data_source", "") for p in params} - {""}
+    kind = kinds.pop() if len(kinds) == 1 else "unknown"
+    detail = {"phantom": "simulated scans, reports and masks"}.get(kind, "")
+    if (
+        kind == "unknown"
+        and runs.prepare is not None
+        and "phantom_scale" in runs.prepare.data.params
+    ):
+        kind = "phantom"
+        detail = f"scale {runs.prepare.data.params['phantom_scale']}"
+    first = params[0] if params else {}
+
+    def count(key: str) -> int:
+        return int(float(first.get(key, 0) or 0))
+
+    profile = next(iter({r.data.tags.get(TAG_PROFILE, "") for r in runs.chosen.values()}), "")
+    return StudyFacts(
+        study_id=settings.study_id,
+        profile=profile,
+        data_kind=kind,
+        data_detail=detail,
+        n_train=count("train_count_O") or count("n_train"),
+        n_val=count("n_val"),
+        n_external=len(cmp.aligned.y) if cmp.aligned is not None else count("n_external"),
+        seeds=tuple(runs.seeds),
+        mdd_accuracy=float(cmp.mdd.get("psi_based", cmp.mdd.get("acc_based", float("nan")))),
+    )
 
 
 def _seed_analysis(
@@ -288,23 +397,52 @@ def _deviations(runs: StudyRuns) -> dict[str, str]:
     )
 
 
+def _write_findings(tmp: Path, found: Findings | None, facts: StudyFacts) -> list[Path]:
+    """``findings.md``, ``claims.csv``, ``key_contrasts.csv``, ``sanity.csv``,
+    ``per_center.csv`` and ``classwise_contrasts.csv`` under ``tmp``."""
+    if found is None:
+        return []
+    frames = {
+        "claims.csv": found.claims,
+        "key_contrasts.csv": found.key_contrasts,
+        "sanity.csv": found.sanity,
+        "classwise_contrasts.csv": found.classwise,
+    }
+    if found.per_center is not None:
+        frames["per_center.csv"] = found.per_center
+    if found.unconfirmed is not None and not found.unconfirmed.empty:
+        frames["unconfirmed_by_seeds.csv"] = found.unconfirmed
+    files = []
+    for name, frame in frames.items():
+        frame.to_csv(tmp / name, index=False)
+        files.append(tmp / name)
+    (tmp / "findings.md").write_text(findings_markdown(facts, found))
+    return [tmp / "findings.md", *files]
+
+
 def _outputs(
     tmp: Path,
     runs: StudyRuns,
     cmp: Comparison,
-    grids: list[Path],
+    grids: dict[str, dict[str, Path]],
     deviations: dict[str, str],
     settings: Settings,
-    by_seed: SeedAnalysis | None = None,
+    by_seed: SeedAnalysis | None,
+    found: Findings | None,
+    t3_long: pd.DataFrame,
 ) -> list[Path]:
-    """Write tables, figures and the HTML report under ``tmp``; return the files to log."""
-    t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
+    """Write tables, figures, findings and the HTML report under ``tmp``; the files to log."""
     t3 = R.table3_from_long(t3_long)
-    heatmap, paper_heatmap = _figures(tmp, cmp, runs, settings)
-    page = R.html_report(
-        R.ReportInputs(
+    several = by_seed is not None and by_seed.tests is not None and not by_seed.tests.empty
+    heatmap, paper_heatmap = _figures(tmp, cmp, runs, settings, by_seed.tests if several else None)
+    facts = _study_facts(runs, cmp, settings)
+    page = html_report(
+        ReportInputs(
             study_id=settings.study_id,
             compared=list(runs.chosen),
+            facts=facts,
+            findings=found,
+            table2=table2_cells(cmp.t2_long, by_seed.summary if several else None),
             expected_source=runs.expected_source,
             missing=runs.missing,
             not_tested=cmp.not_tested,
@@ -312,11 +450,8 @@ def _outputs(
             superseded=runs.superseded,
             deviations=deviations,
             deviations_doc=_doc_link(),
-            n_external=len(cmp.aligned.y) if cmp.aligned is not None else 0,
-            mdd=cmp.mdd,
-            t2=cmp.t2_ci,
-            paired=cmp.paired,
             heatmap=heatmap,
+            heatmap_source="seed-combined tests" if several else "paired tests",
             metric=settings.metric,
             alpha=settings.alpha,
             n_resamples=settings.n_resamples,
@@ -328,11 +463,12 @@ def _outputs(
             grids=grids,
             seeds=runs.seeds,
             primary_seed=runs.primary_seed,
-            seed_table=R.seed_table(by_seed.summary) if by_seed is not None else None,
+            seed_table=seed_table(by_seed.summary) if by_seed is not None else None,
             seed_tests=by_seed.tests if by_seed is not None else None,
         )
     )
     files = _write_tables(tmp, cmp, t3_long, t3) + _write_seed_tables(tmp, by_seed)
+    files += _write_findings(tmp, found, facts)
     files += [p for p in (heatmap, paper_heatmap) if p is not None]
     (tmp / "report.html").write_text(page)
     return [*files, tmp / "report.html"]

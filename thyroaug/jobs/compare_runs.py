@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from thyroaug.contract import (
     PREDICTIONS_ARTIFACT,
     STEP_CLASSIFIER,
+    STEP_PREPARE,
     STEP_STUDY,
     STEP_SYNTHESIZE,
     TAG_METHOD,
@@ -58,6 +59,7 @@ class StudyRuns:
     expected_source: str = ""
     synth: dict[str, Any] = field(default_factory=dict)  # method -> mlflow Run
     generators: dict[str, Any] = field(default_factory=dict)  # train_<family> step -> mlflow Run
+    prepare: Any = None  # the study's prepare_data run, if any
 
 
 def _experiment_ids(client: Any, experiment: str | None) -> list[str]:
@@ -192,6 +194,8 @@ def find_runs(
         method = run.data.tags.get(TAG_METHOD, "")
         if method and method not in out.synth:
             out.synth[method] = run
+    prepared = _search(client, ids, f"{base} and {tag_clause(TAG_STEP, STEP_PREPARE)}")
+    out.prepare = prepared[0] if prepared else None
     for step in (fam.entry_point for fam in registry.families()):
         found = _search(client, ids, f"{base} and {tag_clause(TAG_STEP, step)}")
         if found:
@@ -230,17 +234,20 @@ def download_csvs(
     return out
 
 
-def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> list[Path]:
-    """The PNG sample grids of every synthesis run, downloaded under ``dst``."""
-    grids: list[Path] = []
+def download_grids(client: Any, synth: dict[str, Any], dst: Path) -> dict[str, dict[str, Path]]:
+    """{method: {class: grid PNG}} of every synthesis run, each method in its own folder under
+    ``dst`` (MLflow writes a single-file download to ``dst/<file name>``: methods sharing one
+    folder overwrote each other's ``grid_DG.png``)."""
+    grids: dict[str, dict[str, Path]] = {}
     with _quiet_mlflow_downloads():
         for method, run in synth.items():
             for art in client.list_artifacts(run.info.run_id, synthetic_artifact(method)):
-                if art.path.endswith(".png"):
+                name = Path(art.path).stem
+                if art.path.endswith(".png") and name.startswith("grid_"):
                     local = mlflow.artifacts.download_artifacts(
-                        run_id=run.info.run_id, artifact_path=art.path, dst_path=str(dst)
+                        run_id=run.info.run_id, artifact_path=art.path, dst_path=str(dst / method)
                     )
-                    grids.append(Path(local))
+                    grids.setdefault(method, {})[name.removeprefix("grid_")] = Path(local)
     return grids
 
 

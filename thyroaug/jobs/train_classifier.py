@@ -456,6 +456,7 @@ def _run_params(job: _Job, counts: Any) -> dict[str, Any]:
             "scenario": data.scenario.name,
             "cohort_hash": job.cohort.content_hash,
             "cohort_size": job.cohort.size,
+            "data_source": job.cohort.settings.get("data_source", {}).get("kind", "unknown"),
             "input_size": data.input_size,
             "n_train": len(data.train),
             "n_val": len(data.val),
