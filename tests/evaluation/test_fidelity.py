@@ -1,10 +1,13 @@
-"""FID / KID distances (against torchmetrics) and feature extractors."""
+"""FID / KID distances (against torchmetrics and scipy), bootstrap intervals, precision / recall /
+density / coverage (against the authors' prdc package), and feature extractors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
+from prdc import compute_prdc
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from torchmetrics.image.kid import KernelInceptionDistance, poly_mmd
@@ -15,12 +18,17 @@ from thyroaug.errors import ConfigError
 from thyroaug.evaluation.fidelity import (
     InceptionFeatures,
     ResNet18Features,
+    bootstrap_fid_kid,
     default_extractors,
     fidelity_metrics,
     frechet_distance,
+    group_fidelity,
     kernel_inception_distance,
     kid_subsets,
+    prdc,
+    recentred_interval,
 )
+from thyroaug.evaluation.table3 import QUANTITIES, metric_key
 from thyroaug.utils.resize import resize_images
 
 
@@ -205,3 +213,90 @@ def test_fidelity_metrics_names_counts_and_identity(tiny_cohort):
     assert dimmer["kid_resnet18-random_overall"] > whole["kid_resnet18-random_overall"]
     few = fidelity_metrics(images, labels, images[:4], labels[:4], [ext], per_class=200)
     assert "fid_resnet18-random_DG" in few and "fid_resnet18-random_NG" not in few
+
+
+def test_fidelity_metrics_logs_sizes_dimension_intervals_and_prdc(tiny_cohort):
+    images, labels = tiny_cohort.images, tiny_cohort.labels
+    got = fidelity_metrics(
+        images, labels, images * 0.8, labels, [ResNet18Features()], per_class=10, resamples=20
+    )
+    assert got["feature_dim_resnet18-random"] == 512
+    assert got["n_real_overall"] == 40 and got["n_fake_overall"] == 40
+    for group in (*CLASSES, "overall"):
+        values = {q: got[metric_key(q, "resnet18-random", group)] for q in QUANTITIES}
+        assert values["fid_low"] <= values["fid"] <= values["fid_high"]
+        assert values["kid_low"] <= values["kid"] <= values["kid_high"]
+        assert 0 <= values["precision"] <= 1 and 0 <= values["coverage"] <= 1
+        assert values["n_below_dim"] == 1.0  # 10 or 40 images, 512 features
+    again = fidelity_metrics(
+        images, labels, images * 0.8, labels, [ResNet18Features()], per_class=10, resamples=20
+    )
+    assert again == got  # seeded: the same digits
+
+
+# ------------------------------------------------------------------------- FID by SVD, bootstrap
+def _sqrtm_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The textbook formula: ||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrtm(S1 S2)) (Heusel et al.)."""
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s1 @ s2)
+    return float(((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * root.real))
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "dim"), [(300, 250, 16), (40, 30, 64)])
+def test_fid_by_svd_equals_the_sqrtm_formula(n_real, n_fake, dim):
+    real, fake = (x.numpy() for x in features(n_real, n_fake, dim))
+    rtol = 1e-9 if min(n_real, n_fake) > dim else 1e-5  # rank-deficient: sqrtm's own noise
+    assert frechet_distance(real, fake) == pytest.approx(_sqrtm_fid(real, fake), rel=rtol)
+
+
+def _u_statistic_without_copies(x, rows, kernel):
+    """Unbiased within-set kernel mean over resampled positions of two distinct original rows."""
+    k = kernel(x[rows], x[rows])
+    distinct = rows[:, None] != rows[None, :]
+    return k[distinct].mean()
+
+
+def test_bootstrap_replicates_are_the_formulas_on_resampled_rows():
+    real, fake = (x.numpy() for x in features(30, 25, 40))
+    fids, kids = bootstrap_fid_kid(real, fake, resamples=3, seed=7)
+    rng = np.random.default_rng(7)
+    kernel = lambda x, y: (x @ y.T / x.shape[1] + 1) ** 3  # noqa: E731 - KID's kernel
+    for t in range(3):
+        i, j = rng.integers(0, 30, 30), rng.integers(0, 25, 25)
+        assert fids[t] == pytest.approx(frechet_distance(real[i], fake[j]), rel=1e-9)
+        within = _u_statistic_without_copies(real, i, kernel)
+        within += _u_statistic_without_copies(fake, j, kernel)
+        assert kids[t] == pytest.approx(within - 2 * kernel(real[i], fake[j]).mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize(("n", "dim"), [(60, 8), (25, 64)])
+def test_bootstrap_intervals_contain_the_estimate_and_repeat_with_the_seed(n, dim):
+    real, fake = (x.numpy() for x in features(n, n + 5, dim))
+    one = group_fidelity(real, fake, seed=3, resamples=50, kid_subsets_count=10)
+    assert one["fid_low"] < one["fid"] < one["fid_high"]
+    assert one["kid_low"] < one["kid"] < one["kid_high"]
+    assert group_fidelity(real, fake, seed=3, resamples=50, kid_subsets_count=10) == one
+    other = group_fidelity(real, fake, seed=4, resamples=50, kid_subsets_count=10)
+    assert other["fid"] == one["fid"] and other["fid_low"] != one["fid_low"]
+    assert one["n_below_dim"] == float(n < dim)
+    none = group_fidelity(real, fake, resamples=0, kid_subsets_count=10)
+    assert np.isnan(none["fid_low"]) and none["fid"] == one["fid"]
+
+
+def test_recentred_interval_shifts_the_percentiles_by_the_bootstrap_bias():
+    replicates = np.arange(1001, dtype=np.float64) + 100.0  # mean 600, 2.5 % / 97.5 %: 125 / 1075
+    low, high = recentred_interval(500.0, replicates, 0.95)
+    assert (low, high) == pytest.approx((25.0, 975.0))
+    assert np.isnan(recentred_interval(1.0, np.array([np.nan, 2.0]))[0])
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "dim"), [(50, 40, 8), (30, 60, 128)])
+def test_prdc_equals_the_authors_package(n_real, n_fake, dim):
+    real, fake = (x.numpy() for x in features(n_real, n_fake, dim))
+    ours = prdc(real, fake, nearest_k=5)
+    reference = compute_prdc(real, fake, nearest_k=5)
+    assert ours == pytest.approx({k: float(v) for k, v in reference.items()}, abs=1e-12)
+    same = prdc(real, real, nearest_k=5)
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    with pytest.raises(ConfigError, match="nearest_k"):
+        prdc(real[:5], fake, nearest_k=5)

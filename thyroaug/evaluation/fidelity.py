@@ -25,28 +25,44 @@ separate and testable alone:
   back to a fixed-seed (0) randomly initialised torchvision ResNet18 named ``resnet18-random``:
   random conv features still separate image statistics, but the numbers are only comparable
   between runs that use the same fallback.
+* **Intervals and coverage measures** on the same features: ``bootstrap_fid_kid`` (real and fake
+  rows resampled with replacement; each replicate's FID from precomputed Gram matrices) with
+  ``recentred_interval``, and ``prdc`` (precision / recall, Kynkaanniemi et al. 2019; density /
+  coverage, Naeem et al. 2020). Definitions and derivations: ``docs/fidelity.md``.
 * ``fidelity_metrics`` draws ``per_class`` (paper: 200) real and synthetic images per class at
-  random (seeded), and reports class-wise and overall (the union of the class draws) values named
-  ``fid_<extractor>_<CLASS|overall>``, ``kid_<extractor>_<...>`` and ``kid_std_<extractor>_<...>``.
+  random (seeded), and reports class-wise and overall (the union of the class draws) values under
+  the names of ``thyroaug.evaluation.table3`` (``fid_<extractor>_<CLASS|overall>``,
+  ``kid_<extractor>_<...>``, ``kid_std_<extractor>_<...>``, their intervals, P/R/D/C, sample sizes
+  and the feature dimension).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from thyroaug.config import local_weights
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
+from thyroaug.evaluation.memorisation import pairwise_distances
+from thyroaug.evaluation.table3 import count_key, dim_key, metric_key
 from thyroaug.utils.resize import resize_images
 
 log = logging.getLogger(__name__)
+
+RESAMPLES = 200
+"""Bootstrap replicates of the FID / KID intervals."""
+CI_LEVEL = 0.95
+NEAREST_K = 5
+"""k of precision / recall / density / coverage (Naeem et al. 2020's recommendation)."""
 
 INCEPTION_ENV = "THYROAUG_INCEPTION_WEIGHTS"
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -139,6 +155,137 @@ def kernel_inception_distance(
         for r, f in kid_subsets(len(a), len(b), int(subsets), m, seed)
     ]
     return float(np.mean(values)), float(np.std(values))
+
+
+# --------------------------------------------------------------------------------------------
+# Bootstrap intervals (docs/fidelity.md, "Intervals")
+# --------------------------------------------------------------------------------------------
+class _FidGrams:
+    """Inner products of both feature sets, from which the FID of any resample follows in
+    O(n_real n_fake) plus one SVD (docs/fidelity.md: the weighted form of ``frechet_distance``)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray) -> None:
+        centre = a.mean(0)  # one shift of both sets leaves FID unchanged and the Grams accurate
+        a, b = a - centre, b - centre
+        self.ab, self.aa, self.bb = a @ b.T, a @ a.T, b @ b.T
+
+    def fid(self, w: np.ndarray, v: np.ndarray) -> float:
+        """FID of the resample that takes real row i ``w[i]`` times and fake row j ``v[j]``."""
+        iw, iv = np.flatnonzero(w), np.flatnonzero(v)
+        wi, vi = w[iw], v[iv]
+        n1, n2 = wi.sum(), vi.sum()
+        ab = self.ab[np.ix_(iw, iv)]
+        aa, bb = self.aa[np.ix_(iw, iw)], self.bb[np.ix_(iv, iv)]
+        a_q, p_b = ab @ vi / n2, wi @ ab / n1  # a_i . mean_fake, mean_real . b_j
+        pq, pp, qq = wi @ a_q / n1, wi @ aa @ wi / n1**2, vi @ bb @ vi / n2**2
+        cross = (ab - a_q[:, None] - p_b[None, :] + pq) * np.sqrt(np.outer(wi, vi))
+        trace_sqrt = np.linalg.svd(cross, compute_uv=False).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+        trace_a = (wi @ np.diag(aa) - n1 * pp) / (n1 - 1)
+        trace_b = (vi @ np.diag(bb) - n2 * qq) / (n2 - 1)
+        return float(pp + qq - 2 * pq + trace_a + trace_b - 2 * trace_sqrt)
+
+
+class _KidKernels:
+    """Polynomial-kernel matrices of both sets (KID's kernel, Binkowski et al. 2018)."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, degree: int, gamma: float | None, coef: float):
+        g = 1.0 / a.shape[1] if gamma is None else gamma
+        self.aa = (a @ a.T * g + coef) ** degree
+        self.bb = (b @ b.T * g + coef) ** degree
+        self.ab = (a @ b.T * g + coef) ** degree
+
+    @staticmethod
+    def _within(k: np.ndarray, w: np.ndarray) -> float:
+        pairs = w.sum() ** 2 - (w * w).sum()  # ordered pairs of copies of two distinct rows
+        return (w @ k @ w - (w * w) @ np.diag(k)) / pairs if pairs > 0 else math.nan
+
+    def kid(self, w: np.ndarray, v: np.ndarray) -> float:
+        """Unbiased MMD^2 of a resample, pairs of copies of one row left out (as i != j)."""
+        cross = w @ self.ab @ v / (w.sum() * v.sum())
+        return float(self._within(self.aa, w) + self._within(self.bb, v) - 2 * cross)
+
+
+def bootstrap_fid_kid(
+    real: Any,
+    fake: Any,
+    *,
+    resamples: int = 200,
+    seed: int | Sequence[int] = 0,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FID and KID of ``resamples`` bootstrap replicates (Efron & Tibshirani 1993).
+
+    Replicate t resamples the real rows, then the fake rows, with replacement
+    (``rng.integers(0, n, n)`` each, ``rng = np.random.default_rng(seed)``). Its FID equals
+    ``frechet_distance`` of the resampled matrices; its KID is the full unbiased MMD^2 (the value
+    KID's subset average estimates) with pairs of copies of one row left out.
+
+    Returns:
+        (FID replicates, KID replicates), each ``[resamples]``.
+    """
+    a, b = _features(real, "real"), _features(fake, "fake")
+    if a.shape[1] != b.shape[1]:
+        raise ConfigError(f"feature sizes differ: {a.shape[1]} vs {b.shape[1]}")
+    grams, kernels = _FidGrams(a, b), _KidKernels(a, b, degree, gamma, coef)
+    rng = np.random.default_rng(seed)
+    fids, kids = np.empty(int(resamples)), np.empty(int(resamples))
+    # one BLAS thread: the matrices are a few hundred rows, where threads only wait on each other
+    # (tenfold slower on shared cores)
+    with threadpool_limits(limits=1):
+        for t in range(int(resamples)):
+            w = np.bincount(rng.integers(0, len(a), len(a)), minlength=len(a)).astype(np.float64)
+            v = np.bincount(rng.integers(0, len(b), len(b)), minlength=len(b)).astype(np.float64)
+            fids[t], kids[t] = grams.fid(w, v), kernels.kid(w, v)
+    return fids, kids
+
+
+def recentred_interval(
+    estimate: float, replicates: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile interval of the replicates shifted by the bootstrap bias (their mean minus the
+    estimate), so that it brackets the estimate (docs/fidelity.md: a resample holds ~63 % distinct
+    rows, which raises FID's small-sample bias). NaN when fewer than two replicates are finite."""
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if len(reps) < 2:
+        return math.nan, math.nan
+    low, high = np.percentile(reps, [50 * (1 - level), 50 * (1 + level)])
+    shift = reps.mean() - estimate
+    return float(low - shift), float(high - shift)
+
+
+# --------------------------------------------------------------------------------------------
+# Precision, recall, density, coverage
+# --------------------------------------------------------------------------------------------
+def prdc(real: Any, fake: Any, *, nearest_k: int = 5) -> dict[str, float]:
+    """Precision and recall (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020)
+    with k-nearest-neighbour balls in the feature space, as the authors' ``prdc`` package.
+
+    Raises:
+        ConfigError: ``nearest_k`` or fewer rows on a side, or different feature sizes.
+    """
+    a, b = _features(real, "real"), _features(fake, "fake")
+    if a.shape[1] != b.shape[1] or min(len(a), len(b)) <= nearest_k:
+        raise ConfigError(
+            f"prdc: need more than nearest_k={nearest_k} rows of equal size on both sides, got "
+            f"{a.shape} and {b.shape}"
+        )
+    centre = a.mean(0)
+    a, b = a - centre, b - centre
+    d_rr, d_ff, d_rf = pairwise_distances(a, a), pairwise_distances(b, b), pairwise_distances(a, b)
+    np.fill_diagonal(d_rr, 0.0)
+    np.fill_diagonal(d_ff, 0.0)
+    radius_real = np.partition(d_rr, nearest_k, axis=1)[:, nearest_k]  # k-th neighbour, not self
+    radius_fake = np.partition(d_ff, nearest_k, axis=1)[:, nearest_k]
+    inside = d_rf < radius_real[:, None]  # fake j inside real i's ball
+    return {
+        "precision": float(inside.any(axis=0).mean()),
+        "recall": float((d_rf < radius_fake[None, :]).any(axis=1).mean()),
+        "density": float(inside.sum(axis=0).mean() / nearest_k),
+        "coverage": float((d_rf.min(axis=1) < radius_real).mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,6 +547,30 @@ def _draw(labels: np.ndarray, label: int, per_class: int, rng: np.random.Generat
     return rows
 
 
+def _draw_groups(
+    real_labels: Any, fake_labels: Any, per_class: int, seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, float]]:
+    """Per class: ``per_class`` real and fake rows drawn at random (seeded); their counts."""
+    rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
+    draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    counts: dict[str, float] = {}
+    for k, name in enumerate(CLASSES):
+        rng = np.random.default_rng([int(seed), k])
+        r, f = _draw(rl, k, per_class, rng), _draw(fl, k, per_class, rng)
+        counts[count_key("real", name)], counts[count_key("fake", name)] = len(r), len(f)
+        if len(r) < 2 or len(f) < 2:
+            log.warning("class %s: %d real / %d synthetic images, skipped", name, len(r), len(f))
+            continue
+        if len(r) < per_class or len(f) < per_class:
+            log.warning("class %s: only %d real / %d synthetic images", name, len(r), len(f))
+        draws[name] = (r, f)
+    if not draws:
+        raise ConfigError("no class has two or more images in both sets: nothing to compare")
+    counts[count_key("real", "overall")] = sum(len(r) for r, _ in draws.values())
+    counts[count_key("fake", "overall")] = sum(len(f) for _, f in draws.values())
+    return draws, {k: float(v) for k, v in counts.items()}
+
+
 def fidelity_metrics(
     real_images: torch.Tensor,
     real_labels: torch.Tensor,
@@ -411,8 +582,11 @@ def fidelity_metrics(
     seed: int = 0,
     kid_subsets_count: int = 100,
     kid_subset_size: int = 1000,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+    nearest_k: int = NEAREST_K,
 ) -> dict[str, float]:
-    """Class-wise and overall FID / KID for each extractor (paper: 200 images per class).
+    """Class-wise and overall fidelity for each extractor (paper section 3.3.1: 200 per class).
 
     Args:
         real_images: ``[N, 1, S, S]`` in [0, 1] (e.g. the cohort's train split).
@@ -421,52 +595,88 @@ def fidelity_metrics(
             ``min(S, S')`` (the larger one is downsampled, antialiased).
         fake_labels: ``[M]`` class indices.
         extractors: feature extractors (their ``name`` enters the metric names).
-        per_class: images drawn per class from each set (all when fewer; counts are reported as
-            ``n_real_<CLASS>`` / ``n_fake_<CLASS>``).
-        seed: seed of the draws and of KID's subsets.
+        per_class: images drawn per class from each set (all when fewer).
+        seed: seed of the draws, of KID's subsets and of the bootstrap.
         kid_subsets_count: KID subsets.
         kid_subset_size: KID subset size (capped at the smaller set).
+        resamples: bootstrap replicates of the FID / KID intervals (0: no intervals).
+        level: interval coverage.
+        nearest_k: k of precision / recall / density / coverage.
 
     Returns:
-        ``{metric name: value}``; a class with fewer than two images in either set is skipped
-        with a warning.
+        ``{metric name: value}``, names from ``table3.metric_key`` / ``count_key`` / ``dim_key``
+        (``n_real_<group>``, ``feature_dim_<ext>``, ``fid_<ext>_<group>`` and its
+        ``_ci_low`` / ``_ci_high``, ``kid_``, ``kid_std_``, ``precision_`` ... ``coverage_``,
+        ``n_below_dim_``); a class with fewer than two images in either set is skipped with a
+        warning.
     """
     # Compare at the smaller of the two resolutions: downsampling (antialiased) loses nothing the
     # other set has, while upsampling would blur one side and inflate the distance.
     size = min(real_images.shape[-1], fake_images.shape[-1])
     real_images, fake_images = resize_images(real_images, size), resize_images(fake_images, size)
-    rl, fl = np.asarray(real_labels), np.asarray(fake_labels)
-    draws: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    out: dict[str, float] = {}
-    for k, name in enumerate(CLASSES):
-        rng = np.random.default_rng([int(seed), k])
-        r, f = _draw(rl, k, per_class, rng), _draw(fl, k, per_class, rng)
-        out[f"n_real_{name}"], out[f"n_fake_{name}"] = float(len(r)), float(len(f))
-        if len(r) < 2 or len(f) < 2:
-            log.warning("class %s: %d real / %d synthetic images, skipped", name, len(r), len(f))
-            continue
-        if len(r) < per_class or len(f) < per_class:
-            log.warning("class %s: only %d real / %d synthetic images", name, len(r), len(f))
-        draws[name] = (r, f)
-    if not draws:
-        raise ConfigError("no class has two or more images in both sets: nothing to compare")
+    draws, out = _draw_groups(real_labels, fake_labels, per_class, seed)
     all_r = np.concatenate([d[0] for d in draws.values()])
     all_f = np.concatenate([d[1] for d in draws.values()])
+    pos_r = {row: i for i, row in enumerate(all_r)}
+    pos_f = {row: i for i, row in enumerate(all_f)}
+    groups = {n: ([pos_r[i] for i in r], [pos_f[i] for i in f]) for n, (r, f) in draws.items()}
+    groups["overall"] = (list(range(len(all_r))), list(range(len(all_f))))
+    options = {
+        "kid_subsets_count": kid_subsets_count,
+        "kid_subset_size": kid_subset_size,
+        "resamples": resamples,
+        "level": level,
+        "nearest_k": nearest_k,
+    }
     for ext in extractors:
         feats_r = ext(real_images[torch.as_tensor(all_r)])
         feats_f = ext(fake_images[torch.as_tensor(all_f)])
-        pos_r = {row: i for i, row in enumerate(all_r)}
-        pos_f = {row: i for i, row in enumerate(all_f)}
-        groups = {n: ([pos_r[i] for i in r], [pos_f[i] for i in f]) for n, (r, f) in draws.items()}
-        groups["overall"] = (list(range(len(all_r))), list(range(len(all_f))))
-        for group, (ir, jf) in groups.items():
-            a, b = feats_r[ir], feats_f[jf]
-            out[f"fid_{ext.name}_{group}"] = frechet_distance(a, b)
-            kid, kid_std = kernel_inception_distance(
-                a, b, subsets=kid_subsets_count, subset_size=kid_subset_size, seed=seed
-            )
-            out[f"kid_{ext.name}_{group}"] = kid
-            out[f"kid_std_{ext.name}_{group}"] = kid_std
+        out[dim_key(ext.name)] = float(feats_r.shape[1])
+        for index, (group, (ir, jf)) in enumerate(groups.items()):
+            values = group_fidelity(feats_r[ir], feats_f[jf], seed=seed, group=index, **options)
+            out.update({metric_key(q, ext.name, group): v for q, v in values.items()})
+    return out
+
+
+def group_fidelity(
+    real: np.ndarray,
+    fake: np.ndarray,
+    *,
+    seed: int = 0,
+    group: int = 0,
+    kid_subsets_count: int = 100,
+    kid_subset_size: int = 1000,
+    resamples: int = RESAMPLES,
+    level: float = CI_LEVEL,
+    nearest_k: int = NEAREST_K,
+) -> dict[str, float]:
+    """Every quantity of ``table3.QUANTITIES`` for one pair of feature sets.
+
+    KID's subsets are seeded ``seed``, the bootstrap ``(seed, group)`` (independent per group).
+    Without ``resamples`` the intervals are NaN; with ``nearest_k`` or fewer images on a side,
+    precision / recall / density / coverage are NaN.
+    """
+    a, b = _features(real, "real"), _features(fake, "fake")
+    with threadpool_limits(limits=1):  # small matrices: see bootstrap_fid_kid
+        fid = frechet_distance(a, b)
+        kid, kid_std = kernel_inception_distance(
+            a, b, subsets=kid_subsets_count, subset_size=kid_subset_size, seed=seed
+        )
+    out = {"fid": fid, "kid": kid, "kid_std": kid_std}
+    nan = (math.nan, math.nan)
+    if resamples > 0:
+        fids, kids = bootstrap_fid_kid(a, b, resamples=resamples, seed=(seed, group))
+        fid_ci, kid_ci = recentred_interval(fid, fids, level), recentred_interval(kid, kids, level)
+    else:
+        fid_ci = kid_ci = nan
+    out.update(fid_low=fid_ci[0], fid_high=fid_ci[1])
+    out.update(kid_low=kid_ci[0], kid_high=kid_ci[1])
+    if min(len(a), len(b)) > nearest_k:
+        with threadpool_limits(limits=1):
+            out.update(prdc(a, b, nearest_k=nearest_k))
+    else:
+        out.update(dict.fromkeys(("precision", "recall", "density", "coverage"), math.nan))
+    out["n_below_dim"] = float(min(len(a), len(b)) < a.shape[1])
     return out
 
 
