@@ -115,3 +115,15 @@ DEFAULT_COHORT_DIR = "outputs/cohort"
 def generator_workdir(family: str, profile: str) -> str:
     """Default checkpoint + generator folder of a family's training (``outputs/fm/quick``)."""
     return f"{OUTPUTS_DIR}/{family}/{profile}"
+
+
+# --- memorisation audit of a synthetic set (docs/memorisation.md) -----------------------------
+TAG_MEMORISATION = "memorisation_audit"
+"""Outcome of the memorisation audit: on a synthesize run ``MEMORISATION_NEAR_COPIES`` or
+``MEMORISATION_PASSED``; on the registered generator version a flagged set came from,
+``MEMORISATION_NEAR_COPIES`` (a clean set leaves the version as it is)."""
+MEMORISATION_NEAR_COPIES = "near-copies"
+MEMORISATION_PASSED = "passed"
+MEMORISATION_ARTIFACT_DIR = "memorisation"
+"""Run artifacts of the audit: ``closest_pairs.csv`` and ``closest_pairs.png`` (training images
+and case ids: patient data, kept as run artifacts only)."""
