@@ -100,6 +100,8 @@ def train_step(family: str) -> str:
 SYNTHETIC_DIR = "synthetic"
 BOOTSTRAP_ARTIFACT = "bootstrap/bootstrap.csv"
 PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
+GRADCAM_ARTIFACT = "gradcam/cams.npz"
+"""Grad-CAM maps of a classifier run's fixed external cases (``evaluation.gradcam.CamSet``)."""
 
 
 def synthetic_artifact(method: str) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from thyroaug.evaluation.findings import (
+from thyroaug.evaluation.claims import (
     CLAIM_COLUMNS,
     VERDICTS,
     Contrast,
@@ -19,12 +19,8 @@ from thyroaug.evaluation.findings import (
     claims_table,
     detectable,
     directional_verdict,
-    find,
-    key_contrasts,
-    key_pairs,
-    per_center,
-    sanity_flags,
 )
+from thyroaug.evaluation.findings import find, key_contrasts, key_pairs, per_center, sanity_flags
 from thyroaug.evaluation.paper_values import TABLE2
 
 ALPHA = 0.05

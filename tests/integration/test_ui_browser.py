@@ -300,6 +300,8 @@ def _check_report(
             )
             assert shown[(method, cls)] == Path(logged).read_bytes(), (method, cls)
     assert len(set(shown.values())) == len(shown), "two methods or classes show the same grid"
+    gradcam = dom[dom.index('id="gradcam"') :] if 'id="gradcam"' in dom else ""
+    assert 'alt="Grad-CAM panel"' in gradcam and "under O and O+FM" in gradcam, gradcam[:800]
 
 
 def _grid_images(dom: str) -> dict[tuple[str, str], bytes]:

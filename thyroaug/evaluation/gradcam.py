@@ -30,13 +30,13 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from thyroaug.contract import CLASSES
+from thyroaug.contract import CLASSES, GRADCAM_ARTIFACT
 from thyroaug.evaluation.plots import save_figure
 from thyroaug.utils.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
-CAMS_ARTIFACT = "gradcam/cams.npz"
+CAMS_ARTIFACT = GRADCAM_ARTIFACT
 """Run artifact holding a ``CamSet`` (next to the figure ``gradcam/gradcam.png``)."""
 TARGET_MAP_SIZE = 8
 """``choose_layer`` takes the deepest layer whose feature map is at least this wide."""

@@ -56,6 +56,7 @@ from mlflow import MlflowClient
 
 from thyroaug.contract import (
     BOOTSTRAP_ARTIFACT,
+    GRADCAM_ARTIFACT,
     PREDICTIONS_ARTIFACT,
     STEP_COMPARE,
     TAG_MISSING_SCENARIOS,
@@ -73,6 +74,7 @@ from thyroaug.evaluation.alignment import AlignedPredictions, CompareError, alig
 from thyroaug.evaluation.comparison import PAIRED_NAME, Comparison, Settings, analyse
 from thyroaug.evaluation.deviations import RunFacts, find_deviations
 from thyroaug.evaluation.findings import Findings, StudyFacts, find, findings_markdown
+from thyroaug.evaluation.gradcam import comparison_panel, load_pair
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
 from thyroaug.evaluation.report_html import ReportInputs, html_report, table2_cells
 from thyroaug.evaluation.seeds import SeedAnalysis, analyse_seeds
@@ -262,9 +264,61 @@ def compare_study(
         deviations = _deviations(runs)
         t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
         found = _findings(runs, cmp, by_seed, t3_long, settings)
-        files = _outputs(tmp, runs, cmp, grids, deviations, settings, by_seed, found, t3_long)
+        panel = _gradcam_panel(runs, found, cmp, tmp / "gradcam")
+        files = _outputs(
+            tmp, runs, cmp, grids, deviations, settings, by_seed, found, t3_long, panel
+        )
         configure = _tracking_experiment(client, runs, experiment)
         return _log_run(runs, cmp, files, deviations, settings, configure)
+
+
+def _panel_scenario(runs: StudyRuns, found: Findings | None, cmp: Comparison) -> str | None:
+    """The scenario Grad-CAM is shown for beside O: O+FM as in the paper's Figure 2, else the
+    best macro-F1 of the scenarios that are not one-class predictors."""
+    if "O+FM" in runs.chosen:
+        return "O+FM"
+    flagged = set()
+    if found is not None:
+        flagged = set(found.sanity.loc[found.sanity["top_share"] >= 0.95, "scenario"])
+    scores = {
+        s: m.get("f1_macro", float("nan"))
+        for s, m in cmp.points.items()
+        if s != "O" and s not in flagged
+    }
+    scores = {s: v for s, v in scores.items() if v == v}
+    return max(scores, key=scores.get) if scores else None
+
+
+def _gradcam_panel(
+    runs: StudyRuns, found: Findings | None, cmp: Comparison, dst: Path
+) -> tuple[Path | None, str]:
+    """(panel PNG or None, note): the same external cases under O and the panel scenario."""
+    other = _panel_scenario(runs, found, cmp)
+    if "O" not in runs.chosen or other is None:
+        return None, "Grad-CAM panel: needs the O run and one other scenario."
+    paths = {}
+    for scenario in ("O", other):
+        run_id = runs.chosen[scenario].info.run_id
+        try:
+            paths[scenario] = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=GRADCAM_ARTIFACT, dst_path=str(dst / scenario)
+            )
+        except Exception:  # runs logged before the maps were saved as data
+            return None, (
+                f"Grad-CAM panel: run {run_id} ({scenario}) has no {GRADCAM_ARTIFACT} (logged "
+                "before the maps were kept as data); retrain it to see the panel."
+            )
+    try:
+        a, b = load_pair(paths["O"], paths[other])
+        panel = comparison_panel(a, b, dst / "gradcam_panel.png")
+    except ValueError as exc:
+        return None, f"Grad-CAM panel not drawn: {exc}"
+    text = (
+        f"The same external cases (the first of each class by case id) under O and {other}: "
+        f"maps of the predicted class at {a.layer} ({a.map_size[0]}x{a.map_size[1]}), "
+        "upsampled bilinearly; each map is scaled to its own maximum."
+    )
+    return panel, " ".join(filter(None, [text, a.note or b.note]))
 
 
 def _train_sizes(runs: StudyRuns) -> dict[str, tuple[int, int]]:
@@ -430,6 +484,7 @@ def _outputs(
     by_seed: SeedAnalysis | None,
     found: Findings | None,
     t3_long: pd.DataFrame,
+    panel: tuple[Path | None, str] = (None, ""),
 ) -> list[Path]:
     """Write tables, figures, findings and the HTML report under ``tmp``; the files to log."""
     t3 = R.table3_from_long(t3_long)
@@ -461,6 +516,8 @@ def _outputs(
             paper_summary=cmp.paper_summary,
             t3=t3,
             grids=grids,
+            gradcam=panel[0],
+            gradcam_note=panel[1],
             seeds=runs.seeds,
             primary_seed=runs.primary_seed,
             seed_table=seed_table(by_seed.summary) if by_seed is not None else None,
@@ -469,7 +526,7 @@ def _outputs(
     )
     files = _write_tables(tmp, cmp, t3_long, t3) + _write_seed_tables(tmp, by_seed)
     files += _write_findings(tmp, found, facts)
-    files += [p for p in (heatmap, paper_heatmap) if p is not None]
+    files += [p for p in (heatmap, paper_heatmap, panel[0]) if p is not None]
     (tmp / "report.html").write_text(page)
     return [*files, tmp / "report.html"]
 
