@@ -221,6 +221,8 @@ def test_cli_smoke_run_logged_to_mlflow(local_store: Path, tiny_cohort: Prepared
     assert params["scenario"] == "O+CA" and params["seed"] == "3"
     assert params["lr"] == "0.0002" and params["dropout"] == "0.1"  # flags beat --params-from
     assert tags["params_from"] == str(best)
+    assert tags["sanity.flags"] and tags["sanity.one_class_predictor"] in ("true", "false")
+    assert 0 < metrics["external_top_class_share"] <= 1
     assert params["cohort_hash"] == tiny_cohort.content_hash
     assert params["pretrained"] == "false" and params["input_size"] == "32"
     assert params["train_count_CA"] == str(4 * 8)

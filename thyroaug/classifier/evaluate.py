@@ -11,6 +11,7 @@ never patient ids). MLflow logging of those files is the job's business
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +26,7 @@ from thyroaug.contract import BOOTSTRAP_ARTIFACT, CLASSES
 from thyroaug.data.cohort import PreparedCohort
 from thyroaug.evaluation import bootstrap, gradcam, plots
 from thyroaug.evaluation import metrics as M
+from thyroaug.evaluation.findings import sanity_flags
 from thyroaug.utils.atomic import atomic_path, write_json
 from thyroaug.utils.csvsafe import to_csv_safe
 
@@ -122,13 +124,21 @@ def evaluate_and_report(
     files["roc"] = plots.plot_roc(
         ext_y, ext_p, out_dir / "plots" / "roc.png", title=f"{name}: external ROC (one vs rest)"
     )
+    auc = (ext_m["auc_macro"], math.nan, math.nan)
     if cfg.bootstrap > 0:
         boot_files, boot_metrics = _write_bootstrap(ext_y, ext_p, cfg, out_dir, name)
         files.update(boot_files)
         metrics.update(boot_metrics)
+        auc = (
+            auc[0],
+            boot_metrics["bootstrap_auc_macro_lower"],
+            boot_metrics["bootstrap_auc_macro_upper"],
+        )
+    sanity = sanity_flags(ext_y, {name: ext_p}, {name: auc}, {}).iloc[0]
+    metrics["external_top_class_share"] = float(sanity["top_share"])
     if cfg.gradcam_per_class > 0:
         files.update(_write_gradcam(model, data.external, ext_p, cfg, out_dir, name))
-    return {"metrics": metrics, "files": files}
+    return {"metrics": metrics, "files": files, "sanity": str(sanity["flags"])}
 
 
 def _write_bootstrap(

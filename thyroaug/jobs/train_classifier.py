@@ -46,10 +46,12 @@ from thyroaug.contract import (
     STEP_CLASSIFIER,
     TAG_CLASSIFIER_COHORT_HASH,
     TAG_COHORT_HASH,
+    TAG_ONE_CLASS,
     TAG_PARAMS_FROM,
     TAG_PRETRAINED,
     TAG_PROFILE,
     TAG_RESUMED_AFTER_EPOCH,
+    TAG_SANITY,
     TAG_SCENARIO,
     TAG_STEP,
     TAG_STUDY_ID,
@@ -236,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
         f"{out['scenario']} ({cfg.profile}): external accuracy {m['external_accuracy']:.3f}, "
         f"F1 macro {m['external_f1_macro']:.3f}, AUC macro {m['external_auc_macro']:.3f}; "
         f"best epoch {out['best_epoch']}; run {out['run_id']}; files in {out['out_dir']}"
+        + (f"\nWARNING: {out['sanity']}" if out.get("sanity") else "")
     )
     return 0
 
@@ -518,18 +521,11 @@ def _execute(job: _Job, out_dir: str | Path | None, run: Any) -> dict[str, Any]:
             result, data, cfg, out, name=data.scenario.name, external=job.evaluate_external
         )
     metrics = _final_metrics(report["metrics"], result)
+    sanity = report.get("sanity", "")
     model_uri = None
     if run is not None:
-        model_uri = _log_results(job, out, result, metrics, epoch_log)
-    if job.evaluate_external:
-        log.info(
-            "%s: external accuracy %.3f, F1 macro %.3f, AUC macro %.3f (best epoch %d)",
-            data.scenario.name,
-            metrics["external_accuracy"],
-            metrics["external_f1_macro"],
-            metrics["external_auc_macro"],
-            result.best_epoch,
-        )
+        model_uri = _log_results(job, out, result, metrics, epoch_log, sanity)
+    _say_results(job, metrics, result.best_epoch, sanity)
     return {
         "run_id": run_id,
         "scenario": data.scenario.name,
@@ -542,7 +538,24 @@ def _execute(job: _Job, out_dir: str | Path | None, run: Any) -> dict[str, Any]:
         "train_counts": counts,
         "model_uri": model_uri,
         "model": result.model,
+        "sanity": sanity,
     }
+
+
+def _say_results(job: _Job, metrics: dict[str, float], best_epoch: int, sanity: str) -> None:
+    """The headline numbers in the log, and what makes them nonsense, if anything."""
+    name = job.data.scenario.name
+    if sanity:
+        log.warning("%s: %s - these external numbers are not a result", name, sanity)
+    if job.evaluate_external:
+        log.info(
+            "%s: external accuracy %.3f, F1 macro %.3f, AUC macro %.3f (best epoch %d)",
+            name,
+            metrics["external_accuracy"],
+            metrics["external_f1_macro"],
+            metrics["external_auc_macro"],
+            best_epoch,
+        )
 
 
 def _chain(first: EpochCallback, then: EpochCallback | None) -> EpochCallback:
@@ -586,14 +599,18 @@ def _log_results(
     result: FitResult,
     metrics: dict[str, float],
     epoch_log: EpochLog | None,
+    sanity: str = "",
 ) -> str | None:
-    """Final metrics, artifacts and (optionally) the model into the active run."""
+    """Final metrics, sanity tags, artifacts and (optionally) the model into the active run."""
 
     if epoch_log is not None:
         epoch_log.flush()
     log_params_safely({"pretrained": result.pretrained, "device": result.device})
     mlflow.set_tag(TAG_PRETRAINED, str(result.pretrained).lower())
     mlflow.log_metrics(metrics)
+    if job.evaluate_external:
+        one_class = str("one-class predictor" in sanity).lower()
+        mlflow.set_tags({TAG_SANITY: sanity or "none", TAG_ONE_CLASS: one_class})
     for sub in ("config", "inputs", "metrics", "bootstrap", "plots", "gradcam", "predictions"):
         if (out / sub).exists():
             mlflow.log_artifacts(str(out / sub), artifact_path=sub)
