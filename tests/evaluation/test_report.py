@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from thyroaug.contract import CLASSES
-from thyroaug.evaluation import fidelity
 from thyroaug.evaluation.bootstrap import bootstrap, summarize
 from thyroaug.evaluation.findings import (
     Contrasts,
@@ -23,14 +22,9 @@ from thyroaug.evaluation.findings import (
 )
 from thyroaug.evaluation.metrics import compute_metrics
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
-from thyroaug.evaluation.report import (
-    FIDELITY_COLUMNS,
-    fidelity_long,
-    table3_from_long,
-    table3_markdown,
-)
-from thyroaug.evaluation.report_html import Cell, ReportInputs, html_report
+from thyroaug.evaluation.report import Cell, ReportInputs, html_report
 from thyroaug.evaluation.table2 import format_ci, table2_ci
+from thyroaug.evaluation.table3 import fidelity_long, table3, table3_markdown
 
 CI = re.compile(r"^\d\.\d{3} \[\d\.\d{2}, \d\.\d{2}\]$")
 
@@ -83,30 +77,25 @@ def test_table2_ci_every_number_has_an_interval() -> None:
 
 def test_fidelity_long_kid_std_is_a_column_not_an_extractor() -> None:
     long = fidelity_long({"FM": _fidelity_metrics(1.0), "SD1": _fidelity_metrics(4.0)})
-    assert list(long.columns) == list(FIDELITY_COLUMNS)
     assert set(long["extractor"]) == {"resnet18-O", "inception"}
     assert not long["extractor"].str.startswith("std_").any()
-    row = long.query("mode == 'SD1' and extractor == 'resnet18-O' and group == 'TI'").iloc[0]
+    row = long.query("method == 'SD1' and extractor == 'resnet18-O' and group == 'TI'").iloc[0]
     assert (row["fid"], row["kid"], row["kid_std"]) == pytest.approx((4.0, 0.04, 0.004))
     assert fidelity_long({"FM": {"train_seconds": 1.0}}).empty
 
 
 def test_table3_one_layout_with_kid_std() -> None:
     long = fidelity_long({"FM": _fidelity_metrics(1.0), "SD1": _fidelity_metrics(4.0)})
-    t3 = table3_from_long(long)
-    assert t3 is not None
-    assert list(t3.index) == [*CLASSES, "overall"]
+    t3 = table3(long, kid_scale=1)
+    assert t3 is not None and list(t3.index) == [*CLASSES, "overall"]
     assert t3.columns.names == ["extractor", "method", "metric"]
     res = t3["resnet18-O"]
-    assert list(res.columns) == [(m, k) for m in ("FM", "SD1") for k in ("FID", "KID", "KID std")]
-    # FID / KID are exactly fidelity.table3's layout of the same long frame
-    same = fidelity.table3(long[long["extractor"] == "resnet18-O"], "resnet18-O")
-    pd.testing.assert_frame_equal(res[same.columns], same, check_names=False)
     assert res[("SD1", "KID std")].tolist() == pytest.approx([0.004] * 5)
-    assert t3["inception"].loc["DG"].isna().all() and t3["inception"].loc["overall"].notna().all()
-    md = table3_markdown(t3)
-    assert "FM [resnet18-O] KID std" in md and "[std_" not in md
-    assert table3_from_long(fidelity_long({})) is None
+    assert res[("FM", "FID")].tolist() == pytest.approx([1.0] * 5)
+    assert t3["inception"]["FM"]["FID"].loc[["DG", "NG", "NL", "TI"]].isna().all()
+    assert t3["inception"]["FM"].loc["overall", "FID"] == pytest.approx(10.0)
+    md = table3_markdown(long)
+    assert "**resnet18-O**" in md and "**inception**" in md and "std_" not in md
 
 
 def _findings(one_class: bool) -> Findings:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thyroaug.contract import TAG_PRETRAINED, TAG_SOURCE
-from thyroaug.evaluation.report import fidelity_long
+from thyroaug.evaluation.table3 import fidelity_long
 
 PAPER = {"image_size": 128, "epochs": 300, "per_class_synthetic": 1000, "bootstrap": 1000}
 """The paper's classifier settings the deviations banner checks (sections 3.2, 3.2.4, 3.3.3)."""

@@ -69,16 +69,17 @@ from thyroaug.contract import (
 from thyroaug.errors import ConfigError
 from thyroaug.evaluation import metrics as M
 from thyroaug.evaluation import plots
-from thyroaug.evaluation import report as R
 from thyroaug.evaluation.alignment import AlignedPredictions, CompareError, align_predictions
 from thyroaug.evaluation.comparison import PAIRED_NAME, Comparison, Settings, analyse
 from thyroaug.evaluation.deviations import RunFacts, find_deviations
 from thyroaug.evaluation.findings import Findings, StudyFacts, find, findings_markdown
 from thyroaug.evaluation.gradcam import comparison_panel, load_pair
+from thyroaug.evaluation.memorisation import audit_notes, audit_summary
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME
-from thyroaug.evaluation.report_html import ReportInputs, html_report, table2_cells
+from thyroaug.evaluation.report import ReportInputs, html_report, table2_cells
 from thyroaug.evaluation.seeds import SeedAnalysis, analyse_seeds
 from thyroaug.evaluation.table2 import seed_table
+from thyroaug.evaluation.table3 import fidelity_long, table3, table3_markdown, table3_notes
 from thyroaug.generators import registry
 from thyroaug.jobs.compare_runs import (
     StudyRuns,
@@ -150,7 +151,7 @@ def _write_tables(tmp: Path, cmp: Comparison, t3_long: pd.DataFrame, t3: Any) ->
     if t3 is not None:
         t3.to_csv(tmp / "table3.csv")
         t3_long.to_csv(tmp / "table3_long.csv", index=False)
-        (tmp / "table3.md").write_text(R.table3_markdown(t3))
+        (tmp / "table3.md").write_text(table3_markdown(t3_long))
         files += [tmp / "table3.csv", tmp / "table3_long.csv", tmp / "table3.md"]
     return files
 
@@ -262,7 +263,7 @@ def compare_study(
         synth = dict(sorted(runs.synth.items(), key=lambda kv: order.get(kv[0], len(order))))
         grids = download_grids(client, synth, tmp / "grids")
         deviations = _deviations(runs)
-        t3_long = R.fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
+        t3_long = fidelity_long({m: dict(r.data.metrics) for m, r in runs.synth.items()})
         found = _findings(runs, cmp, by_seed, t3_long, settings)
         panel = _gradcam_panel(runs, found, cmp, tmp / "gradcam")
         files = _outputs(
@@ -339,8 +340,7 @@ def _claims_fidelity(t3_long: pd.DataFrame) -> pd.DataFrame | None:
     names = list(dict.fromkeys(t3_long["extractor"].astype(str)))
     pick = next((n for n in names if n.startswith("inception")), None)
     pick = pick or next((n for n in names if "random" not in n), names[0])
-    part = t3_long[t3_long["extractor"] == pick].rename(columns={"mode": "method"})
-    return part.reset_index(drop=True)
+    return t3_long[t3_long["extractor"] == pick].reset_index(drop=True)
 
 
 def _findings(
@@ -487,7 +487,8 @@ def _outputs(
     panel: tuple[Path | None, str] = (None, ""),
 ) -> list[Path]:
     """Write tables, figures, findings and the HTML report under ``tmp``; the files to log."""
-    t3 = R.table3_from_long(t3_long)
+    t3 = table3(t3_long)
+    synth_metrics = {m: dict(r.data.metrics) for m, r in runs.synth.items()}
     several = by_seed is not None and by_seed.tests is not None and not by_seed.tests.empty
     heatmap, paper_heatmap = _figures(tmp, cmp, runs, settings, by_seed.tests if several else None)
     facts = _study_facts(runs, cmp, settings)
@@ -515,6 +516,9 @@ def _outputs(
             paper_resamples=cmp.resamples,
             paper_summary=cmp.paper_summary,
             t3=t3,
+            t3_notes=table3_notes(t3_long) if t3 is not None else [],
+            memorisation=audit_summary(synth_metrics),
+            memorisation_notes=audit_notes(synth_metrics),
             grids=grids,
             gradcam=panel[0],
             gradcam_note=panel[1],
