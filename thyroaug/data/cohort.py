@@ -1,11 +1,13 @@
 """The prepared cohort: every case as tensors plus a table, saved as one safetensors file.
 
-File layout: ``docs/data.md``, "The prepared cohort".
+File layout and its byte digest: ``docs/data.md``, "The prepared cohort" and "Integrity of cached
+files".
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +21,34 @@ from safetensors.torch import save_file
 from thyroaug.contract import CLASSES
 from thyroaug.errors import CohortFileError, ThyroaugError
 from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.digest import DIGEST_KEY, MISMATCH, damaged, shown, tensors_sha256
 from thyroaug.utils.resize import resize_images, resize_masks
+
+log = logging.getLogger(__name__)
 
 COHORT_FILE = "cohort.safetensors"
 TENSORS: tuple[str, ...] = ("images", "masks", "labels")
+WHAT = "the prepared cohort cache"
+_UNSEALED_WARNED: set[str] = set()
 
 
-def _damaged(path: Path, what: str) -> CohortFileError:
-    return CohortFileError(
-        f"{path}: {what}; the prepared cohort is damaged (an interrupted copy or download?). "
-        f"Delete it and run `thyroaug prepare` again (or `thyroaug prepare --force`)"
-    )
+def rebuild_command(path: Path, settings: dict[str, Any] | None = None) -> str:
+    """The `thyroaug prepare` command that rebuilds the cohort at ``path`` (from its settings)."""
+    source = (settings or {}).get("data_source") or {}
+    if source.get("kind") == "phantom" and source.get("scale"):
+        inputs = f"--phantom-scale {source['scale']}"
+    elif source.get("kind") == "manifest":
+        inputs = f"--manifest <{source.get('name') or 'manifest'}>"
+    else:
+        inputs = "<its inputs>"
+    size = (settings or {}).get("size")
+    sized = f" --size {size}" if size and int(size) != 128 else ""
+    return f"`thyroaug prepare {inputs}{sized} --out {shown(path.parent)} --force`"
+
+
+def _damaged(path: Path, why: str, settings: dict[str, Any] | None = None) -> CohortFileError:
+    fix = f"rebuild it with {rebuild_command(path, settings)}"
+    return CohortFileError(damaged(path, WHAT, why, fix))
 
 
 @dataclass
@@ -113,17 +132,21 @@ class PreparedCohort:
             "masks": self.masks.contiguous(),
             "labels": self.labels.contiguous(),
         }
+        meta[DIGEST_KEY] = tensors_sha256(tensors.items(), meta)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedCohort:
-        """Read a cohort written by ``save`` (a file, or a folder holding ``COHORT_FILE``).
+        """Read a cohort written by ``save`` (a file, or a folder holding ``COHORT_FILE``) and
+        check its bytes against the digest written with it (a cache without one: see
+        ``_check_digest``).
 
         Raises:
-            CohortFileError: no file there, or a truncated / corrupt / inconsistent one (the
-                message names the file and says to run ``thyroaug prepare`` again).
+            CohortFileError: no file there, or a truncated / corrupt / inconsistent one, or bytes
+                that do not match its digest (one line naming the file and the command that
+                rebuilds it).
         """
         path = Path(path)
         if path.is_dir():
@@ -135,9 +158,13 @@ class PreparedCohort:
             )
         meta, tensors = _read(path)
         try:
+            settings = json.loads(meta.get("settings", "{}"))
+        except (TypeError, ValueError):
+            settings = {}
+        _check_digest(path, meta, tensors, settings)
+        try:
             classes = json.loads(meta.get("classes", "[]"))
             table = pd.DataFrame.from_records(json.loads(meta["table"]))
-            settings = json.loads(meta.get("settings", "{}"))
         except (KeyError, TypeError, ValueError) as exc:
             raise _damaged(path, f"its case table is missing or unreadable ({exc})") from exc
         if classes and tuple(classes) != CLASSES:
@@ -164,6 +191,11 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
             tensors = {k: f.get_tensor(k) for k in TENSORS}
     except SafetensorError as exc:
         raise _damaged(path, f"not a readable safetensors file ({exc})") from exc
+    except PermissionError as exc:
+        raise CohortFileError(
+            f"{shown(path)} ({WHAT}) cannot be read: permission denied; give this user read "
+            "access to it"
+        ) from exc
     except OSError as exc:
         raise _damaged(path, f"cannot be read ({exc})") from exc
     return meta, tensors
@@ -186,3 +218,28 @@ def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], rows: int) -> N
         problems.append(f"{counts} rows but the case table has {rows}")
     if problems:
         raise _damaged(path, "; ".join(problems))
+
+
+def _check_digest(
+    path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor], settings: dict[str, Any]
+) -> None:
+    """The tensors and metadata must hash to the digest ``save`` wrote (``tensors_sha256``).
+
+    A cache written before digests were recorded has none: it is trusted by its content hash, as
+    before, with one warning per file and process (``thyroaug prepare`` rebuilds it with one).
+    """
+    recorded = meta.get(DIGEST_KEY)
+    if recorded is None:
+        if str(path) not in _UNSEALED_WARNED:
+            _UNSEALED_WARNED.add(str(path))
+            log.warning(
+                "%s (%s) has no byte digest (an older thyroaug wrote it): only its content hash "
+                "vouches for it, a damaged byte would go unnoticed; %s adds one",
+                shown(path),
+                WHAT,
+                rebuild_command(path, settings),
+            )
+        return
+    others = {k: v for k, v in meta.items() if k != DIGEST_KEY}
+    if tensors_sha256(((k, tensors[k]) for k in TENSORS), others) != recorded:
+        raise _damaged(path, MISMATCH, settings)

@@ -36,8 +36,9 @@ from thyroaug.data.manifest import (
 )
 from thyroaug.data.preprocess import PreprocessSettings, preprocess_case
 from thyroaug.data.splits import SPLITS, assign_splits, carves_val, parse_centers
-from thyroaug.errors import ImageReadError, PromptError, ThyroaugError
+from thyroaug.errors import CohortFileError, ImageReadError, PromptError, ThyroaugError
 from thyroaug.reports import prompts
+from thyroaug.utils.digest import DIGEST_KEY
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +103,42 @@ def cohort_path(out: str | Path) -> Path:
     return out if out.suffix == ".safetensors" else out / COHORT_FILE
 
 
-def cached_hash(out: str | Path) -> str | None:
-    """Content hash of the cohort already at ``out`` (None if none or unreadable)."""
-    path = cohort_path(out)
+def _cached_meta(path: Path) -> dict[str, str] | None:
+    """The header metadata of the cohort file at ``path`` (None if none or unreadable)."""
     if not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return (fh.metadata() or {}).get("content_hash")
+            return dict(fh.metadata() or {})
     except Exception as exc:  # a damaged cache is rebuilt, not fatal
         log.warning("cannot read the existing cohort at %s (%s); rebuilding", path, exc)
+        return None
+
+
+def cached_hash(out: str | Path) -> str | None:
+    """Content hash of the cohort already at ``out`` (None if none or unreadable).
+
+    Reads the header only: whether the cache's bytes are sound is checked when it is loaded.
+    """
+    return (_cached_meta(cohort_path(out)) or {}).get("content_hash")
+
+
+def _reusable(path: Path, chash: str) -> PreparedCohort | None:
+    """The cache at ``path`` if it has content hash ``chash`` and sound bytes, else None (rebuild).
+
+    A cache without a byte digest (an older thyroaug's) or whose bytes do not match it is rebuilt
+    from the inputs, with one log line saying why.
+    """
+    meta = _cached_meta(path)
+    if meta is None or meta.get("content_hash") != chash:
+        return None
+    if DIGEST_KEY not in meta:
+        log.warning("%s has no byte digest (an older thyroaug wrote it): rebuilding it", path)
+        return None
+    try:
+        return PreparedCohort.load(path)
+    except CohortFileError as exc:
+        log.warning("%s; rebuilding it now", exc)
         return None
 
 
@@ -259,10 +286,10 @@ def prepare(
         table, cfg.train_centers, cfg.external_centers, cfg.val_fraction, cfg.seed
     )
     path = cohort_path(out)
-    if not force and cached_hash(path) == chash:
-        cohort = PreparedCohort.load(path)
+    cached = None if force else _reusable(path, chash)
+    if cached is not None:
         log.info("cohort at %s is up to date (hash %s): loaded, not rebuilt", path, chash)
-        return PrepareOutcome(cohort=cohort, path=path, reused=True)
+        return PrepareOutcome(cohort=cached, path=path, reused=True)
 
     pre = cfg.preprocess()
     pre_dict = {k: getattr(pre, k) for k in ("size", "normalisation", "percentile", "non_square")}
