@@ -4,8 +4,9 @@ The folder is named after the job's identity (``checkpoint_dir``); its ``state.p
 atomically after every epoch, holds the training state of ``classifier.train.fit``, the resolved
 config, the MLflow run id and the metrics the tracking server has not received yet.
 ``RunCheckpoint.open`` refuses, before any MLflow run exists, an existing checkpoint without
-``resume`` and one of other settings (only ``RESUMABLE_CHANGES`` may differ). The folder is
-removed when the run finishes.
+``resume`` and one of other settings (only ``RESUMABLE_CHANGES`` may differ), and one whose
+bytes do not match the digest saved in it (``utils.digest.seal``). The folder is removed when the
+run finishes.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ import torch
 
 from thyroaug.errors import ConfigError
 from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.digest import MISMATCH, damaged, seal, unseal
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+WHAT = "the classifier's resume checkpoint"
 FORMAT = 1
 RESUMABLE_CHANGES = (
     "epochs",
@@ -92,6 +95,8 @@ class RunCheckpoint:
     saved: dict[str, Any] | None = None
     keep: bool = False
     run_id: str | None = field(default=None, init=False)
+    last_epoch: int | None = field(default=None, init=False)
+    """The epoch of the state on disk (None: none written or resumed)."""
 
     @property
     def path(self) -> Path:
@@ -125,16 +130,21 @@ class RunCheckpoint:
             )
         ckpt.saved = ckpt._load()
         ckpt.run_id = ckpt.saved.get("run_id")
+        ckpt.last_epoch = int(ckpt.saved["train"]["epoch"])
         return ckpt
 
     def _load(self) -> dict[str, Any]:
+        fix = f"delete {self.folder} and run the command without --resume to start over"
         try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
+            loaded = torch.load(self.path, map_location="cpu", weights_only=True)
+            saved, sound = unseal(loaded)
         except Exception as exc:  # truncated by a full disk, another torch, ...
-            raise ConfigError(
-                f"cannot resume: {self.path} is unreadable ({type(exc).__name__}); delete "
-                f"{self.folder} to start over"
-            ) from exc
+            why = f"it is unreadable ({type(exc).__name__})"
+            raise ConfigError(damaged(self.path, WHAT, why, fix)) from exc
+        if sound is False:
+            raise ConfigError(damaged(self.path, WHAT, MISMATCH, fix))
+        if sound is None:
+            log.info("%s has no digest (an older thyroaug wrote it): not checked", self.path)
         if saved.get("format") != FORMAT or saved.get("identity") != self.identity:
             raise ConfigError(
                 f"cannot resume: {self.path} belongs to another job or format; delete "
@@ -166,7 +176,8 @@ class RunCheckpoint:
         return [(int(s), dict(m)) for s, m in (self.saved or {}).get("pending", [])]
 
     def save(self, train_state: dict[str, Any], pending: Pending) -> None:
-        """Write the state after an epoch atomically (with config, identity, run id, pending)."""
+        """Write the state after an epoch atomically (with config, identity, run id, pending and
+        the payload's digest)."""
         payload = {
             "format": FORMAT,
             "identity": self.identity,
@@ -175,8 +186,9 @@ class RunCheckpoint:
             "train": train_state,
             "pending": [(int(s), dict(m)) for s, m in pending],
         }
-        with atomic_path(self.path) as tmp:
-            torch.save(payload, tmp)
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as fh:  # closed even on a full disk
+            torch.save(seal(payload), fh)
+        self.last_epoch = int(train_state["epoch"])
 
     def finish(self) -> None:
         """The run finished: remove the folder (unless ``keep``)."""

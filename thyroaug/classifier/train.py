@@ -34,9 +34,12 @@ from thyroaug.config import to_dict
 from thyroaug.contract import CLASSES
 from thyroaug.errors import ConfigError
 from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.digest import MISMATCH, damaged, seal, unseal
 from thyroaug.utils.threads import torch_threads
 
 log = logging.getLogger(__name__)
+
+BEST_WHAT = "the classifier's best-weights checkpoint"
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 StateCallback = Callable[[dict[str, Any]], None]
@@ -136,10 +139,31 @@ def predict_proba(
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename (atomic)."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """``torch.save`` of ``payload`` and its digest (``utils.digest.seal``) to a temporary file
+    in the same folder, then rename (atomic)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # closed even on a full disk
+        torch.save(seal(payload), fh)
     return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint ``save_checkpoint`` wrote (the best epoch's ``checkpoint/best.pt``), checked
+    against its digest (one written without one loads as it is).
+
+    Raises:
+        ConfigError: unreadable, or its bytes do not match its digest (one line naming it).
+    """
+    fix = (
+        "train the scenario again with `thyroaug train-classifier` (its MLflow run keeps the model)"
+    )
+    try:
+        saved, sound = unseal(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # truncated, not a torch file, another torch
+        why = f"it is unreadable ({type(exc).__name__})"
+        raise ConfigError(damaged(path, BEST_WHAT, why, fix)) from exc
+    if sound is False:
+        raise ConfigError(damaged(path, BEST_WHAT, MISMATCH, fix))
+    return saved
 
 
 @dataclass

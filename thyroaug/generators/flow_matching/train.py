@@ -36,12 +36,14 @@ from thyroaug.generators.flow_matching.model import (
 from thyroaug.generators.flow_matching.pipeline import FlowMatchingPipeline, sample_grid
 from thyroaug.generators.flow_matching.sampler import from_data_range
 from thyroaug.utils.atomic import atomic_path
+from thyroaug.utils.digest import MISMATCH, damaged, seal, unseal
 from thyroaug.utils.resize import resize_images, resize_masks
 from thyroaug.utils.seeds import torch_generator
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_WHAT = "the flow-matching checkpoint"
 RESUMABLE_CHANGES = ("epochs", "checkpoint_every", "sample_every", "max_count", "solver", "steps")
 """Config fields a resumed run may change (the rest must match the checkpoint)."""
 
@@ -218,7 +220,7 @@ def _restore(tr: _Training, resume: bool, workdir: Path, info_run: dict[str, Any
         if resume:
             log.info("no checkpoint in %s: starting a new run", workdir)
         return
-    saved = torch.load(tr.ckpt_path, map_location="cpu", weights_only=False)
+    saved = read_checkpoint(tr.ckpt_path)
     _check_resumable(saved, tr.cfg, tr.data.content_hash)
     tr.net.load_state_dict(saved["model"])
     tr.optimizer.load_state_dict(saved["optimizer"])
@@ -230,6 +232,23 @@ def _restore(tr: _Training, resume: bool, workdir: Path, info_run: dict[str, Any
     if saved.get("scaler") is not None:
         tr.info["_scaler"] = saved["scaler"]
     log.info("resuming %s at epoch %d/%d", tr.ckpt_path, tr.start_epoch, tr.cfg.epochs)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """``checkpoint.pt`` checked against the digest saved in it (one without loads as it is).
+
+    Raises:
+        ConfigError: unreadable, or its bytes do not match its digest (one line naming it).
+    """
+    fix = "delete it and run `thyroaug train-fm` without --resume (or with a new --output)"
+    try:
+        saved, sound = unseal(torch.load(path, map_location="cpu", weights_only=False))
+    except Exception as exc:  # truncated, not a torch file, another torch
+        why = f"it is unreadable ({type(exc).__name__})"
+        raise ConfigError(damaged(path, CHECKPOINT_WHAT, why, fix)) from exc
+    if sound is False:
+        raise ConfigError(damaged(path, CHECKPOINT_WHAT, MISMATCH, fix))
+    return saved
 
 
 def _setup(
@@ -325,7 +344,8 @@ def _train_epoch(tr: _Training, epoch: int, per_rank: int, progress: bool) -> fl
 
 
 def _save_checkpoint(tr: _Training, done: int) -> None:
-    """Atomic ``checkpoint.pt``: weights, EMA, optimiser, scaler, every RNG, losses."""
+    """Atomic ``checkpoint.pt``: weights, EMA, optimiser, scaler, every RNG, losses, and their
+    digest (``utils.digest.seal``)."""
     acc = tr.accelerator
     payload = {
         "format": FORMAT,
@@ -340,8 +360,8 @@ def _save_checkpoint(tr: _Training, done: int) -> None:
         "losses": tr.losses,
         "info": {k: v for k, v in tr.info.items() if not k.startswith("_")},
     }
-    with atomic_path(tr.ckpt_path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(tr.ckpt_path) as tmp, open(tmp, "wb") as fh:  # closed even on a full disk
+        torch.save(seal(payload), fh)
 
 
 def _after_epoch(tr: _Training, done: int, seconds: float) -> None:

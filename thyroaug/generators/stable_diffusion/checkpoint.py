@@ -18,6 +18,7 @@ from thyroaug.errors import ConfigError
 from thyroaug.generators.stable_diffusion.components import SDComponents
 from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, SDConfig
 from thyroaug.utils.atomic import atomic_dir
+from thyroaug.utils.digest import damaged, file_sha256
 
 if TYPE_CHECKING:
     from thyroaug.generators.stable_diffusion.sources import SourceBank
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 MODEL_CARD_FILE = "thyroaug_sd.json"
 TRAINER_STATE_FILE = "trainer_state.json"
 STAGE_LOSSES_FILE = "losses.json"
+CHECKPOINT_WHAT = "a Stable Diffusion training checkpoint"
 
 # --------------------------------------------------------------------------------------------
 # the generator folder
@@ -134,7 +136,8 @@ def checkpoint_run_id(root: Path) -> str | None:
 def save_checkpoint(
     accelerator: Any, root: Path, step: int, losses: list[float], keep: int
 ) -> None:
-    """accelerate state + trainer state in ``root/checkpoint-<step>``; keeps the newest ``keep``."""
+    """accelerate state + trainer state (with a sha256 of every file) in ``root/checkpoint-<step>``;
+    keeps the newest ``keep``."""
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return
@@ -145,6 +148,11 @@ def save_checkpoint(
     state = {"step": step, "losses": losses, "mlflow_run_id": run.info.run_id if run else None}
     with atomic_dir(root / f"checkpoint-{step}", replace=True) as tmp:
         accelerator.save_state(str(tmp))
+        state["files"] = {
+            p.relative_to(tmp).as_posix(): file_sha256(p)
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
         (tmp / TRAINER_STATE_FILE).write_text(json.dumps(state))
     if keep and keep > 0:
         for _, p in _checkpoints(root)[:-keep]:
@@ -152,10 +160,40 @@ def save_checkpoint(
     log.info("checkpoint %d saved", step)
 
 
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The trainer state of ``folder``, after checking every file against the sha256 recorded
+    with it (a checkpoint saved before they were recorded is taken as it is).
+
+    Raises:
+        ConfigError: ``trainer_state.json`` unreadable, or a file missing or changed (one line
+            naming the file and how to go on).
+    """
+    fix = (
+        f"delete {folder} and rerun `thyroaug train-sd` with --resume (it continues from the "
+        "checkpoint before, or starts over)"
+    )
+    path = folder / TRAINER_STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+        files = dict(state.get("files") or {})
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        why = f"it is unreadable ({type(exc).__name__})"
+        raise ConfigError(damaged(path, CHECKPOINT_WHAT, why, fix)) from exc
+    for name, digest in files.items():
+        file = folder / name
+        if not file.is_file():
+            raise ConfigError(damaged(file, CHECKPOINT_WHAT, "it is missing", fix))
+        if file_sha256(file) != digest:
+            why = f"its bytes do not match the sha256 in {TRAINER_STATE_FILE}"
+            raise ConfigError(damaged(file, CHECKPOINT_WHAT, why, fix))
+    return state
+
+
 def load_checkpoint(accelerator: Any, folder: Path) -> tuple[int, list[float]]:
-    """Restore the accelerate state saved in ``folder``; return (optimizer step, losses)."""
+    """Restore the accelerate state saved in ``folder`` once its files are verified
+    (``verify_checkpoint``); return (optimizer step, losses)."""
+    state = verify_checkpoint(folder)
     accelerator.load_state(str(folder))
-    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
     return int(state["step"]), list(state["losses"])
 
 
