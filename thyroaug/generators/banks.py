@@ -1,10 +1,10 @@
 """Condition banks kept out of the registry: training cases live with the run, not the model.
 
 ``write_bank`` / ``read_bank`` write and check a bank folder (the family's files plus ``bank.json``:
-cohort hash, case count, a sha256 per file; private permissions), ``log_bank`` logs it as the
-training run's ``condition_bank/`` artifact, ``fetch_bank`` loads it for a loader with access (one
-warning and None otherwise) and ``bank_config`` is what the logged model holds instead. Why:
-docs/generators.md, "Condition banks stay with the run".
+cohort hash, case count, a sha256 per file and one of itself; private permissions), ``log_bank``
+logs it as the training run's ``condition_bank/`` artifact, ``fetch_bank`` loads it for a loader
+with access (one warning and None otherwise) and ``bank_config`` is what the logged model holds
+instead. Why: docs/generators.md, "Condition banks stay with the run".
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import mlflow
 from thyroaug.errors import GeneratorError
 from thyroaug.generators.base import ConditionBank
 from thyroaug.utils.atomic import atomic_dir
-from thyroaug.utils.digest import file_sha256
+from thyroaug.utils.digest import DIGEST_KEY, MISMATCH, damaged, file_sha256, json_sha256
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ def write_bank(bank: ConditionBank, folder: str | Path, *, family: str, cohort_h
             "counts": bank.counts(),
             "files": files,
         }
+        meta[DIGEST_KEY] = json_sha256(meta)
         (tmp / BANK_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         for path in tmp.iterdir():
             os.chmod(path, 0o600)
@@ -73,10 +74,15 @@ def read_bank(
     """
     folder = Path(folder)
     path = folder / BANK_FILE
+    what = f"the index of a {family!r} condition bank"
+    fix = _fix(family)
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise GeneratorError(f"{path}: not a readable condition bank ({exc})") from exc
+        why = f"it is not a readable condition bank index ({exc})"
+        raise GeneratorError(damaged(path, what, why, fix)) from exc
+    if not isinstance(meta, dict) or meta.get(DIGEST_KEY, json_sha256(meta)) != json_sha256(meta):
+        raise GeneratorError(damaged(path, what, MISMATCH, fix))
     if meta.get("format") != BANK_FORMAT or meta.get("family") != family:
         raise GeneratorError(
             f"{path}: a {meta.get('family')!r} bank of format {meta.get('format')!r}; this "
@@ -87,11 +93,22 @@ def read_bank(
             f"{path}: bank of cohort {meta.get('cohort_hash')!r}, the generator was trained on "
             f"{cohort_hash!r}"
         )
+    what = f"a file of a {family!r} condition bank"
     for name, digest in dict(meta.get("files") or {}).items():
         file = folder / name
-        if not file.is_file() or file_sha256(file) != digest:
-            raise GeneratorError(f"{file}: missing or changed since the bank was written")
+        if not file.is_file():
+            raise GeneratorError(damaged(file, what, "it is missing", fix))
+        if file_sha256(file) != digest:
+            why = f"its bytes do not match the sha256 in {BANK_FILE}"
+            raise GeneratorError(damaged(file, what, why, fix))
     return load(folder)
+
+
+def _fix(family: str) -> str:
+    return (
+        f"train the generator again with `thyroaug train-{family}` (its bank is written with the "
+        "training run), or point condition_bank at an intact copy"
+    )
 
 
 def log_bank(folder: str | Path) -> str:
@@ -120,7 +137,7 @@ def fetch_bank(
             return read_bank(local, load, family=family, cohort_hash=cohort_hash)
         return _download_and_read(spec, load, family=family, cohort_hash=cohort_hash)
     except Exception as exc:  # access / network / format: the bank is optional by design
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        reason = str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__
         log.warning(
             "condition bank %s not loaded (%s); requests must bring their own conditions",
             spec,
