@@ -23,6 +23,7 @@ from thyroaug.synthetic import (
     sweep_stale_downloads,
     tensor_sha256,
 )
+from thyroaug.utils.digest import json_sha256
 
 
 def small_set(per_class: int = 2, size: int = 8, method: str = "FM") -> SyntheticSet:
@@ -50,6 +51,11 @@ def saved(tmp_path: Path) -> Path:
 
 def _info(folder: Path) -> dict:
     return json.loads((folder / "set.json").read_text())
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    """Rewrite set.json as a consistent record (its own hash recomputed)."""
+    (folder / "set.json").write_text(json.dumps({**info, "sha256": json_sha256(info)}))
 
 
 def _refused(folder: Path, *texts: str, **kwargs) -> str:
@@ -91,6 +97,8 @@ def test_changed_tensors_or_counts_are_refused(saved: Path) -> None:
     _refused(saved, "set.json records 8 images, images.safetensors holds 6")
     info = {**_info(saved), "count": 6}
     (saved / "set.json").write_text(json.dumps(info))
+    _refused(saved, "set.json does not match its own hash")  # a value changed by hand
+    _write_info(saved, info)
     _refused(saved, "manifest.csv has 8 rows for 6 images")
 
 
@@ -99,7 +107,10 @@ def test_truncated_images_file_is_named(saved: Path, keep: float) -> None:
     path = saved / "images.safetensors"
     raw = path.read_bytes()
     path.write_bytes(raw[: int(len(raw) * keep)])
-    message = _refused(saved, f"{path} is truncated or corrupt", "regenerate")
+    message = _refused(
+        saved, f"{saved} (a synthetic set) is damaged: images.safetensors is truncated or corrupt"
+    )
+    assert "regenerate it with `thyroaug synthesize`" in message
     assert "Traceback" not in message
 
 
@@ -112,7 +123,8 @@ def test_unreadable_set_json_and_manifest_are_named(saved: Path) -> None:
 
 def test_legacy_sets_need_trust_legacy(saved: Path, caplog: pytest.LogCaptureFixture) -> None:
     info = _info(saved)
-    del info["tensor_sha256"]
+    for key in ("tensor_sha256", "manifest_sha256", "sha256"):  # as an older thyroaug wrote it
+        del info[key]
     (saved / "set.json").write_text(json.dumps(info))
     _refused(saved, "records no tensor hash", "regenerate", "trust_legacy=True")
     with caplog.at_level(logging.WARNING):
@@ -183,3 +195,94 @@ def test_stale_download_folders_are_swept(private_tmp: Path, saved: Path) -> Non
     os.utime(stale, (two_days_ago, two_days_ago))
     resolve_set("FM", str(saved))  # any call sweeps what crashed runs left
     assert not stale.exists() and fresh.exists()
+
+
+# --- every byte checked --------------------------------------------------------------------------
+def _flip(path: Path, at: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at % len(raw)] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("name", "where", "reason"),
+    [
+        ("images.safetensors", -5, "images.safetensors does not match the hash in set.json"),
+        ("manifest.csv", -3, "manifest.csv does not match the hash in set.json"),
+        ("set.json", None, "set.json does not match its own hash"),
+    ],
+    ids=["pixel", "manifest", "set.json"],
+)
+def test_a_flipped_byte_in_any_file_of_a_set_is_one_line(
+    saved: Path, name: str, where: int | None, reason: str
+) -> None:
+    path = saved / name
+    if where is None:  # a digit of the recorded count: still valid JSON
+        where = path.read_bytes().index(b'"count": 8') + len(b'"count": ')
+    _flip(path, where)
+    message = _refused(saved, reason)
+    assert message.startswith(f"{saved} (a synthetic set) is damaged: ") and "\n" not in message
+    assert message.endswith(
+        "regenerate it with `thyroaug synthesize` (or `mlflow run . -e synthesize`)"
+    )
+
+
+def test_the_set_hash_is_computed_once_and_is_the_tensor_hash(saved: Path) -> None:
+    loaded = resolve_set("FM", str(saved))
+    assert loaded.sha256 == _info(saved)["tensor_sha256"] and loaded.unfinished == ""
+
+
+# --- sets whose creating run did not finish ------------------------------------------------------
+def _set_of_run(tmp_path: Path, status: str | None) -> tuple[Path, str]:
+    """A set whose set.json names a run of the tracking store ended with ``status``."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.create_run("0")  # RUNNING until ended
+    if status is not None:
+        client.set_terminated(run.info.run_id, status=status)
+    sset = small_set()
+    sset.info["created_by_run"] = run.info.run_id
+    return sset.save(tmp_path / f"set-{status}" / "FM"), run.info.run_id
+
+
+@pytest.mark.parametrize("status", ["KILLED", "FAILED", "RUNNING"])
+def test_a_set_whose_run_did_not_finish_is_refused_unless_allowed(
+    tracking_home: Path, tmp_path: Path, status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, run_id = _set_of_run(tmp_path, None if status == "RUNNING" else status)
+    with pytest.raises(ScenarioError) as info:
+        resolve_set("FM", str(folder))
+    message = str(info.value)
+    assert f"its creating run {run_id} is {status}, not FINISHED" in message
+    assert "--allow-unfinished-set" in message and "\n" not in message
+    with caplog.at_level(logging.WARNING):
+        loaded = resolve_set("FM", str(folder), allow_unfinished=True)
+    assert loaded.unfinished == f"FM: run {run_id} is {status}, not FINISHED"
+    assert "--allow-unfinished-set" in caplog.text
+
+
+def test_a_set_of_a_finished_run_or_of_no_run_is_used(tracking_home: Path, tmp_path: Path) -> None:
+    folder, _ = _set_of_run(tmp_path, "FINISHED")
+    assert resolve_set("FM", str(folder)).unfinished == ""
+    plain = small_set().save(tmp_path / "plain" / "FM")  # in-memory / CA sets name no run
+    assert resolve_set("FM", str(plain)).unfinished == ""
+
+
+def test_a_set_whose_run_cannot_be_looked_up_is_refused(
+    tracking_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    sset = small_set()
+    sset.info["created_by_run"] = "f" * 32
+    folder = sset.save(tmp_path / "elsewhere" / "FM")
+    with pytest.raises(ScenarioError, match="is not in this tracking store"):
+        resolve_set("FM", str(folder))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    mlflow.set_tracking_uri("http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ScenarioError, match="the tracking store is unreachable") as info:
+        resolve_set("FM", str(folder))
+    assert "--allow-unfinished-set" in str(info.value)
+    assert resolve_set("FM", str(folder), allow_unfinished=True).unfinished

@@ -132,3 +132,9 @@ MEMORISATION_PASSED = "passed"
 MEMORISATION_ARTIFACT_DIR = "memorisation"
 """Run artifacts of the audit: ``closest_pairs.csv`` and ``closest_pairs.png`` (training images
 and case ids: patient data, kept as run artifacts only)."""
+
+
+# --- sets of runs that did not finish ---------------------------------------------------------
+TAG_UNFINISHED_SETS = "thyroaug.unfinished_sets"
+"""Synthetic sets a classifier run used with --allow-unfinished-set, each with why its creating
+run is not known to have finished ("FM: run <id> is KILLED, not FINISHED"; ``; ``-joined)."""

@@ -216,11 +216,14 @@ def parse_synthetic_args(items: Iterable[str] | None) -> dict[str, str]:
 
 
 def resolve_synthetic(
-    method: str, ref: str, download_dir: str | Path | None = None
+    method: str,
+    ref: str,
+    download_dir: str | Path | None = None,
+    allow_unfinished: bool = False,
 ) -> LoadedSynthetic:
     """``synthetic.resolve_set`` with a hint on how to produce a missing generator set."""
     hint = how_to_produce(method) if method in generator_methods() else ""
-    return resolve_set(method, ref, download_dir, hint=hint)
+    return resolve_set(method, ref, download_dir, hint=hint, allow_unfinished=allow_unfinished)
 
 
 def check_compatible(
@@ -451,7 +454,7 @@ class ScenarioData:
 
 
 def _load_synthetic(
-    scenario: Scenario, synthetic: Mapping[str, SyntheticInput] | None
+    scenario: Scenario, synthetic: Mapping[str, SyntheticInput] | None, allow_unfinished: bool
 ) -> dict[str, LoadedSynthetic]:
     require_synthetic(scenario, (synthetic or {}).keys())  # fail before any download
     loaded: dict[str, LoadedSynthetic] = {}
@@ -466,7 +469,7 @@ def _load_synthetic(
             sha = tensor_sha256(item.images, item.labels)
             loaded[method] = LoadedSynthetic(method, item, "<in-memory>", None, sha)
         else:
-            loaded[method] = resolve_synthetic(method, str(item))
+            loaded[method] = resolve_synthetic(method, str(item), allow_unfinished=allow_unfinished)
     return loaded
 
 
@@ -480,6 +483,7 @@ def prepare_scenario_data(
     seed: int = 0,
     progress: bool = True,
     allow_other_cohort: bool = False,
+    allow_unfinished: bool = False,
 ) -> ScenarioData:
     """Load and check synthetic sets, resize once to the input size, assemble, check eval sets.
 
@@ -493,12 +497,15 @@ def prepare_scenario_data(
         seed: seed of the subsampling and of CA.
         progress: show progress bars.
         allow_other_cohort: accept sets made for another cohort (see ``check_compatible``).
+        allow_unfinished: accept sets whose creating run did not finish or cannot be looked up
+            (``synthetic.resolve_set``).
 
     Raises:
-        ScenarioError: missing / incompatible / leaking synthetic sets, or an empty split.
+        ScenarioError: missing / incompatible / leaking / unfinished synthetic sets, or an empty
+            split.
     """
     sc = Scenario.parse(scenario)
-    loaded = _load_synthetic(sc, synthetic)
+    loaded = _load_synthetic(sc, synthetic, allow_unfinished)
     for item in loaded.values():
         check_compatible(item, cohort, image_size, allow_other_cohort)
     check_no_leakage({m: item.data for m, item in loaded.items()}, cohort)

@@ -8,18 +8,25 @@ A synthetic set is a folder (a local path or a downloaded MLflow artifact direct
                           ``seed``, ``source_id`` (case or mask id the image was conditioned on,
                           empty if none), plus free method-specific columns (solver, steps, ...);
   ``set.json``            summary: method, ``count``, per-class counts, cohort hash, image size,
-                          created-by run id, any generator settings, and ``tensor_sha256`` (the
-                          hash ``tensor_sha256`` of images + labels), written last;
+                          created-by run id, any generator settings, ``tensor_sha256`` (the
+                          hash ``tensor_sha256`` of images + labels), ``manifest_sha256`` (of
+                          ``manifest.csv``'s bytes) and ``sha256`` (of set.json's own other
+                          fields, ``utils.digest.json_sha256``), written last;
   ``grid_<CLASS>.png``    optional sample grids (not read back).
 Writes are atomic: everything goes to a temporary sibling folder that is renamed at the end.
 
 Loading refuses a set without complete provenance: ``set.json`` missing (a killed run or an
-interrupted upload), a count or tensor hash that does not match the tensors, or a truncated /
-corrupt file (``ScenarioError`` naming the file). Sets saved before the hash was recorded are
-refused with a message to regenerate them, unless ``trust_legacy=True`` (then only the count is
-checked and a warning logged): their tensors cannot be told apart from a damaged copy.
+interrupted upload), a count or hash that does not match the files, or a truncated / corrupt file
+(``ScenarioError``: one line naming the file, what it is and how to regenerate it). Sets saved
+before the tensor hash was recorded are refused with a message to regenerate them, unless
+``trust_legacy=True`` (then only the count is checked and a warning logged): their tensors cannot
+be told apart from a damaged copy; sets saved before the manifest and set.json hashes were
+recorded are checked by their tensor hash alone.
 
-``resolve_set`` downloads MLflow sets into a temporary ``thyroaug-synthetic-<METHOD>-*`` folder,
+``resolve_set`` also refuses a set whose creating run (``created_by_run``) did not finish (a killed
+or failed ``synthesize`` whose ``--out`` copy is complete), or whose run cannot be looked up,
+unless ``allow_unfinished`` (then the set says so: ``LoadedSynthetic.unfinished``). It downloads
+MLflow sets into a temporary ``thyroaug-synthetic-<METHOD>-*`` folder,
 removes it once the set is in memory (``LoadedSynthetic.local_path`` is then None; ``ref`` says
 where it came from), and on every call sweeps such folders older than a day left by crashed runs.
 """
@@ -43,6 +50,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -50,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
 from thyroaug.utils.atomic import staging_prefix, sweep_staging
-from thyroaug.utils.digest import file_sha256
+from thyroaug.utils.digest import DIGEST_KEY, damaged, file_sha256, json_sha256
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,8 @@ DOWNLOAD_PREFIXES = (DOWNLOAD_PREFIX, "thyroaug-bank-")
 STALE_DOWNLOAD_S = 24 * 3600
 """Age after which a leftover download folder (a crashed run's) is removed."""
 REGENERATE = "regenerate it with `thyroaug synthesize` (or `mlflow run . -e synthesize`)"
+WHAT = "a synthetic set"
+ALLOW_UNFINISHED = "--allow-unfinished-set"
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "index",
     "label",
@@ -132,14 +143,17 @@ class SyntheticSet:
             )
             self.manifest.to_csv(tmp / "manifest.csv", index=False)
             info = {
-                **self.info,
+                **{k: v for k, v in self.info.items() if k != DIGEST_KEY},
                 "method": self.method,
                 "count": len(self.manifest),
                 "class_counts": self.class_counts(),
                 "image_size": int(self.images.shape[-1]) if len(self.manifest) else None,
                 "tensor_sha256": tensor_sha256(self.images, self.labels),
+                "manifest_sha256": file_sha256(tmp / "manifest.csv"),
             }
-            (tmp / "set.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+            info = json.loads(json.dumps(info, default=str))  # as it reads back
+            info[DIGEST_KEY] = json_sha256(info)
+            (tmp / "set.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             for name, grid in (grids or {}).items():
                 img = grid if isinstance(grid, Image.Image) else Image.fromarray(np.asarray(grid))
                 img.save(tmp / f"grid_{name}.png")
@@ -176,11 +190,10 @@ class SyntheticSet:
             manifest = pd.read_csv(folder / "manifest.csv", keep_default_na=False)
             info = json.loads((folder / "set.json").read_text())
         except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise ScenarioError(
-                f"{folder}: manifest.csv or set.json unreadable ({exc}); {REGENERATE}"
-            ) from exc
+            why = f"manifest.csv or set.json unreadable ({exc})"
+            raise ScenarioError(damaged(folder, WHAT, why, REGENERATE)) from exc
         if not isinstance(info, dict):
-            raise ScenarioError(f"{folder / 'set.json'} is not a JSON object; {REGENERATE}")
+            raise ScenarioError(damaged(folder, WHAT, "set.json is not a JSON object", REGENERATE))
         _check_provenance(folder, tensors, len(manifest), info, trust_legacy)
         return cls(tensors["images"], tensors["labels"], manifest, info)
 
@@ -191,25 +204,34 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise ScenarioError(f"{path} is truncated or corrupt ({exc}); {REGENERATE}") from exc
+        why = f"{path.name} is truncated or corrupt ({exc})"
+        raise ScenarioError(damaged(path.parent, WHAT, why, REGENERATE)) from exc
     missing = [k for k in ("images", "labels") if k not in tensors]
     if missing:
-        raise ScenarioError(f"{path} lacks tensor(s) {', '.join(missing)}; {REGENERATE}")
+        why = f"{path.name} lacks tensor(s) {', '.join(missing)}"
+        raise ScenarioError(damaged(path.parent, WHAT, why, REGENERATE))
     return tensors
 
 
 def _check_provenance(
     folder: Path, tensors: dict[str, torch.Tensor], rows: int, info: dict[str, Any], trust: bool
 ) -> None:
-    """set.json's count and tensor hash must describe these tensors (see ``SyntheticSet.load``)."""
+    """set.json's own hash, count, tensor hash and manifest hash must describe these files (see
+    ``SyntheticSet.load``); the tensor hash is computed once and kept in ``info``."""
     n = int(tensors["images"].shape[0]) if tensors["images"].ndim else 0
-    if info.get("count") is not None and str(info["count"]) != str(n):
-        raise ScenarioError(
-            f"{folder}: set.json records {info['count']} images, images.safetensors holds {n}; "
-            f"the set is incomplete or mixed up: {REGENERATE}"
-        )
-    if rows != n:
-        raise ScenarioError(f"{folder}: manifest.csv has {rows} rows for {n} images; {REGENERATE}")
+    problem = None
+    if DIGEST_KEY in info and info[DIGEST_KEY] != json_sha256(info):
+        problem = "set.json does not match its own hash (a value in it changed)"
+    elif info.get("count") is not None and str(info["count"]) != str(n):
+        problem = f"set.json records {info['count']} images, images.safetensors holds {n}"
+    elif rows != n:
+        problem = f"manifest.csv has {rows} rows for {n} images"
+    elif info.get("manifest_sha256") and file_sha256(folder / "manifest.csv") != str(
+        info["manifest_sha256"]
+    ):
+        problem = "manifest.csv does not match the hash in set.json"
+    if problem:
+        raise ScenarioError(damaged(folder, WHAT, problem, REGENERATE))
     recorded = info.get("tensor_sha256")
     if not recorded:
         if not trust:
@@ -222,11 +244,11 @@ def _check_provenance(
         return
     actual = tensor_sha256(tensors["images"], tensors["labels"])
     if actual != recorded:
-        raise ScenarioError(
-            f"{folder}: images.safetensors does not match the hash in set.json (recorded "
-            f"{str(recorded)[:12]}..., found {actual[:12]}...): the set was changed or damaged; "
-            f"{REGENERATE}"
+        why = (
+            f"images.safetensors does not match the hash in set.json (recorded "
+            f"{str(recorded)[:12]}..., found {actual[:12]}...)"
         )
+        raise ScenarioError(damaged(folder, WHAT, why, REGENERATE))
 
 
 @dataclass
@@ -234,7 +256,9 @@ class LoadedSynthetic:
     """A synthetic set plus where it came from (for logging exactly which set was used).
 
     ``local_path`` is the set's folder on disk, or None when it was a temporary download (removed
-    once loaded: ``ref`` names the run / URI); ``sha256`` is the hash of ``images.safetensors``.
+    once loaded: ``ref`` names the run / URI); ``sha256`` is the set's ``tensor_sha256`` (checked
+    against set.json when loaded); ``unfinished`` says why its creating run is not known to have
+    finished when it was used anyway (``resolve_set(allow_unfinished=True)``), else "".
     """
 
     method: str
@@ -242,6 +266,7 @@ class LoadedSynthetic:
     ref: str
     local_path: str | None = None
     sha256: str = ""
+    unfinished: str = ""
 
     def describe(self) -> dict[str, Any]:
         """Provenance dict (ref, path, hash, counts, the set's info) for params/artifacts."""
@@ -324,12 +349,53 @@ def _download(method: str, ref: str, dst: Path, hint: str) -> Path:
     )
 
 
+def creator_state(info: dict[str, Any]) -> tuple[str, str] | None:
+    """(run id, why it does not count as finished) for a set whose ``created_by_run`` did not
+    FINISH or cannot be looked up in the tracking store; None when it finished or none is named.
+    """
+    run_id = str(info.get("created_by_run") or "")
+    if not run_id:
+        return None
+    try:
+        status = MlflowClient().get_run(run_id).info.status
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return run_id, "is not in this tracking store (made with another store, or deleted)"
+        return run_id, f"cannot be looked up: the tracking store is unreachable ({_first(exc)})"
+    except Exception as exc:  # a store that does not answer raises requests' / OS errors
+        return run_id, f"cannot be looked up: the tracking store is unreachable ({_first(exc)})"
+    return None if status == "FINISHED" else (run_id, f"is {status}, not FINISHED")
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
+def _check_creator(method: str, ref: str, info: dict[str, Any], allow: bool) -> str:
+    """ "" when the set's creating run finished; else refuse it, or (``allow``) warn and return
+    the reason recorded with the set."""
+    state = creator_state(info)
+    if state is None:
+        return ""
+    run_id, why = state
+    note = f"its creating run {run_id} {why}"
+    if not allow:
+        raise ScenarioError(
+            f"synthetic set {method}={ref}: {note}, so the set may be what a killed or failed "
+            f"`thyroaug synthesize` left behind; {REGENERATE}, or pass {ALLOW_UNFINISHED} to use "
+            "it anyway (the run is tagged with it)"
+        )
+    log.warning("synthetic set %s=%s used although %s (%s)", method, ref, note, ALLOW_UNFINISHED)
+    return f"{method}: run {run_id} {why}"
+
+
 def resolve_set(
     method: str,
     ref: str,
     download_dir: str | Path | None = None,
     hint: str = "",
     trust_legacy: bool = False,
+    allow_unfinished: bool = False,
 ) -> LoadedSynthetic:
     """Load the synthetic set that ``ref`` points to and check it is a ``method`` set.
 
@@ -340,10 +406,13 @@ def resolve_set(
             removed once the set is loaded; ``local_path`` is then None).
         hint: how to produce a missing set (appended to the error message).
         trust_legacy: accept a set saved without a tensor hash (``SyntheticSet.load``).
+        allow_unfinished: use a set whose creating run did not finish or cannot be looked up
+            (one warning; ``LoadedSynthetic.unfinished`` says why).
 
     Raises:
         ScenarioError: nothing found at ``ref``, a download failure, an incomplete or damaged
-            set, or a set of another method.
+            set, a set of another method, or (without ``allow_unfinished``) one whose creating
+            run did not finish or cannot be looked up.
     """
     sweep_stale_downloads()
     path = Path(ref).expanduser()
@@ -366,9 +435,10 @@ def resolve_set(
                 f"synthetic set {ref!r} holds method {data.method!r} images, but was given as "
                 f"{method}"
             )
-        sha = file_sha256(local / "images.safetensors")
+        sha = str(data.info.get("tensor_sha256") or tensor_sha256(data.images, data.labels))
     finally:
         if temporary is not None:  # the tensors are in memory: drop the ~260 MB download
             shutil.rmtree(temporary, ignore_errors=True)
+    unfinished = _check_creator(method, ref, data.info, allow_unfinished)
     log.info("synthetic %s: %d images from %s", method, len(data.manifest), ref)
-    return LoadedSynthetic(method, data, ref, None if temporary else str(local), sha)
+    return LoadedSynthetic(method, data, ref, None if temporary else str(local), sha, unfinished)
