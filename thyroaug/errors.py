@@ -48,3 +48,8 @@ class GeneratorError(ThyroaugError):
 
 class TrackingError(ThyroaugError):
     """The tracking server or store is unreachable or misconfigured."""
+
+
+class StorageError(ThyroaugError):
+    """A write failed for lack of space or quota, for lack of permission, or on a read-only file
+    system: the message names the file system or folder, the file, and how to go on."""

@@ -19,19 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from thyroaug.classifier.config import ClassifierConfig
-from thyroaug.classifier.resume import RunCheckpoint, checkpoint_dir, run_identity
+from thyroaug.classifier.resume import STATE_FILE, RunCheckpoint, checkpoint_dir, run_identity
 from thyroaug.classifier.train import METRIC_ORDER
 from thyroaug.config import to_dict
 from thyroaug.data.cohort import PreparedCohort
-from thyroaug.errors import TrackingError
+from thyroaug.errors import ConfigError, StorageError, TrackingError
 from thyroaug.scenarios import ScenarioData
 from thyroaug.tracking.runs import BufferedMetrics
-from thyroaug.tracking.setup import project_home, start_run
+from thyroaug.tracking.setup import project_home, start_run, sweep_stale_runs
+from thyroaug.utils.atomic import storage_errno, storage_line
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,12 @@ def open_checkpoint(
     cohort: PreparedCohort,
     cfg: ClassifierConfig,
     study_id: str,
+    tracking: bool = True,
 ) -> RunCheckpoint:
     """The job's ``RunCheckpoint`` (its folder follows from the job's identity).
+
+    A plain rerun refused because a killed run left its checkpoint ends that run KILLED first
+    (``sweep_stale_runs``, which otherwise runs only when a run starts) when ``tracking``.
 
     Raises:
         ConfigError: see ``RunCheckpoint.open``.
@@ -69,7 +75,18 @@ def open_checkpoint(
     )
     root = how.root or project_home() / "outputs" / "classifier" / "resume"
     folder = checkpoint_dir(root, identity)
-    return RunCheckpoint.open(folder, identity, to_dict(cfg), resume=how.resume, keep=how.keep)
+    try:
+        return RunCheckpoint.open(folder, identity, to_dict(cfg), resume=how.resume, keep=how.keep)
+    except ConfigError as exc:
+        if how.resume or not tracking or not (folder / STATE_FILE).exists():
+            raise
+        ended = sweep_stale_runs()
+        if not ended:
+            raise
+        raise ConfigError(
+            f"{exc} (the killed run it belongs to, {', '.join(ended)}, is now ended KILLED; "
+            "--resume continues it)"
+        ) from exc
 
 
 def tracking_errors() -> tuple[type[BaseException], ...]:
@@ -78,21 +95,68 @@ def tracking_errors() -> tuple[type[BaseException], ...]:
     return (MlflowException, requests.exceptions.RequestException, ConnectionError, TrackingError)
 
 
+def _how_to_go_on(ckpt: RunCheckpoint | None) -> str:
+    """How to finish the job: --resume from the checkpoint on disk, or a plain rerun (no claim
+    about a checkpoint that was not written)."""
+    if ckpt is not None and ckpt.last_epoch is not None and ckpt.path.exists():
+        return (
+            f"the checkpoint of epoch {ckpt.last_epoch} in {ckpt.folder} is kept: run the same "
+            "command with --resume"
+        )
+    return "run the command again"
+
+
 def unreachable(exc: BaseException, ckpt: RunCheckpoint | None) -> TrackingError:
     """One line for a tracking failure: its first cause and how to finish the run."""
     cause = exc
     while isinstance(cause.__context__, tracking_errors()):  # e.g. end_run failing after it
         cause = cause.__context__
     log.debug("tracking failure", exc_info=exc)
-    then = (
-        f"the checkpoint in {ckpt.folder} is kept: run the same command with --resume"
-        if ckpt is not None
-        else "run the command again"
-    )
+    then = _how_to_go_on(ckpt)
     if isinstance(cause, TrackingError):
         return TrackingError(f"{cause}; {then}")
     first = (str(cause).strip().splitlines() or [""])[0].split(" failed with exception")[0]
     return TrackingError(f"tracking server unreachable ({first[:160]}); {then}")
+
+
+def storage_failure(
+    exc: BaseException, ckpt: RunCheckpoint | None, run_id: str | None
+) -> StorageError | None:
+    """One line for a run stopped by a full / read-only / forbidden disk (None: not that), with
+    its run ended FAILED (MLflow's own attempt fails when the store's disk was the full one; the
+    failed write's temporary file is gone by now, so a second attempt may pass).
+
+    ``no space left on the file system at <mount> while writing <file> (<what>); free space and
+    rerun with --resume: the checkpoint of epoch N in <folder> is intact`` (or ``... rerun the
+    command`` when no checkpoint was written).
+    """
+    if storage_errno(exc) is None:
+        return None
+    log.debug("storage failure", exc_info=exc)
+    uri = mlflow.get_tracking_uri()
+    store = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    if ckpt is not None and ckpt.last_epoch is not None and ckpt.path.exists():
+        then = (
+            f"rerun with --resume: the checkpoint of epoch {ckpt.last_epoch} in {ckpt.folder} "
+            "is intact"
+        )
+    else:
+        then = "rerun the command"
+    line = storage_line(exc, then, file=store if "database" in str(exc) else None) or str(exc)
+    if run_id and not _ended_failed(run_id):
+        line += f"; its run {run_id} stays RUNNING until the next thyroaug command ends it KILLED"
+    return StorageError(line)
+
+
+def _ended_failed(run_id: str) -> bool:
+    """End ``run_id`` FAILED if it is still RUNNING; whether it is ended now."""
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FAILED")
+        return True
+    except Exception:  # the store is still full / away: the stale-run sweep ends it later
+        return False
 
 
 @contextmanager

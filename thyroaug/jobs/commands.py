@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from thyroaug.errors import ThyroaugError
 from thyroaug.generators import registry
+from thyroaug.utils.atomic import storage_errno, storage_line
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "phantom": ("thyroaug.jobs.phantom", "simulate a phantom cohort (files + manifest)"),
@@ -108,6 +109,48 @@ def run_command(argv: Sequence[str]) -> int:
         return int(args._run(args) or 0)
     except ThyroaugError as exc:
         raise CommandError(argv, 2, str(exc)) from exc
+    except Exception as exc:
+        line = storage_line(exc, _then(args))
+        if line is None:
+            raise
+        raise CommandError(argv, 2, line) from exc
+
+
+def _then(args: argparse.Namespace) -> str:
+    """How to go on after a storage failure: ``--resume`` where the command has it."""
+    return "rerun with --resume" if hasattr(args, "resume") else "rerun the command"
+
+
+def _end_runs_failed() -> None:
+    """End the command's MLflow runs still RUNNING as FAILED (after a storage failure MLflow's
+    own attempt may have failed: the disk was full when it ran)."""
+    mlflow = sys.modules.get("mlflow")  # only if the command tracked anything: never import it
+    if mlflow is None:
+        return
+    try:
+        while mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+        last = mlflow.last_active_run()
+        if last is not None and last.info.status == "RUNNING":
+            mlflow.MlflowClient().set_terminated(last.info.run_id, status="FAILED")
+    except Exception:  # the store is still unwritable: the stale-run sweep ends it KILLED later
+        logging.getLogger(__name__).debug("could not end the run FAILED", exc_info=True)
+
+
+def _quiet_storage_tracebacks() -> None:
+    """Log records carrying a storage failure (MLflow logs SQLite's "disk is full" with its
+    traceback) keep their first line and the reason, without the traceback: the command's own
+    one-line error says what happened and what to do."""
+    make = logging.getLogRecordFactory()
+
+    def factory(name, level, fn, lno, msg, args, exc_info, *rest, **kw):  # type: ignore[no-untyped-def]
+        code = storage_errno(exc_info[1]) if exc_info and exc_info[1] is not None else None
+        if code is not None:
+            text = str(msg % args if args else msg).strip().splitlines() or [""]
+            msg, args, exc_info = f"{text[0]} ({os.strerror(code)})", (), None
+        return make(name, level, fn, lno, msg, args, exc_info, *rest, **kw)
+
+    logging.setLogRecordFactory(factory)
 
 
 def private_files() -> int:
@@ -143,10 +186,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        _quiet_storage_tracebacks()
     try:
         return int(args._run(args) or 0)
     except ThyroaugError as exc:
         print(f"thyroaug {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a full / read-only / forbidden disk is not a bug: one line
+        line = storage_line(exc, _then(args))
+        if line is None:
+            raise
+        _end_runs_failed()
+        print(f"thyroaug {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 

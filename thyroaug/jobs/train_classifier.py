@@ -55,6 +55,7 @@ from thyroaug.contract import (
     TAG_SCENARIO,
     TAG_STEP,
     TAG_STUDY_ID,
+    TAG_UNFINISHED_SETS,
     deviation_tag,
 )
 from thyroaug.data.cohort import PreparedCohort
@@ -66,6 +67,7 @@ from thyroaug.jobs.classifier_resume import (
     EpochLog,
     open_checkpoint,
     open_run,
+    storage_failure,
     tracking_errors,
     unreachable,
 )
@@ -84,6 +86,7 @@ from thyroaug.scenarios import (
     prepare_scenario_data,
     require_synthetic,
 )
+from thyroaug.synthetic import ALLOW_UNFINISHED
 from thyroaug.tracking.runs import (
     describe_run,
     load_best_params,
@@ -119,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--allow-other-cohort",
         action="store_true",
         help="accept synthetic sets made by a generator trained on another cohort",
+    )
+    parser.add_argument(
+        ALLOW_UNFINISHED,
+        action="store_true",
+        help="accept a synthetic set whose creating run did not finish (killed, failed) or cannot "
+        f"be looked up; the run is tagged {TAG_UNFINISHED_SETS}",
     )
     parser.add_argument("--seed", type=int, help="seed (weights, batches, CA, bootstrap)")
     parser.add_argument("--epochs", type=int, help="training epochs (paper 300)")
@@ -232,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
         cohort_source=cohort_file,
         allow_other_cohort=args.allow_other_cohort,
         checkpoint=Checkpointing(resume=args.resume, keep=args.keep_checkpoint),
+        allow_unfinished_set=args.allow_unfinished_set,
     )
     m = out["metrics"]
     print(
@@ -254,6 +264,7 @@ def scenario_data(
     *,
     progress: bool = True,
     allow_other_cohort: bool = False,
+    allow_unfinished: bool = False,
 ) -> ScenarioData:
     """``scenarios.prepare_scenario_data`` with the classifier config's size, counts and seed."""
     return prepare_scenario_data(
@@ -265,6 +276,7 @@ def scenario_data(
         seed=cfg.seed,
         progress=progress,
         allow_other_cohort=allow_other_cohort,
+        allow_unfinished=allow_unfinished,
     )
 
 
@@ -314,6 +326,7 @@ def train_and_evaluate(
     cohort_source: str | Path | None = None,
     allow_other_cohort: bool = False,
     checkpoint: Checkpointing | None = None,
+    allow_unfinished_set: bool = False,
 ) -> dict[str, Any]:
     """Train the ResNet18 for one scenario, evaluate it on the external centers, log to MLflow.
 
@@ -341,6 +354,8 @@ def train_and_evaluate(
         allow_other_cohort: accept synthetic sets made for another cohort.
         checkpoint: checkpoint every epoch in the job's folder and, with ``resume``, continue
             from it (module docstring); None (``tune``, tests): no per-epoch checkpoint.
+        allow_unfinished_set: use synthetic sets whose creating run did not finish or cannot be
+            looked up (``synthetic.resolve_set``); the run is tagged with them.
 
     The run gets tags scenario / profile / study_id / step=train_classifier / cohort_hash; params
     = the resolved config, profile, scenario, cohort hash, input size, pretrained, training-set
@@ -362,6 +377,8 @@ def train_and_evaluate(
         ConfigError: a checkpoint of this job exists without ``resume``, or does not match.
         TrackingError: the tracking server was unreachable where the run cannot go on without
             it (the checkpoint is kept: ``resume`` finishes the run).
+        StorageError: a write failed for lack of space or permission (the run is ended FAILED;
+            one line says which file and how to go on).
     """
     if cohort is None or isinstance(cohort, (str, Path)):
         cohort_source = cohort or project_home() / DEFAULT_COHORT_DIR
@@ -369,10 +386,18 @@ def train_and_evaluate(
     sc = Scenario.parse(scenario)
     name = run_name or f"{sc.name}-{cfg.profile}-s{cfg.seed}"
     data = scenario_data(
-        cohort, sc, cfg, synthetic_sets, progress=progress, allow_other_cohort=allow_other_cohort
+        cohort,
+        sc,
+        cfg,
+        synthetic_sets,
+        progress=progress,
+        allow_other_cohort=allow_other_cohort,
+        allow_unfinished=allow_unfinished_set,
     )
     # checkpoint refusals come before any MLflow run exists
-    ckpt = open_checkpoint(checkpoint, data, cohort, cfg, study_id) if checkpoint else None
+    ckpt = (
+        open_checkpoint(checkpoint, data, cohort, cfg, study_id, tracking) if checkpoint else None
+    )
     job = _Job(data, cohort, cfg, name, on_epoch, progress, log_model, evaluate_external, ckpt)
     if not tracking:
         out = _execute(job, out_dir, None)
@@ -417,10 +442,15 @@ def _tracked(
         TAG_COHORT_HASH: job.cohort.content_hash,
         **dict(tags or {}),
     }
+    unfinished = [item.unfinished for item in job.data.synthetic.values() if item.unfinished]
+    if unfinished:
+        run_tags[TAG_UNFINISHED_SETS] = "; ".join(unfinished)
     nested = mlflow.active_run() is not None
     previous = job.ckpt.run_id if job.ckpt is not None else None
+    run_id = None
     try:
         with open_run(job.name, run_tags, nested, previous) as run:
+            run_id = run.info.run_id
             mlflow.set_tags(run_tags)  # also on a run `mlflow run` created
             state = job.ckpt.train_state if job.ckpt is not None else None
             if state is not None:
@@ -431,8 +461,13 @@ def _tracked(
             out = _execute(job, out_dir, run)
             describe_run(_description(out, cfg, len(job.data.train)))
             return out
-    except tracking_errors() as exc:
-        raise unreachable(exc, job.ckpt) from exc
+    except Exception as exc:
+        full = storage_failure(exc, job.ckpt, run_id)
+        if full is not None:
+            raise full from exc
+        if isinstance(exc, tracking_errors()):
+            raise unreachable(exc, job.ckpt) from exc
+        raise
 
 
 def _description(out: dict[str, Any], cfg: ClassifierConfig, n_train: int) -> str:
