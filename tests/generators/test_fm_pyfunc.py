@@ -150,7 +150,11 @@ def python_model(generator_folder, mask_bank) -> FMGeneratorModel:
         ([], None, "empty request"),
         ("DG please", None, "request must be rows"),
         ([{"label": "DG"}], {"solver": "heun"}, "params.solver"),
-        ([{"label": "DG"}], {"steps": 5000}, "at most 1000"),
+        ([{"label": "DG"}], {"steps": 5000}, "params.steps=5000 must be an integer from 1 to 1000"),
+        ([{"label": "DG"}], {"stepz": 3}, "unknown param(s) 'stepz' (did you mean 'steps'?)"),
+        ([{"label": "DG"}], {"steps": "3"}, "params.steps='3' (text) must be an integer from 1"),
+        ([{"label": "DG"}], {"steps": True}, "params.steps=True (a boolean) must be an integer"),
+        ([{"label": "DG"}], {"solver": 3}, "params.solver=3 (a number) must be one of euler"),
     ],
 )
 def test_invalid_requests_are_400s_with_a_reason(python_model, request_rows, params, message):

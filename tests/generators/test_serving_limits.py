@@ -115,6 +115,60 @@ def test_a_family_predict_is_screened_and_its_extra_fields_allowed() -> None:
     assert model.generator.calls == 1
 
 
+# --- request params ------------------------------------------------------------------------------
+def test_params_a_family_declares_are_the_only_ones_accepted() -> None:
+    model = _model()
+    declared = {"steps": "long"}
+    message = _refused_params(model, {"stepz": 3, "x" * 5000: 1}, declared)
+    assert message.startswith("unknown param(s) 'stepz' (did you mean 'steps'?), 'xxxxxxxx")
+    assert message.endswith("; allowed params: steps") and len(message) < 300
+    assert "this model takes no params" in _refused_params(model, {"steps": 3}, {})
+    assert model.check_params({"steps": 3}, declared) == {"steps": 3}
+    assert model.check_params(None, declared) == {} and model.check_params({"x": 1}) == {}
+    assert "must be a JSON object" in _refused_params(model, [1], declared)
+
+
+def test_declared_types_hold_where_the_family_checks_less() -> None:
+    """StepsModel's own check takes "3"; MLflow would refuse text for a long, so we do first."""
+    model = _model()
+    declared = {"steps": "long", "scale": "double", "name": "string", "flag": "boolean"}
+    cases = [
+        ({"steps": "3"}, "params.steps='3' (text) must be an integer"),
+        ({"scale": "nan"}, "params.scale='nan' (text) must be a number"),
+        ({"scale": float("nan")}, "params.scale=nan must be a finite number"),
+        ({"scale": True}, "params.scale=True (a boolean) must be a number"),
+        ({"name": 3}, "params.name=3 (a number) must be text"),
+        ({"flag": 1}, "params.flag=1 (a number) must be true or false"),
+        ({"flag": {"a": 1}}, "params.flag={'a': 1} (an object) must be true or false"),
+    ]
+    for params, message in cases:
+        assert _refused_params(model, params, declared) == message
+    ok = {"steps": 3, "scale": 2, "name": "x", "flag": False}
+    assert model.check_params(ok, declared) == {"steps": 3}
+    assert model.check_params({"steps": None, "scale": None}, declared) == {}  # null: default
+
+
+def test_log_generator_records_the_declared_params(tracking_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "generator"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    model = StepsModel()
+    assert model.param_types is None  # a family that declares nothing in its class
+    mlflow.set_experiment("declared-params")
+    with mlflow.start_run():
+        log_generator(model, folder, params=[("steps", "long", 10), ("mode", "string", "a")])
+    assert model.param_types == {"steps": "long", "mode": "string"}
+    model.generator = CountingGenerator()
+    assert "'stepz' (did you mean 'steps'?)" in _refused(model, [{"label": "DG"}], {"stepz": 1})
+
+
+def _refused_params(model: GeneratorModel, params, declared=None) -> str:
+    with pytest.raises(MlflowException) as info:
+        model.check_params(params, declared)
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    return info.value.message
+
+
 # --- compute budget ------------------------------------------------------------------------------
 def test_budget_is_checked_before_any_work_and_says_how_to_split() -> None:
     assert DEFAULT_MAX_WORK == 64 * 50 * 128 * 128

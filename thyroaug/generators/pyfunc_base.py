@@ -2,14 +2,14 @@
 
 ``GeneratorModel`` loads the logged ``generator`` folder (a family writes ``load_generator``),
 screens and validates request rows (``label``, ``count``, ``seed``, ``mask`` and the family's
-``extra_fields``; count cap and compute budget) and formats the answer; an invalid request is an
+``extra_fields``; count cap and compute budget) and params (the names and types the signature
+declares, then the family's ``sample_kwargs``) and formats the answer; an invalid request is an
 HTTP 400 with its reason. ``log_generator`` logs a folder without an input schema and registers it
 with its model card. Request and answer format, and why no schema: docs/generators.md, "Serving".
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import warnings
@@ -37,11 +37,13 @@ from thyroaug.generators.base import MAX_DESCRIPTION, Generator, label_index
 from thyroaug.generators.request_rows import (
     Request,
     count_and_seed,
+    declared_type_problem,
     invalid,
     is_missing,
+    kind,
     mask_array,
     request_rows,
-    show,
+    unknown_names,
 )
 
 log = logging.getLogger(__name__)
@@ -113,9 +115,15 @@ class GeneratorModel(_UntypedPythonModel):
 
     Attributes:
         extra_fields: request fields a family reads besides ``REQUEST_FIELDS`` (class attribute).
+        param_types: request params the model accepts, name -> MLflow type (``"long"``,
+            ``"double"``, ``"string"``, ``"boolean"``): a family may declare them in its class,
+            ``log_generator`` records those of the logged signature; None (a model logged before
+            they were recorded) leaves names and types to the HTTP guard, which reads the
+            signature.
     """
 
     extra_fields: tuple[str, ...] = ()
+    param_types: Mapping[str, str] | None = None
     bank_family: str = ""
     """Family name of the condition bank (``generators.banks``); "" if the family has none."""
     max_work: int = DEFAULT_MAX_WORK  # class default: also for models pickled before it existed
@@ -206,9 +214,51 @@ class GeneratorModel(_UntypedPythonModel):
                 f"the request asks for {total} images; at most {self.max_count} per request "
                 "(split it into several)"
             )
-        kwargs = self.sample_kwargs(params or {})
+        kwargs = self.check_params(params)
         self.check_budget(total, kwargs)
         return rows
+
+    def check_params(
+        self, params: Any, declared: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Request params checked before any work: known names, values of the declared type
+        (finite numbers), then the family's ranges (``sample_kwargs``). Null means the default.
+
+        Args:
+            params: the request's ``params`` (None: none given).
+            declared: name -> MLflow type of the params the model's signature declares (default
+                ``param_types``; None: names and types are not checked here).
+
+        Returns:
+            ``sample_kwargs(params)``.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) naming the param, its kind and
+                what is allowed (a misspelled name with a did-you-mean hint).
+        """
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise invalid(f"params must be a JSON object of name: value pairs, not {kind(params)}")
+        declared = self.param_types if declared is None else declared
+        if declared is not None:
+            unknown = {str(name): "" for name in params if name not in declared}
+            if unknown:
+                raise invalid(unknown_names("param", unknown, list(declared)))
+        problems = [
+            problem
+            for name, value in params.items()
+            if (problem := declared_type_problem(name, value, (declared or {}).get(name, "")))
+        ]
+        try:
+            kwargs = self.sample_kwargs(params)
+        except (TypeError, ValueError, ArithmeticError) as exc:  # a family trusting the type
+            if problems:
+                raise invalid(problems[0]) from exc
+            raise
+        if problems:
+            raise invalid(problems[0])
+        return kwargs
 
     def check_budget(self, count: int, kwargs: Mapping[str, Any]) -> None:
         """Refuse ``count`` images whose ``count x steps x S x S`` exceeds ``max_work``."""
@@ -276,22 +326,13 @@ class GeneratorModel(_UntypedPythonModel):
     def check_fields(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Refuse fields outside ``REQUEST_FIELDS + extra_fields``, all of them in one message."""
         allowed = (*REQUEST_FIELDS, *self.extra_fields)
-        unknown: dict[str, int] = {}
+        unknown: dict[str, str] = {}
         for r, rec in enumerate(records):
             for name in rec:
                 if name not in allowed:
-                    unknown.setdefault(name, r)
-        if not unknown:
-            return
-        parts = []
-        for name, row in list(unknown.items())[:10]:
-            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-            hint = f", did you mean {close[0]!r}?" if close else ""
-            parts.append(f"{show(name)} (row {row}{hint})")
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise invalid(
-            f"unknown field(s) {', '.join(parts)}{more}; allowed fields: {', '.join(allowed)}"
-        )
+                    unknown.setdefault(name, f"row {r}")
+        if unknown:
+            raise invalid(unknown_names("field", unknown, allowed))
 
     def parse_requests(self, model_input: Any) -> list[Request]:
         """Validate the request rows; MlflowException (400) naming the row and field if bad."""
@@ -433,6 +474,7 @@ def log_generator(
     served, fields = _served_signature(
         signature if signature is not None else request_signature(params)
     )
+    python_model.param_types = _declared_params(served)
     limits = {"max_count": python_model.max_count, "max_work": python_model.max_work}
     info = mlflow.pyfunc.log_model(
         name=name,
@@ -474,6 +516,14 @@ def _served_signature(signature: Any) -> tuple[Any, list[str]]:
     if signature.outputs is None and signature.params is None:
         return None, fields
     return ModelSignature(inputs=None, outputs=signature.outputs, params=signature.params), fields
+
+
+def _declared_params(signature: Any) -> dict[str, str]:
+    """Name -> MLflow type of the params ``signature`` declares (a list param: ``"<type>[]"``)."""
+    schema = getattr(signature, "params", None)
+    if schema is None:
+        return {}
+    return {p.name: p.dtype.name + ("[]" if p.shape else "") for p in schema.params}
 
 
 def _describe(client: Any, name: str, version: str, card: str) -> None:

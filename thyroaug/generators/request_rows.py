@@ -1,14 +1,18 @@
-"""Reading and checking generator request rows (the parts every family shares).
+"""Reading and checking generator request rows and params (the parts every family shares).
 
 ``request_rows`` turns what MLflow hands ``predict`` (a DataFrame, rows, one row, columns) into
-plain dicts; ``count_and_seed``, ``as_int``, ``square`` and ``mask_array`` check one field each and
-raise ``MlflowException`` with ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the row and field.
+plain dicts; ``count_and_seed``, ``as_int``, ``square`` and ``mask_array`` check one field each,
+``param_int``, ``param_number`` and ``param_choice`` one request param, ``declared_type_problem``
+a param against its declared MLflow type. All raise ``MlflowException`` with
+``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the row or param, the value's kind and what is
+allowed; ``unknown_names`` words the refusal of misspelled fields, params and keys.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +31,137 @@ def invalid(message: str) -> MlflowException:
 
 
 def show(value: Any, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters (requests may carry megabytes in one field)."""
-    text = repr(value)
+    """``repr(value)`` cut to ``limit`` characters (requests may carry megabytes in one field);
+    a small numpy array (as MLflow makes of a JSON list) as a list, a large one by its shape."""
+    if isinstance(value, np.ndarray) and value.size > 16:
+        return f"<array of shape {list(value.shape)}>"
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def kind(value: Any) -> str:
+    """A request value's JSON kind in words: text, a number, a boolean, a list, an object, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, np.bool_)):
+        return "a boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    return type(value).__name__
+
+
+def unknown_names(what: str, unknown: Mapping[str, str], allowed: Sequence[str]) -> str:
+    """The refusal of misspelled names: ``unknown <what>(s) 'x' (<where>, did you mean 'y'?);
+    allowed <what>s: ...``.
+
+    Args:
+        what: ``field``, ``param`` or ``key``.
+        unknown: each unknown name with where it was found ("" if nowhere in particular); the
+            first 10 are named, each cut to 40 characters.
+        allowed: the accepted names, in the order the message lists them.
+    """
+    parts = []
+    for name, where in list(unknown.items())[:10]:
+        close = difflib.get_close_matches(name[:100], list(allowed), n=1, cutoff=0.6)
+        notes = [n for n in (where, f"did you mean {close[0]!r}?" if close else "") if n]
+        parts.append(show(name) + (f" ({', '.join(notes)})" if notes else ""))
+    more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    known = f"allowed {what}s: {', '.join(allowed)}" if allowed else f"this model takes no {what}s"
+    return f"unknown {what}(s) {', '.join(parts)}{more}; {known}"
+
+
+def _wrong(name: str, value: Any, what: str, kind_ok: bool) -> MlflowException:
+    """``params.<name>=<value> [(<kind>)] must be <what>``: the kind is said when it is wrong."""
+    said = "" if kind_ok else f" ({kind(value)})"
+    return invalid(f"params.{name}={show(value)}{said} must be {what}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+def param_int(params: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    """Request param ``name`` as an integer from ``low`` to ``high``; None when absent or null
+    (the model's default); 400 naming the param, its kind and the range otherwise."""
+    value = params.get(name)
+    if value is None:
+        return None
+    what = f"an integer from {low} to {high}"
+    if not _is_int(value):
+        raise _wrong(name, value, what, kind_ok=False)
+    if not low <= int(value) <= high:
+        raise _wrong(name, int(value), what, kind_ok=True)
+    return int(value)
+
+
+def param_number(
+    params: Mapping[str, Any], name: str, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    """Request param ``name`` as a finite number in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); None when absent or null; 400 naming the param, its kind and the range."""
+    value = params.get(name)
+    if value is None:
+        return None
+    what = f"a number from {low:g} to {high:g}"
+    if low_open:
+        what = f"a number above {low:g} and at most {high:g}"
+    if not _is_number(value):
+        raise _wrong(name, value, what, kind_ok=False)
+    x = float(value)
+    if not (math.isfinite(x) and (x > low if low_open else x >= low) and x <= high):
+        raise _wrong(name, value, what, kind_ok=True)
+    return x
+
+
+def param_choice(params: Mapping[str, Any], name: str, choices: Sequence[str]) -> str | None:
+    """Request param ``name`` as one of ``choices``; None when absent, null or ""."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in choices:
+        raise _wrong(name, value, f"one of {', '.join(choices)}", kind_ok=isinstance(value, str))
+    return value
+
+
+_TYPE_WORDS = {
+    "long": "an integer",
+    "integer": "an integer",
+    "double": "a number",
+    "float": "a number",
+    "string": "text",
+    "boolean": "true or false",
+}
+
+
+def declared_type_problem(name: str, value: Any, dtype: str) -> str | None:
+    """Why request param ``name`` does not hold a value of its declared MLflow type ``dtype``
+    (as strict as MLflow's own check, and numbers must be finite); None if it does, if it is
+    null, or if ``dtype`` is not a scalar type checked here."""
+    checks = {
+        "long": _is_int,
+        "integer": _is_int,
+        "double": _is_number,
+        "float": _is_number,
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, (bool, np.bool_)),
+    }
+    if value is None or dtype not in checks:
+        return None
+    if not checks[dtype](value):
+        return f"params.{name}={show(value)} ({kind(value)}) must be {_TYPE_WORDS[dtype]}"
+    if _is_number(value) and not math.isfinite(float(value)):
+        return f"params.{name}={show(value)} must be a finite number"
+    return None
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from thyroaug.contract import registered_name
@@ -25,16 +26,18 @@ from thyroaug.generators.pyfunc_base import (
     log_generator,
     pip_requirements,
 )
-from thyroaug.generators.request_rows import as_int, invalid
+from thyroaug.generators.request_rows import param_choice, param_int
 
 FM_REGISTERED_NAME = registered_name("fm")
 FM_MODEL_NAME = "generator-fm"
+MAX_STEPS = 1000
 
 
 class FMGeneratorModel(GeneratorModel):
     """Pyfunc of the flow-matching generator; params ``solver`` and ``steps``."""
 
     bank_family = "fm"
+    param_types = MappingProxyType({"solver": "string", "steps": "long"})
 
     def load_generator(self, folder: Path, device: str, bank: Any = None) -> Generator:
         """Load ``save_generator``'s folder with the mask bank ``bank`` (or the embedded one)."""
@@ -46,19 +49,10 @@ class FMGeneratorModel(GeneratorModel):
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``solver`` in euler / midpoint / rk4 / dopri5, ``steps`` in 1..1000."""
-        kwargs: dict[str, Any] = {}
-        solver = params.get("solver")
-        if solver not in (None, ""):
-            if solver not in SOLVERS:
-                raise invalid(f"params.solver={solver!r}: choose one of {', '.join(SOLVERS)}")
-            kwargs["solver"] = str(solver)
-        steps = params.get("steps")
-        if steps not in (None, ""):
-            steps = as_int(steps, "steps", 0, 1)
-            if steps > 1000:
-                raise invalid(f"params.steps={steps}: at most 1000")
-            kwargs["steps"] = steps
-        return kwargs
+        solver = param_choice(params, "solver", SOLVERS)
+        steps = param_int(params, "steps", 1, MAX_STEPS)
+        kwargs = {"solver": solver, "steps": steps}
+        return {name: value for name, value in kwargs.items() if value is not None}
 
 
 def fm_card(config: Mapping[str, Any], info: Mapping[str, Any], embedded: bool = False) -> str:
@@ -130,6 +124,7 @@ def log_fm_generator(
     cfg = payload["config"]
     info = payload.get("info", {})
     embedded = bool(embedded_files(folder, ("masks.safetensors", "masks.csv")))
+    defaults = {"solver": cfg["solver"], "steps": int(cfg["steps"])}
     tags = {
         "method": "FM",
         "conditioning": cfg["conditioning"],
@@ -146,7 +141,7 @@ def log_fm_generator(
         model_config=bank_config(bank_uri, tags["content_hash"]),
         registered_name=registered_name,
         alias=alias,
-        params=[("solver", "string", cfg["solver"]), ("steps", "long", int(cfg["steps"]))],
+        params=[(n, t, defaults[n]) for n, t in FMGeneratorModel.param_types.items()],
         requirements=pip_requirements("monai", "torchdiffeq", "einops"),
         metadata={"thyroaug_generator": "fm", **tags},
         tags=tags,
