@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import mlflow
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 from test_fm_pyfunc import (  # noqa: F401  (fixtures)
     _free_port,
@@ -38,10 +40,13 @@ from thyroaug.generators.http_guard import (
     build_app,
     clean_message,
     error_body,
+    server_options,
 )
 
 JSON = "application/json"
 VALID = {"inputs": [{"label": "DG", "count": 2, "seed": 5}]}
+MLFLOW_OWN = ("Failed to validate", "Invalid parameters found", "requirements file", "MLflow")
+"""MLflow's own wording: a message with it was not written for this request."""
 LEAKS = ("Traceback", "site-packages", 'File "', "stack_trace", sys.prefix, mlflow.__version__)
 
 
@@ -298,6 +303,254 @@ def test_error_messages_are_cleaned() -> None:
     }  # a truncated body still gives its message
     assert json.loads(error_body(413, b"<html>too big</html>"))["error_code"] == "REQUEST_TOO_LARGE"
     assert json.loads(error_body(502, b"trace"))["message"] == INTERNAL_MESSAGE
+
+
+# --- strict requests: every client mistake is one short JSON 4xx ------------------------------
+def _refused(app: TestClient, body: Any, status: int = 400) -> dict:
+    answer = _post(app, body)
+    assert answer.status_code == status, answer.text[:500]
+    error = answer.json()
+    assert set(error) == {"error_code", "message"} and "\n" not in error["message"], error
+    _clean(answer.text)
+    return error
+
+
+def _deep(depth: int) -> bytes:
+    """``{"inputs": [[[...]]]}`` nested ``depth`` levels deep."""
+    return b'{"inputs": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_misspelled_params_are_refused_with_a_suggestion(client) -> None:
+    app = client()
+    error = _refused(app, {**VALID, "params": {"stepz": 3}})
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "unknown param(s) 'stepz' (did you mean 'steps'?)" in error["message"]
+    assert "allowed params: solver, steps" in error["message"]
+    error = _refused(app, {**VALID, "params": {"steps": 2, "solvr": "rk4", "x" * 5000: 1}})
+    assert "'solvr' (did you mean 'solver'?)" in error["message"]
+    assert len(error["message"]) < 300  # a huge name is not echoed back
+    assert _post(app, {**VALID, "params": {"steps": 2, "solver": "rk4"}}).status_code == 200
+
+
+def test_param_types_ranges_and_finiteness_get_our_messages(client) -> None:
+    app = client()
+    cases = [
+        ({"steps": "/etc/passwd"}, "params.steps='/etc/passwd' (text) must be an integer from 1 to "
+         "1000"),
+        ({"steps": 2.5}, "params.steps=2.5 (a number) must be an integer from 1 to 1000"),
+        ({"steps": True}, "params.steps=True (a boolean) must be an integer from 1 to 1000"),
+        ({"steps": 0}, "params.steps=0 must be an integer from 1 to 1000"),
+        ({"steps": [3]}, "params.steps=[3] (a list) must be an integer from 1 to 1000"),
+        ({"solver": 3}, "params.solver=3 (a number) must be one of euler, midpoint, rk4, dopri5"),
+        ({"solver": "heun"}, "params.solver='heun' must be one of euler, midpoint, rk4, dopri5"),
+    ]  # fmt: skip
+    for params, message in cases:
+        error = _refused(app, {**VALID, "params": params})
+        assert error["message"] == message, (params, error)
+    for body in (
+        b'{"inputs": [{"label": "DG"}], "params": {"steps": NaN}}',
+        b'{"inputs": [{"label": "DG"}], "params": [1]}',
+    ):
+        error = _refused(app, body)
+        assert "Failed to validate" not in error["message"] and "params" in error["message"]
+    assert "JSON object" in _refused(app, {**VALID, "params": [1]})["message"]
+    assert _post(app, {**VALID, "params": {"steps": None}}).status_code == 200  # null: default
+
+
+def test_deep_json_is_refused_before_it_is_parsed(client) -> None:
+    app = client()
+    for depth in (33, 100_000):
+        error = _refused(app, _deep(depth))
+        assert error["error_code"] == "BAD_REQUEST"
+        assert f"JSON nested {depth} levels deep; at most 32" in error["message"]
+    inside_a_string = {**VALID, "params": {"solver": "[" * 1000}}
+    assert "params.solver" in _refused(app, inside_a_string)["message"]  # not counted as depth
+    mask = {"inputs": [{"label": "DG", "mask": [[0.5] * 32] * 32}]}
+    assert _post(app, mask).status_code == 200
+
+
+def test_unknown_top_level_keys_name_the_accepted_ones(client) -> None:
+    app = client()
+    accepted = "inputs, dataframe_records, dataframe_split, instances, params"
+    error = _refused(app, {"inputz": [{"label": "DG"}]})
+    assert "unknown key(s) 'inputz' (did you mean 'inputs'?)" in error["message"]
+    assert accepted in error["message"] and "requirements file" not in error["message"]
+    for body in ({}, {"params": {"steps": 2}}, {"inputs": [], "instances": []}):
+        assert "exactly one of inputs, dataframe_records" in _refused(app, body)["message"]
+    for body in ([{"label": "DG"}], "DG", 3):
+        assert "a JSON object" in _refused(app, body)["message"]
+    assert "valid JSON" in _refused(app, b'{"inputs": [')["message"]
+    assert "valid JSON" in _refused(app, b'{"inputs": "\xff"}')["message"]
+
+
+BAD_REQUESTS: list[tuple[str, Any]] = [
+    ("misspelled param", {**VALID, "params": {"stepz": 3}}),
+    ("misspelled solver param", {**VALID, "params": {"solvr": "rk4"}}),
+    ("steps as a path", {**VALID, "params": {"steps": "/etc/passwd"}}),
+    ("steps as a fraction", {**VALID, "params": {"steps": 2.5}}),
+    ("steps as a boolean", {**VALID, "params": {"steps": True}}),
+    ("steps zero", {**VALID, "params": {"steps": 0}}),
+    ("steps too many", {**VALID, "params": {"steps": 100_000}}),
+    ("steps NaN", b'{"inputs": [{"label": "DG"}], "params": {"steps": NaN}}'),
+    ("steps Infinity", b'{"inputs": [{"label": "DG"}], "params": {"steps": Infinity}}'),
+    ("unknown solver", {**VALID, "params": {"solver": "heun"}}),
+    ("solver as a number", {**VALID, "params": {"solver": 3}}),
+    ("params as a list", {**VALID, "params": [1, 2]}),
+    ("params as text", {**VALID, "params": "steps=3"}),
+    ("misspelled inputs", {"inputz": [{"label": "DG"}]}),
+    ("no data key", {}),
+    ("two data keys", {"inputs": [{"label": "DG"}], "instances": [{"label": "DG"}]}),
+    ("body is a list", [{"label": "DG"}]),
+    ("body is text", "DG"),
+    ("broken JSON", b'{"inputs": ['),
+    ("not UTF-8", b'{"inputs": [{"label": "\xff\xfe"}]}'),
+    ("JSON 33 deep", _deep(33)),
+    ("JSON 100k deep", _deep(100_000)),
+    ("misspelled count", {"inputs": [{"label": "DG", "counts": 5}]}),
+    ("no label", {"inputs": [{"count": 1}]}),
+    ("unknown label", {"inputs": [{"label": "XX"}]}),
+    ("count zero", {"inputs": [{"label": "DG", "count": 0}]}),
+    ("over the image cap", {"inputs": [{"label": "DG", "count": 9}]}),
+    ("negative seed", {"inputs": [{"label": "DG", "seed": -1}]}),
+    ("seed past int64", {"inputs": [{"label": "DG", "seed": 2**63}]}),
+    ("mask of the wrong shape", {"inputs": [{"label": "DG", "mask": [[0, 1], [1, 0]]}]}),
+    ("mask with NaN", b'{"inputs": [{"label": "DG", "mask": [[NaN]]}]}'),
+    ("no rows", {"inputs": []}),
+    ("rows as text", {"inputs": "DG please"}),
+]
+
+
+def test_bad_requests_each_get_one_clear_4xx_line(client, capsys) -> None:
+    """Every client mistake above: a 4xx whose body is exactly {error_code, message}, one line,
+    no trace, path, version or echo; the count is printed (run with -s)."""
+    app, unclear = client(), []
+    for name, body in BAD_REQUESTS:
+        answer = _post(app, body)
+        try:
+            error = answer.json()
+            ok = 400 <= answer.status_code < 500 and set(error) == {"error_code", "message"}
+            ok = ok and "\n" not in error["message"] and len(answer.text) < 1000
+            ok = ok and not any(leak in answer.text for leak in LEAKS + MLFLOW_OWN)
+        except ValueError:
+            ok = False
+        if not ok:
+            unclear.append((name, answer.status_code, answer.text[:200]))
+    with capsys.disabled():
+        clear = len(BAD_REQUESTS) - len(unclear)
+        print(
+            f"\nbad requests: {len(BAD_REQUESTS)} tried, {clear} answered with one clear 4xx line"
+        )
+    assert unclear == []
+
+
+@contextlib.contextmanager
+def _live(app: Any) -> Iterator[int]:
+    """``app`` served by uvicorn in a thread with ``thyroaug serve``'s options; its port."""
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            **server_options(max_connections=8))  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _raw(port: int, data: bytes, half_close: bool = False) -> tuple[int, dict, bytes]:
+    """Send raw bytes; (status, headers, body) of the answer (0 if none came)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/"):
+        return 0, {}, answer
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), headers, body
+
+
+HEAD = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+FRAMING = [
+    ("negative Content-Length", HEAD + b"Content-Length: -5\r\n\r\n{}", "bad Content-Length"),
+    ("non-numeric Content-Length", HEAD + b"Content-Length: abc\r\n\r\n{}", "bad Content-Length"),
+    ("two Content-Lengths", HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+     "Content-Length"),
+    ("bad chunk size", HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", "chunk"),
+    ("unknown transfer coding", HEAD + b"Transfer-Encoding: gzip\r\n\r\n{}", "Transfer-Encoding"),
+    ("header without a colon", HEAD + b"Bad Header\r\n\r\n", "header"),
+    ("not HTTP", b"HELLO\r\n\r\n", "request line"),
+]  # fmt: skip
+
+
+def test_malformed_http_framing_is_a_json_400(model, capsys) -> None:
+    """Answered by uvicorn before any ASGI app sees the request: still one JSON line."""
+    clear = 0
+    with _live(build_app(model)) as port:
+        for name, data, reason in FRAMING:
+            status, headers, body = _raw(port, data)
+            assert status == 400 and headers["content-type"] == JSON, (name, status, body)
+            error = json.loads(body)
+            assert error["error_code"] == "BAD_REQUEST", (name, error)
+            assert (
+                error["message"].startswith("malformed HTTP request: ")
+                and reason in error["message"]
+            ), (name, error)
+            clear += 1
+        cut = HEAD + b'Content-Length: 100\r\n\r\n{"inputs": [{"label"'
+        status, headers, body = _raw(port, cut, half_close=True)  # the body ends early
+        assert status == 400 and "received 20 bytes, expected 100" in json.loads(body)["message"]
+        clear += 1
+        status, _, body = _raw(port, HEAD + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        assert status == 400 and "exactly one of inputs" in json.loads(body)["message"]
+    with capsys.disabled():
+        print(f"\nmalformed framing: {len(FRAMING) + 1} tried, {clear} answered with one JSON 400")
+
+
+def test_a_body_that_stops_coming_is_a_408(model) -> None:
+    guard = build_app(model, Limits(body_timeout=0.3))
+    stalled = asyncio.Event()  # never set: the client neither sends nor leaves
+
+    async def scenario() -> dict:
+        out: dict[str, Any] = {"body": b""}
+
+        async def receive() -> dict:
+            if "sent" not in out:
+                out["sent"] = True
+                return {"type": "http.request", "body": b'{"inputs": ', "more_body": True}
+            await stalled.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            out.setdefault("status", message.get("status"))
+            out["body"] += message.get("body", b"")
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/invocations",
+            "headers": [(b"content-type", b"application/json")],
+        }
+        await asyncio.wait_for(guard(scope, receive, send), timeout=10)
+        return out
+
+    out = asyncio.run(scenario())
+    assert out["status"] == 408
+    assert json.loads(out["body"]) == {
+        "error_code": "REQUEST_TIMEOUT",
+        "message": "the request body did not arrive within 0.3 s (is Content-Length larger than "
+        "the body?)",
+    }
 
 
 # --- the real command ----------------------------------------------------------------------------

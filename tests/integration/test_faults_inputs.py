@@ -173,7 +173,15 @@ ABUSE = [
     ("over the image cap", lambda: _rows({"label": "DG", "count": 64}), "application/json", 400,
      "at most 8 per request"),
     ("too many steps", lambda: _rows({"label": "DG"}, params={"steps": 100000}),
-     "application/json", 400, "at most 1000"),
+     "application/json", 400, "from 1 to 1000"),
+    ("misspelled param", lambda: _rows({"label": "DG"}, params={"stepz": 3}),
+     "application/json", 400, "'stepz' (did you mean 'steps'?)"),
+    ("steps as a path", lambda: _rows({"label": "DG"}, params={"steps": "/etc/passwd"}),
+     "application/json", 400, "params.steps='/etc/passwd' (text) must be an integer"),
+    ("misspelled inputs key", lambda: b'{"inputz": [{"label": "DG"}]}', "application/json", 400,
+     "'inputz' (did you mean 'inputs'?)"),
+    ("100k-deep JSON", lambda: b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "application/json", 400, "levels deep; at most 32"),
     ("negative seed", lambda: _rows({"label": "DG", "seed": -1}), "application/json", 400,
      "seed=-1"),
     ("seed past int64", lambda: _rows({"label": "DG", "seed": 2**63}), "application/json", 400,
@@ -217,6 +225,23 @@ def test_abusive_requests_get_a_short_error(served: str, name, body, ctype, stat
     for leak in ("Traceback", "site-packages", ".py", "mlflow==", "/tmp/", str(Path.home())):
         assert leak not in text, (leak, text[:500])
     assert len(text) < 2000
+
+
+def test_malformed_http_framing_is_a_json_400(served: str) -> None:
+    host, port = served.rsplit("/", 1)[1].split(":")
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    for length in (b"-5", b"abc"):
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(head + b"Content-Length: " + length + b"\r\n\r\n{}")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status, _, body = answer.partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400 ") and b"application/json" in status, answer
+        assert json.loads(body) == {
+            "error_code": "BAD_REQUEST",
+            "message": "malformed HTTP request: bad Content-Length",
+        }
 
 
 def test_valid_request_and_what_the_server_does_not_say(served: str, home: Path) -> None:

@@ -1,16 +1,19 @@
 """`thyroaug serve`: MLflow's scoring app for a generator behind a small hardening middleware.
 
 ``build_app(model)`` wraps MLflow's FastAPI scoring app in ``GuardMiddleware``, a pure ASGI
-middleware: only /ping, /health and JSON /invocations are answered (404, 415), body size and
-concurrent predictions are capped (413, 503 with ``Retry-After``) and every error body becomes a
-short ``{"error_code", "message"}`` without tracebacks, paths or versions. The rules in full:
-docs/generators.md, "The HTTP guard".
+middleware: only /ping, /health and JSON /invocations are answered (404, 415), body size, body
+time and concurrent predictions are capped (413, 408, 503 with ``Retry-After``), an /invocations
+body is screened before MLflow parses it (``screen_body``: nesting depth, JSON, top-level keys,
+the model's params; 400) and every error body becomes a short ``{"error_code", "message"}``
+without tracebacks, paths or versions. ``GuardedH11Protocol`` gives uvicorn's answer to malformed
+HTTP framing the same JSON form. The rules in full: docs/generators.md, "The HTTP guard".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import math
@@ -22,12 +25,19 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import h11
 import mlflow
+import numpy as np
 import uvicorn
+from h11._connection import (  # the default uvicorn's own H11Protocol imports
+    DEFAULT_MAX_INCOMPLETE_EVENT_SIZE as H11_MAX_INCOMPLETE_EVENT_SIZE,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import scoring_server
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from thyroaug.errors import GeneratorError
+from thyroaug.generators.request_rows import kind, unknown_names
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,13 @@ _QUOTED = re.compile(r"'([^']{40})[^']{20,}'|\"([^\"]{40})[^\"]{20,}\"")
 _CODE = re.compile(r"^[A-Z][A-Z_]{0,63}$")
 _STATUS_CODES = {413: "REQUEST_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE", 504: "REQUEST_TIMEOUT"}
 
+MAX_JSON_DEPTH = 32
+"""Deepest JSON nesting accepted; a generator request nests 5: {"inputs": [{"mask": [[...]]}]}."""
+DATA_KEYS = tuple(sorted(scoring_server.SUPPORTED_FORMATS, key=lambda k: (k != "inputs", k)))
+"""MLflow's data keys (inputs, dataframe_records, dataframe_split, instances): one per request."""
+REQUEST_KEYS = (*DATA_KEYS, scoring_server.SERVING_PARAMS_KEY)
+EXAMPLE = '{"inputs": [{"label": "DG", "count": 2}], "params": {...}}'
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -66,14 +83,18 @@ class Limits:
         max_body_bytes: largest request body (413 above it).
         max_concurrent: predictions run at the same time.
         queue_timeout: seconds a request waits for a free prediction slot before its 503.
+        body_timeout: seconds the whole body may take to arrive (408 after them).
     """
 
     max_body_bytes: int = 8 * MB
     max_concurrent: int = 1
     queue_timeout: float = 5.0
+    body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_concurrent < 1 or self.queue_timeout < 0:
+            raise ValueError(f"invalid limits {self}")
+        if not self.body_timeout > 0:
             raise ValueError(f"invalid limits {self}")
 
 
@@ -143,6 +164,80 @@ def clean_message(message: str, cap: int = OTHER_MESSAGE_CAP) -> str:
     text = " ".join(lines)
     text = _VERSION.sub("<version>", _PATH.sub("<path>", text))
     return text if len(text) <= cap else text[: cap - 3] + "..."
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of ``[`` / ``{`` in UTF-8 JSON text, brackets inside strings skipped: read
+    without parsing (vectorised, linear, no recursion), so that no parser meets a 100 000-deep
+    body. A quote is escaped after an odd run of backslashes."""
+    text = np.frombuffer(body, dtype=np.uint8)
+    special = np.flatnonzero((text == ord('"')) | (text == ord("\\")))
+    backslash = text[special] == ord("\\")
+    starts = np.ones(len(special), dtype=bool)  # a new run of adjacent backslashes (and quote)
+    starts[1:] = (np.diff(special) != 1) | ~backslash[:-1]
+    index = np.arange(len(special))
+    escaped = (index - np.maximum.accumulate(np.where(starts, index, 0))) % 2 == 1
+    quotes = special[~backslash & ~escaped]
+    opening = (text == ord("[")) | (text == ord("{"))
+    brackets = np.flatnonzero(opening | (text == ord("]")) | (text == ord("}")))
+    brackets = brackets[np.searchsorted(quotes, brackets) % 2 == 0]  # outside strings
+    if not len(brackets):
+        return 0
+    steps = np.where(opening[brackets], 1, -1)
+    return max(0, int(np.cumsum(steps).max()))
+
+
+def screen_body(
+    body: bytes, check_params: Callable[[Any], Any] | None = None
+) -> tuple[str, str] | None:
+    """(error_code, message) refusing an /invocations JSON body before MLflow parses it, else
+    None: nesting deeper than ``MAX_JSON_DEPTH`` (counted before parsing), text that is not UTF-8
+    JSON, anything but an object with exactly one of ``DATA_KEYS`` and optional ``params``, and
+    params that ``check_params`` (``GeneratorModel.check_params``) refuses."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return "BAD_REQUEST", "the body is not valid JSON: it is not UTF-8 text"
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        return "BAD_REQUEST", f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH}"
+    try:
+        request = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        return "BAD_REQUEST", f"the body is not valid JSON: {exc.msg} ({where})"
+    except (ValueError, RecursionError):
+        return "BAD_REQUEST", "the body is not valid JSON"
+    if not isinstance(request, dict):
+        return "BAD_REQUEST", f"a request is a JSON object such as {EXAMPLE}, not {kind(request)}"
+    unknown = {str(key): "" for key in request if key not in REQUEST_KEYS}
+    if unknown:
+        return "BAD_REQUEST", unknown_names("key", unknown, REQUEST_KEYS)
+    if sum(key in request for key in DATA_KEYS) != 1:
+        keys = ", ".join(DATA_KEYS)
+        return "BAD_REQUEST", f"a request needs exactly one of {keys}, e.g. {EXAMPLE}"
+    if check_params is not None:
+        try:
+            check_params(request.get(scoring_server.SERVING_PARAMS_KEY))
+        except MlflowException as exc:  # our own message: it quotes the client's values only
+            return str(exc.error_code), " ".join(str(exc.message).split())[:MODEL_MESSAGE_CAP]
+    return None
+
+
+def params_check(model: Any) -> Callable[[Any], Any] | None:
+    """The loaded pyfunc ``model``'s check of request params against the params its signature
+    declares (``GeneratorModel.check_params``), or None for a model without one."""
+    try:
+        python_model = model.unwrap_python_model()
+    except Exception:  # MLflow raises for pyfuncs that are not a PythonModel
+        return None
+    check = getattr(python_model, "check_params", None)
+    if check is None:
+        return None
+    schema = model.metadata.get_params_schema()
+    specs = schema.params if schema is not None else []
+    declared = {p.name: p.dtype.name + ("[]" if p.shape else "") for p in specs}
+    return functools.partial(check, declared=declared)
 
 
 def _parse_error(raw: bytes) -> tuple[str | None, str]:
@@ -243,10 +338,22 @@ class _Disconnected(Exception):
 
 
 class GuardMiddleware:
-    """Body-size, content-type, concurrency and error-body limits around an ASGI app."""
+    """Body-size, body-time, content-type, request-screening, concurrency and error-body limits
+    around an ASGI app.
 
-    def __init__(self, app: ASGIApp, limits: Limits | None = None) -> None:
-        self.app, self.limits = app, limits or Limits()
+    Args:
+        app: the wrapped ASGI app (MLflow's scoring app).
+        limits: what is accepted (default ``Limits()``).
+        check_params: refuses request params (``params_check``); None: params go unchecked.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Limits | None = None,
+        check_params: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.app, self.limits, self.check_params = app, limits or Limits(), check_params
         self.slots = threading.BoundedSemaphore(self.limits.max_concurrent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -256,8 +363,13 @@ class GuardMiddleware:
         path = scope.get("path", "")
         refused = self._refusal(scope, path)
         try:
-            body = None if refused else await self._read_body(receive)
+            body = None if refused else await self._read_body_in_time(receive)
         except _Disconnected:
+            return
+        except TimeoutError:
+            late = f"the request body did not arrive within {self.limits.body_timeout:g} s"
+            body = _json("REQUEST_TIMEOUT", late + " (is Content-Length larger than the body?)")
+            await _send_json(send, 408, body, [(b"connection", b"close")])
             return
         if body is None:
             status, code, message = refused or (413, "REQUEST_TOO_LARGE", self._too_large())
@@ -265,6 +377,10 @@ class GuardMiddleware:
             return
         slot = None
         if path == INVOCATIONS and scope.get("method") == "POST":
+            screened = await asyncio.to_thread(screen_body, body, self.check_params)
+            if screened is not None:
+                await _send_json(send, 400, _json(*screened))
+                return
             slot = await self._acquire()
             if slot is None:
                 retry = str(max(1, math.ceil(self.limits.queue_timeout))).encode()
@@ -312,6 +428,10 @@ class GuardMiddleware:
             return 413, "REQUEST_TOO_LARGE", self._too_large()
         return None
 
+    async def _read_body_in_time(self, receive: Receive) -> bytes | None:
+        """``_read_body`` within ``body_timeout`` seconds (TimeoutError after them)."""
+        return await asyncio.wait_for(self._read_body(receive), self.limits.body_timeout)
+
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body, or None as soon as it passes the limit (the rest is never read)."""
         chunks, size = [], 0
@@ -358,11 +478,66 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+class _Connection(h11.Connection):
+    """h11's server connection, remembering why it refused the peer's bytes."""
+
+    refusal: tuple[str, int] = ("invalid HTTP request", 400)
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.refusal = (str(exc), exc.error_status_hint)
+            raise
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol answering malformed framing (bad Content-Length or chunks,
+    header syntax, a body the client ends early) with the guard's JSON 400 and h11's reason,
+    where uvicorn writes plain text; such a request never reaches an ASGI app."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size
+        self.conn = _Connection(h11.SERVER, size or H11_MAX_INCOMPLETE_EVENT_SIZE)
+
+    def eof_received(self) -> None:
+        """The client stopped sending: a body shorter than announced is refused now (uvicorn
+        would only close the connection)."""
+        if self.conn.their_state is h11.SEND_BODY:
+            self.conn.receive_data(b"")
+            self.handle_events()
+
+    def send_400_response(self, msg: str) -> None:
+        """The JSON answer to bytes h11 refused; the request's app, if any, sees a disconnect."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if cycle is not None and cycle.response_started:
+            self.transport.close()
+            return
+        reason, hint = getattr(self.conn, "refusal", (msg, 400))
+        status = hint if 400 <= hint < 500 else 400
+        code = "BAD_REQUEST" if status == 400 else HTTPStatus(status).name
+        body = _json(code, f"malformed HTTP request: {' '.join(reason.split())[:200]}")
+        headers = [(b"content-type", JSON_TYPE.encode()), (b"content-length", b"%d" % len(body))]
+        response = h11.Response(status_code=status, headers=[*headers, (b"connection", b"close")])
+        try:
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:  # an answer was already under way
+            log.debug("no answer to malformed framing", exc_info=True)
+        self.transport.close()
+
+
 def build_app(model: Any, limits: Limits | None = None) -> GuardMiddleware:
     """MLflow's scoring app for a loaded pyfunc ``model`` (``predict`` wrapped by
-    ``guard_predict``; timeout from ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``) behind the guard."""
+    ``guard_predict``; timeout from ``MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT``) behind the guard,
+    which checks request params with the model's own ``params_check``."""
+    check = params_check(model)
     guard_predict(model)
-    return GuardMiddleware(scoring_server.init(model), limits)
+    return GuardMiddleware(scoring_server.init(model), limits, check)
 
 
 def serve(
@@ -387,5 +562,15 @@ def serve(
         raise GeneratorError(f"cannot load the model {model_uri}: {exc}") from exc
     app = build_app(model, limits)
     log.info("serving %s on http://%s:%d (%s)", model_uri, host, port, app.limits)
-    options = {"workers": 1, "limit_concurrency": max_connections, "server_header": False}
-    uvicorn.run(app, host=host, port=port, log_level="info", **options)
+    uvicorn.run(app, host=host, port=port, log_level="info", **server_options(max_connections))
+
+
+def server_options(max_connections: int = 32) -> dict[str, Any]:
+    """uvicorn's options of ``serve`` besides host, port and log level (tests start the same):
+    one worker, ``max_connections`` open connections, no server header, ``GuardedH11Protocol``."""
+    return {
+        "workers": 1,
+        "limit_concurrency": max_connections,
+        "server_header": False,
+        "http": GuardedH11Protocol,
+    }

@@ -7,7 +7,10 @@ Example:
 MLflow's own scoring app (/ping, /health, /invocations) for the model, loaded with
 ``mlflow.pyfunc.load_model`` from the project's tracking store, behind
 ``thyroaug.generators.http_guard.GuardMiddleware``: bodies over ``--max-body-mb`` get 413, a body
-that is not ``application/json`` gets 415, at most ``--max-concurrent`` predictions run (others
+that is not ``application/json`` gets 415, one that does not arrive within 30 s gets 408, a body
+nested deeper than 32, not JSON, with keys other than one data key and ``params``, or with params
+the model does not declare or of the wrong type / range gets 400 before MLflow parses it,
+malformed HTTP framing gets a JSON 400, at most ``--max-concurrent`` predictions run (others
 wait ``--queue-timeout`` s, then 503 with Retry-After), every error body is a short JSON
 ``{"error_code", "message"}`` without stack trace, paths, versions or echoed input, and /version
 is a 404. One uvicorn worker on 127.0.0.1 unless ``--host`` says otherwise (there is no
