@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from thyroaug.cli import main
 from thyroaug.contract import CLASSES
 
 URI = "models:/thyroaug-sd@champion"
+JSON = "application/json"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,6 +202,97 @@ def test_requests_are_validated(sd_home: Path):
     )
     assert "unknown label" in _error(model, [{"label": "XX", "mode": "SD2"}])
     assert "strength" in _error(model, [{"label": "DG", "mode": "SD1"}], {"strength": 0.0})
+
+
+def _served(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``post(body) -> (status, error or answer)`` against ``thyroaug serve``'s app of the SD
+    champion, in-process."""
+    import mlflow
+    from starlette.testclient import TestClient
+
+    from thyroaug.generators.http_guard import build_app
+
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "false")  # init sets it; restored
+    app = TestClient(build_app(mlflow.pyfunc.load_model(URI)), raise_server_exceptions=False)
+
+    def post(body: dict | bytes) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        answer = app.post("/invocations", content=data, headers={"Content-Type": JSON})
+        return answer.status_code, answer.json()
+
+    return post
+
+
+def test_served_sd_refuses_misspelled_and_mistyped_params(sd_home: Path, monkeypatch):
+    post = _served(monkeypatch)
+    row = {"inputs": [{"label": "DG", "mode": "SD2"}]}
+    status, error = post({**row, "params": {"stepz": 3}})
+    assert status == 400 and "unknown param(s) 'stepz' (did you mean 'steps'?)" in error["message"]
+    assert "allowed params: steps, guidance_scale, strength" in error["message"]
+    cases = [
+        ({"guidance_scale": "nan"}, "params.guidance_scale='nan' (text) must be a number from 0 "
+         "to 50"),
+        ({"steps": "/etc/passwd"}, "params.steps='/etc/passwd' (text) must be an integer from 1 "
+         "to 1000"),
+        ({"strength": 0}, "params.strength=0 must be a number above 0 and at most 1"),
+        ({"guidance_scale": -1}, "params.guidance_scale=-1 must be a number from 0 to 50"),
+    ]  # fmt: skip
+    for params, message in cases:
+        status, error = post({**row, "params": params})
+        assert (status, error) == (
+            400,
+            {"error_code": "INVALID_PARAMETER_VALUE", "message": message},
+        )
+    status, error = post(b'{"inputs": [{"label": "DG", "mode": "SD2"}], "params": '
+                         b'{"guidance_scale": Infinity}}')  # fmt: skip
+    assert status == 400
+    assert error["message"] == "params.guidance_scale=inf must be a number from 0 to 50"
+
+
+def test_img2img_settings_that_run_no_denoising_step_are_400s(sd_home: Path, monkeypatch):
+    """img2img skips the first steps - int(steps x strength) timesteps (diffusers): a request
+    left with none is the caller's mistake, and so is more steps than the scheduler has."""
+    post = _served(monkeypatch)
+    for mode in ("SD1", "SD3", "SD4"):
+        status, error = post({"inputs": [{"label": "DG", "mode": mode}], "params": {"steps": 1}})
+        assert status == 400, (mode, error)
+        assert error["message"] == (
+            f"row 0: {mode} runs no denoising step at steps 1 and strength 0.8 (img2img skips "
+            "the first steps - int(steps x strength) = 1 of the scheduler's 1 timesteps); use "
+            "steps >= 2 at strength 0.8, or strength 1 at steps 1"
+        )
+    rows = [{"label": "DG", "mode": "SD2"}, {"label": "DG", "mode": "SD3"}]
+    status, error = post({"inputs": rows, "params": {"steps": 1}})
+    assert status == 400 and error["message"].startswith("row 1: SD3 runs no denoising step")
+    status, error = post({"inputs": [{"label": "DG", "mode": "SD2"}], "params": {"steps": 1000}})
+    assert status == 400 and error["message"] == (
+        "row 0: steps=1000 is more than this model's scheduler runs (PNDMScheduler, 1000 "
+        "training timesteps); use steps <= 999"
+    )
+    status, _ = post({"inputs": [{"label": "DG", "mode": "SD3"}], "params": {"steps": 2}})
+    assert status == 200  # int(2 x 0.8) = 1 step
+
+
+def test_generator_refuses_settings_without_a_denoising_step(sd_home: Path):
+    import mlflow
+
+    from thyroaug.errors import GeneratorError
+    from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+
+    generator = mlflow.pyfunc.load_model(URI).unwrap_python_model().generator
+    with pytest.raises(GeneratorError, match="SD3 runs no denoising step at steps 1"):
+        generator.sample(["DG"], [0], mode="SD3", steps=1)
+    assert generator.denoising_steps("SD2", 1) == 1
+    assert generator.denoising_steps("SD1", 2, 1e-6) == 1  # PNDM keeps one more timestep
+    ddim = SDGenerator(sd_home / "sd" / "model", scheduler="ddim", device="cpu")
+    assert ddim.denoising_steps("SD3", 10, 0.5) == 5
+    with pytest.raises(GeneratorError) as info:
+        ddim.denoising_steps("SD4", 3, 0.3)
+    assert str(info.value).endswith(
+        "use steps >= 4 at strength 0.3, or strength >= 0.334 at steps 3"
+    )
+    with pytest.raises(GeneratorError, match=r"use strength >= 0\.5 at steps 2$"):
+        ddim.denoising_steps("SD1", 2, 1e-6)  # no steps <= 999 would do at this strength
 
 
 def _free_port() -> int:

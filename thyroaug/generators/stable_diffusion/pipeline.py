@@ -9,6 +9,7 @@ Missing conditions come from the ``SourceBank``; black / flat outputs are redone
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -42,6 +43,9 @@ from thyroaug.utils.resize import resize_images, resize_masks
 from thyroaug.utils.seeds import derive_seed
 
 log = logging.getLogger(__name__)
+
+MAX_STEPS = 1000
+"""Most inference steps a request may ask (the served ``steps`` param's upper bound)."""
 
 SAMPLING_FIELDS: tuple[str, ...] = (
     "num_inference_steps",
@@ -144,6 +148,7 @@ class SDGenerator:
         )
         for p in (self.txt2img, self.img2img):
             p.set_progress_bar_config(disable=True)
+        self._timestep_cache: dict[int, torch.Tensor | None] = {}
 
     # --- properties -------------------------------------------------------------------------
     @property
@@ -217,10 +222,12 @@ class SDGenerator:
             (the seed column of the set is the requested seed; ``final_seed`` the one used).
 
         Raises:
-            GeneratorError: unknown mode / label, mismatched lengths, no bank for a missing input.
+            GeneratorError: unknown mode / label, mismatched lengths, no bank for a missing input,
+                settings that run no denoising step (``denoising_steps``).
             PromptError: a prompt over the tokenizer limit (unless truncation is enabled).
         """
         mode = self.method(mode)
+        self.denoising_steps(mode, steps, strength)
         idx = [label_index(lbl) for lbl in labels]
         seeds = [int(s) for s in seeds]
         n = len(idx)
@@ -249,6 +256,96 @@ class SDGenerator:
             progress=progress,
         )
         return GeneratedBatch(images=res.images, columns=self._columns(mode, cond, res, cfg))
+
+    def denoising_steps(
+        self, mode: str, steps: int | None = None, strength: float | None = None
+    ) -> int:
+        """The denoising steps ``mode`` runs with ``steps`` and ``strength`` (default: this
+        model's), as diffusers runs them: all the scheduler's timesteps for SD2; for img2img (SD1,
+        SD3, SD4) those left after skipping the first ``steps - int(steps * strength)``.
+
+        Raises:
+            GeneratorError: none would run, or the scheduler cannot take ``steps`` within its
+                training timesteps (diffusers would fail inside the pipeline); the message says
+                which steps or strength work.
+        """
+        mode = check_mode(mode)
+        steps = int(self.cfg.num_inference_steps if steps is None else steps)
+        strength = float(self.cfg.strength if strength is None else strength)
+        if steps < 1 or not 0 < strength <= 1:
+            raise GeneratorError(
+                f"steps={steps}, strength={strength:g}: need steps >= 1 and 0 < strength <= 1"
+            )
+        most = self._most_steps(steps)
+        scheduler = self.txt2img.scheduler
+        if steps > most:
+            raise GeneratorError(
+                f"steps={steps} is more than this model's scheduler runs "
+                f"({type(scheduler).__name__}, {scheduler.config.num_train_timesteps} training "
+                f"timesteps); use steps <= {most}"
+            )
+        run = self._runs(mode, steps, strength)
+        if run >= 1:
+            return run
+        skipped = steps - int(steps * strength)
+        raise GeneratorError(
+            f"{mode} runs no denoising step at steps {steps} and strength {strength:g} (img2img "
+            f"skips the first steps - int(steps x strength) = {skipped} of the scheduler's "
+            f"{len(self._timesteps(steps))} timesteps); use {self._fixes(mode, steps, strength)}"
+        )
+
+    def _runs(self, mode: str, steps: int, strength: float) -> int:
+        """Timesteps the pipeline of ``mode`` runs (diffusers' img2img ``get_timesteps``)."""
+        timesteps = self._timesteps(steps)
+        if timesteps is None:
+            return 0
+        if mode == "SD2":
+            return len(timesteps)
+        start = steps - min(int(steps * strength), steps)
+        return len(timesteps[start * self.txt2img.scheduler.order :])
+
+    def _fixes(self, mode: str, steps: int, strength: float) -> str:
+        """The least steps (at ``strength``) and least strength (at ``steps``, in steps of 0.001)
+        that run a denoising step; both searches are binary (runs grow with either)."""
+        fixes = []
+        most = self._most_steps(MAX_STEPS)
+        if self._runs(mode, most, strength) >= 1:
+            low, high = steps + 1, most
+            while low < high:
+                mid = (low + high) // 2
+                low, high = (low, mid) if self._runs(mode, mid, strength) >= 1 else (mid + 1, high)
+            fixes.append(f"steps >= {low} at strength {strength:g}")
+        low, high = 1, 1000
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if self._runs(mode, steps, mid / 1000) >= 1 else (mid + 1, high)
+        fixes.append(f"strength {'>= ' * (low < 1000)}{low / 1000:g} at steps {steps}")
+        return ", or ".join(fixes)
+
+    def _most_steps(self, steps: int) -> int:
+        """``steps`` if the scheduler takes that many, else the most it takes (binary search)."""
+        if self._timesteps(steps) is not None:
+            return steps
+        low, high = 1, steps - 1
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self._timesteps(mid) is not None else (low, mid - 1)
+        return low
+
+    def _timesteps(self, steps: int) -> torch.Tensor | None:
+        """The scheduler's timesteps for ``steps`` (cached); None unless they are some and lie
+        within its training timesteps."""
+        if steps not in self._timestep_cache:
+            scheduler = copy.deepcopy(self.txt2img.scheduler)  # the pipelines' own is untouched
+            try:
+                scheduler.set_timesteps(steps)
+                t = scheduler.timesteps
+            except ValueError:  # more steps than training timesteps
+                t = None
+            last = int(scheduler.config.num_train_timesteps)
+            ok = t is not None and len(t) > 0 and float(t.min()) >= 0 and float(t.max()) < last
+            self._timestep_cache[steps] = t if ok else None
+        return self._timestep_cache[steps]
 
     # --- conditions and provenance ----------------------------------------------------------
     def _conditions(

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,22 @@ from thyroaug.generators.pyfunc_base import (
     pip_requirements,
     request_signature,
 )
-from thyroaug.generators.request_rows import Request, as_int, invalid, is_missing, square
+from thyroaug.generators.request_rows import (
+    Request,
+    invalid,
+    is_missing,
+    param_int,
+    param_number,
+    square,
+)
 from thyroaug.generators.stable_diffusion.checkpoint import read_card
 from thyroaug.generators.stable_diffusion.config import MODE_DESCRIPTIONS, MODES
-from thyroaug.generators.stable_diffusion.pipeline import SDGenerator
+from thyroaug.generators.stable_diffusion.pipeline import MAX_STEPS, SDGenerator
 from thyroaug.generators.stable_diffusion.sources import SOURCES_TABLE, SOURCES_TENSORS, SourceBank
 
 SD_REGISTERED_NAME = "thyroaug-sd"
 SD_MODEL_NAME = "generator-sd"
 SD_FIELDS: tuple[str, ...] = ("mode", "prompt", "image")
-MAX_STEPS = 1000
 MAX_GUIDANCE = 50.0
 
 
@@ -85,6 +92,9 @@ class SDGeneratorModel(GeneratorModel):
 
     extra_fields = SD_FIELDS
     bank_family = "sd"
+    param_types = MappingProxyType(
+        {"steps": "long", "guidance_scale": "double", "strength": "double"}
+    )
 
     def __init__(self, max_count: int = 16) -> None:
         super().__init__(max_count=max_count)
@@ -100,32 +110,12 @@ class SDGeneratorModel(GeneratorModel):
 
     def sample_kwargs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``steps`` (1..1000), ``guidance_scale`` (0..50), ``strength`` (0 < s <= 1)."""
-        kwargs: dict[str, Any] = {}
-        unknown = sorted(set(params) - {"steps", "guidance_scale", "strength"})
-        if unknown:
-            raise invalid(f"unknown param(s) {unknown}; allowed: steps, guidance_scale, strength")
-        steps = params.get("steps")
-        if not is_missing(steps) and steps != "":
-            steps = as_int(steps, "steps", 0, 1)
-            if steps > MAX_STEPS:
-                raise invalid(f"params.steps={steps}: at most {MAX_STEPS}")
-            kwargs["steps"] = steps
-        for name, low, high, low_open in (
-            ("guidance_scale", 0.0, MAX_GUIDANCE, False),
-            ("strength", 0.0, 1.0, True),
-        ):
-            value = params.get(name)
-            if is_missing(value) or value == "":
-                continue
-            try:
-                x = float(value)
-            except (TypeError, ValueError) as exc:
-                raise invalid(f"params.{name}={value!r} must be a number") from exc
-            if not math.isfinite(x) or x > high or x < low or (low_open and x == low):
-                bound = f"({low}, {high}]" if low_open else f"[{low}, {high}]"
-                raise invalid(f"params.{name}={value!r} must be in {bound}")
-            kwargs[name] = x
-        return kwargs
+        kwargs = {
+            "steps": param_int(params, "steps", 1, MAX_STEPS),
+            "guidance_scale": param_number(params, "guidance_scale", 0.0, MAX_GUIDANCE),
+            "strength": param_number(params, "strength", 0.0, 1.0, low_open=True),
+        }
+        return {name: value for name, value in kwargs.items() if value is not None}
 
     def parse_requests(self, model_input: Any) -> list[SDRequest]:  # type: ignore[override]
         """Validate rows: the shared fields via ``GeneratorModel``, then mode / prompt / image."""
@@ -185,6 +175,20 @@ class SDGeneratorModel(GeneratorModel):
                     "case); give your own image / mask, or use strength >= the default"
                 )
 
+    def check_denoising(self, requests: list[SDRequest], kwargs: Mapping[str, Any]) -> None:
+        """Refuse rows whose mode, steps and strength run no denoising step, or more steps than
+        the scheduler has (``SDGenerator.denoising_steps``), before any row is generated.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE (HTTP 400) naming the row.
+        """
+        steps, strength = kwargs.get("steps"), kwargs.get("strength")
+        for r, req in enumerate(requests):
+            try:
+                self.generator.denoising_steps(req.mode, steps, strength)  # type: ignore[union-attr]
+            except GeneratorError as exc:
+                raise invalid(f"row {r}: {exc}") from exc
+
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """Images for the requested rows (one ``SDGenerator.sample`` call per row).
 
@@ -198,6 +202,7 @@ class SDGeneratorModel(GeneratorModel):
         requests = self.parse_requests(model_input)
         kwargs = self.sample_kwargs(params or {})
         self.check_bank_strength(requests, kwargs)
+        self.check_denoising(requests, kwargs)
         frames = []
         for r, req in enumerate(requests):
             n = req.base.count
@@ -351,11 +356,12 @@ def log_sd_generator(
         "content_hash": str(card.get("cohort_hash", "")),
         "embedded_sources": str(bool(embedded_files(model_dir, (SOURCES_TENSORS,)))).lower(),
     }
-    params = [
-        ("steps", "long", int(cfg.get("num_inference_steps", 50))),
-        ("guidance_scale", "double", float(cfg.get("guidance_scale", 7.5))),
-        ("strength", "double", float(cfg.get("strength", 0.8))),
-    ]
+    defaults = {
+        "steps": int(cfg.get("num_inference_steps", 50)),
+        "guidance_scale": float(cfg.get("guidance_scale", 7.5)),
+        "strength": float(cfg.get("strength", 0.8)),
+    }
+    params = [(n, t, defaults[n]) for n, t in SDGeneratorModel.param_types.items()]
     example = pd.DataFrame(
         [{"label": CLASSES[0], "mode": "SD2", "count": 1, "seed": 0}],
     )
