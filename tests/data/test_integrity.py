@@ -216,3 +216,80 @@ def test_a_cohort_write_that_runs_out_of_space_leaves_the_old_cache_intact(
     assert cohort_file.read_bytes() == before
     assert [p.name for p in cohort_file.parent.iterdir()] == [COHORT_FILE]
     assert torch.equal(PreparedCohort.load(cohort_file).images, tiny_cohort.images)
+
+
+def test_the_cli_names_a_full_disk_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import thyroaug.data.cohort as cohort_module
+    from thyroaug.jobs.commands import main
+
+    manifest = write_cohort(tmp_path / "data", centers="ABG", per_class=2, size=16)
+
+    def save_file_full(tensors, filename, metadata=None):
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cohort_module, "save_file", save_file_full)
+    argv = ["prepare", "--manifest", str(manifest), "--out", str(tmp_path / "out"), "--size", "16"]
+    assert main([*argv, "--no-mlflow", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("thyroaug prepare: error: no space left on the file system at ")
+    assert f"while writing {tmp_path / 'out' / COHORT_FILE} (the prepared cohort cache)" in err
+    assert err.strip().endswith("free space and rerun the command")
+    assert not any((tmp_path / "out").iterdir())  # nothing half-written
+
+
+# --- generator checkpoints --------------------------------------------------------------------
+def test_a_flipped_byte_in_the_fm_checkpoint_is_one_line(tmp_path: Path) -> None:
+    from thyroaug.errors import ConfigError
+    from thyroaug.generators.flow_matching.train import read_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save(seal({"model": {"w": torch.arange(16.0) + 0.5}, "epoch": 2}), path)
+    assert read_checkpoint(path)["epoch"] == 2
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(struct.pack("<f", 7.5))] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ConfigError) as info:
+        read_checkpoint(path)
+    assert str(info.value).startswith(
+        f"{path} (the flow-matching checkpoint) is damaged: its bytes do not match the digest"
+    )
+    assert "`thyroaug train-fm`" in str(info.value)
+
+
+def test_every_file_of_an_sd_checkpoint_is_checked(tmp_path: Path) -> None:
+    from thyroaug.errors import ConfigError
+    from thyroaug.generators.stable_diffusion.checkpoint import (
+        TRAINER_STATE_FILE,
+        save_checkpoint,
+        verify_checkpoint,
+    )
+
+    class Accelerator:
+        is_main_process = True
+
+        def wait_for_everyone(self) -> None:
+            pass
+
+        def save_state(self, folder: str) -> None:
+            (Path(folder) / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+            (Path(folder) / "optimizer.bin").write_bytes(b"adam" * 64)
+
+    save_checkpoint(Accelerator(), tmp_path, 4, [0.5], keep=2)
+    folder = tmp_path / "checkpoint-4"
+    state = verify_checkpoint(folder)
+    assert state["step"] == 4 and set(state["files"]) == {"model.safetensors", "optimizer.bin"}
+    raw = bytearray((folder / "model.safetensors").read_bytes())
+    raw[500] ^= 0x01
+    (folder / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ConfigError) as info:
+        verify_checkpoint(folder)
+    assert str(info.value).startswith(
+        f"{folder / 'model.safetensors'} (a Stable Diffusion training checkpoint) is damaged: its "
+        f"bytes do not match the sha256 in {TRAINER_STATE_FILE}; delete {folder}"
+    )
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="is damaged: it is missing"):
+        verify_checkpoint(folder)

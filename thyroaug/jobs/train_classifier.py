@@ -94,7 +94,7 @@ from thyroaug.tracking.runs import (
     log_params_safely,
     log_synthetic_input,
 )
-from thyroaug.tracking.setup import configure_tracking, project_home
+from thyroaug.tracking.setup import configure_tracking, project_home, sweep_stale_runs
 from thyroaug.utils.atomic import write_json
 from thyroaug.utils.threads import torch_threads
 
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     cohort_file = cohort_path(args)
     ensure_default_cohort(cohort_file, args.profile)
     configure_tracking(experiment=args.experiment)
+    sweep_stale_runs()  # killed runs read as KILLED before their sets and checkpoints are judged
     overrides: dict[str, Any] = {}
     tags: dict[str, str] = {}
     if args.params_from:
