@@ -150,7 +150,10 @@ def _download_and_read(uri: str, load: Callable[[Path], B], *, family: str, coho
     tmp = Path(tempfile.mkdtemp(prefix="thyroaug-bank-"))
     try:
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
-        return read_bank(got, load, family=family, cohort_hash=cohort_hash)
+        try:
+            return read_bank(got, load, family=family, cohort_hash=cohort_hash)
+        except GeneratorError as exc:  # name the artifact, not the removed download
+            raise GeneratorError(str(exc).replace(str(got), uri.rstrip("/"))) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
