@@ -35,9 +35,13 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _raw(t: torch.Tensor) -> memoryview:
-    """The tensor's bytes as stored (C order, native little-endian), without a copy if possible."""
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
+    """The tensor's bytes in memory order (native little-endian), without a copy when it is dense
+    (a ``channels_last`` weight is read in its own order: torch saves and loads its strides)."""
+    t = t.detach().cpu()
+    if not t.is_contiguous():
+        dense = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
+        t = dense if dense.is_contiguous() else t.contiguous()
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def tensors_sha256(tensors: Iterable[tuple[str, torch.Tensor]], meta: Mapping[str, str]) -> str:
