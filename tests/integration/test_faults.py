@@ -9,6 +9,7 @@ a training classifier and prints how long the client blocked per failed logging 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -324,6 +325,9 @@ def test_train_classifier_killed_then_resumed(tmp_path: Path) -> None:
     assert code != 0
     _assert_one_clear_error(out, "--resume", str(state.parent))
     assert len(_runs(client)) == 1  # refused before any run was made
+    killed = client.get_run(run_id)  # the refusal ended the dead run: nothing left RUNNING
+    assert killed.info.status == "KILLED", killed.info.status
+    assert killed.data.tags["thyroaug.ended_by"].startswith("stale-run sweep")
 
     code, out = _run_cli(tmp_path, *_classifier_argv(tmp_path, 6), "--resume")
     assert code == 0, out[-3000:]
@@ -503,3 +507,264 @@ def test_tracking_server_away_longer_than_the_retry_budget(tmp_path: Path) -> No
         _assert_nothing_running(client)
         assert _checkpoints(tmp_path) == []
     _report_outage("away until the end of training", outage, log, proc.returncode)
+
+
+# --- storage: every byte checked, every failure named ---------------------------------------------
+# Faults injected here (a real tmpfs filling up, flipped bytes in every cached file kind, a
+# synthesize killed after its --out copy) must each end in one clear line, leave nothing RUNNING
+# and lose nothing already written; tests/classifier/test_storage_faults.py injects the same
+# storage failures in-process where no tmpfs can be mounted.
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``folder`` (needs root and a kernel that allows it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        why = (done.stderr or done.stdout).strip()[:120]
+        pytest.skip(f"cannot mount a tmpfs here ({why}); test_storage_faults.py injects the same")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
+
+
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system holding ``folder`` up to ``leave`` free bytes; returns the filler."""
+    filler, block = folder / "filler", b"\0" * (1 << 20)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, block)
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def _sha(path: Path) -> str:
+    from thyroaug.utils.digest import file_sha256
+
+    return file_sha256(path)
+
+
+def test_a_40mb_home_filling_up_is_one_line_and_nothing_is_lost(tmp_path: Path) -> None:
+    """The reviewer's setup: the smoke classifier's first checkpoint does not fit."""
+    with _tmpfs(tmp_path / "disk", "40m") as home:
+        make_tiny_cohort().save(home / "cohort")
+        cohort = home / "cohort" / "cohort.safetensors"
+        before = _sha(cohort)
+        code, out = _run_cli(home, *_classifier_argv(home, 3))
+        assert code == 2, out[-3000:]
+        _assert_one_clear_error(out, f"no space left on the file system at {home} while writing",
+                                "free space and rerun the command")  # fmt: skip
+        error = out[out.index(": error: ") :]
+        assert "unreachable" not in error and "is kept" not in error, error  # no false claims
+        assert len(out.splitlines()) < 15, out
+        client = _client(home)
+        assert [r.info.status for r in _runs(client)] == ["FAILED"]  # the store survived too
+        assert _sha(cohort) == before and _leftovers(home) == []
+
+
+def test_a_disk_filling_up_mid_training_keeps_the_checkpoint_and_resumes(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "1g") as home:
+        make_tiny_cohort().save(home / "cohort")
+        cohort = home / "cohort" / "cohort.safetensors"
+        before = _sha(cohort)
+        client = _client(home)
+        proc = _start_classifier(home, 20)
+        try:
+            run_id = _wait_for_running(client)
+            (state,) = _wait_for("a checkpoint", lambda: _checkpoints(home), proc)
+            filler = _fill(home, leave=2 << 20)  # the store can still end the run
+            out = _finish(proc)
+        finally:
+            proc.kill()
+        assert proc.returncode == 2, out[-3000:]
+        _assert_one_clear_error(out, f"no space left on the file system at {home} while writing",
+                                "rerun with --resume: the checkpoint of epoch",
+                                f"in {state.parent} is intact")  # fmt: skip
+        assert client.get_run(run_id).info.status == "FAILED"
+        assert _sha(cohort) == before and _leftovers(home) == []
+        filler.unlink()  # space freed: --resume finishes the same run, every epoch once
+        code, out = _run_cli(home, *_classifier_argv(home, 20), "--resume")
+        assert code == 0, out[-3000:]
+        assert client.get_run(run_id).info.status == "FINISHED" and len(_runs(client)) == 1
+        assert all(s == list(range(1, 21)) for s in _epoch_steps(client, run_id).values())
+        _assert_nothing_running(client)
+
+
+def _flip_tensor_byte(path: Path, tensor: str, byte: int) -> None:
+    """Flip one bit of byte ``byte`` of the middle 4-byte element of a safetensors tensor."""
+    raw = bytearray(path.read_bytes())
+    size = int.from_bytes(raw[:8], "little")
+    begin, end = json.loads(raw[8 : 8 + size])[tensor]["data_offsets"]
+    at = 8 + size + begin + (end - begin) // 2 // 4 * 4
+    while raw[at + 3] == 0:  # a pixel that is not 0.0
+        at += 4
+    raw[at + byte] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def _flip_at(path: Path, where: float) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * where)] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("byte", [0, 3], ids=["pixel-low-order-byte", "pixel-high-order-byte"])
+def test_a_flipped_byte_in_the_cohort_cache_is_one_line_and_no_run(tmp_path: Path,
+                                                                    byte: int) -> None:  # fmt: skip
+    make_tiny_cohort().save(tmp_path / "cohort")
+    _flip_tensor_byte(tmp_path / "cohort" / "cohort.safetensors", "images", byte)
+    code, out = _run_cli(tmp_path, *_classifier_argv(tmp_path, 1))
+    assert code == 2, out[-3000:]
+    _assert_one_clear_error(out, "cohort/cohort.safetensors (the prepared cohort cache) is "
+                            "damaged: its bytes do not match the digest written with it; rebuild "
+                            "it with `thyroaug prepare", "--force`")  # fmt: skip
+    assert _runs(_client(tmp_path)) == []
+
+
+def test_a_flipped_byte_in_the_resume_checkpoint_is_one_line(tmp_path: Path) -> None:
+    make_tiny_cohort().save(tmp_path / "cohort")
+    code, out = _run_cli(tmp_path, *_classifier_argv(tmp_path, 1, "--keep-checkpoint"))
+    assert code == 0, out[-3000:]
+    (state,) = _checkpoints(tmp_path)
+    _flip_at(state, 0.5)
+    code, out = _run_cli(tmp_path, *_classifier_argv(tmp_path, 1, "--resume"))
+    assert code == 2, out[-3000:]
+    _assert_one_clear_error(out, "state.pt (the classifier's resume checkpoint) is damaged: ",
+                            f"delete {state.parent} and run the command without")  # fmt: skip
+    _assert_nothing_running(_client(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def fm_gen(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A home with a tiny cohort and a registered smoke FM generator (one epoch)."""
+    home = tmp_path_factory.mktemp("fm-gen")
+    make_tiny_cohort().save(home / "cohort")
+    code, out = _run_cli(home, "train-fm", "--profile", "smoke", "--cohort", str(home / "cohort"),
+                         "--epochs", "1", "--register", "--no-progress")  # fmt: skip
+    assert code == 0, out[-3000:]
+    return {"home": home, "client": _client(home)}
+
+
+def test_the_out_copy_of_a_killed_synthesize_is_refused_unless_allowed(fm_gen: dict[str, Any]
+                                                                       ) -> None:  # fmt: skip
+    home, client = fm_gen["home"], fm_gen["client"]
+    copy = home / "set-out" / "FM"
+    proc = _cli(home, "synthesize", "--per-class", "4", "--cohort", str(home / "cohort"), "--out",
+                str(copy.parent), "--no-progress")  # fmt: skip
+    try:  # killed after the --out copy, while its fidelity is being computed
+        names = ("images.safetensors", "manifest.csv", "set.json")
+        _wait_for("the --out copy", lambda: all((copy / n).exists() for n in names), proc)
+        time.sleep(0.2)
+        _sigkill(proc)
+    finally:
+        proc.kill()
+    killed = json.loads((copy / "set.json").read_text())["created_by_run"]
+    assert client.get_run(killed).info.status == "RUNNING"  # no handler ran
+    argv = _classifier_argv(home, 1)
+    argv[argv.index("O")] = "O+FM"
+    argv += ["--synthetic", f"FM={copy}"]
+    code, out = _run_cli(home, *argv)
+    assert code == 2, out[-3000:]
+    _assert_one_clear_error(out, f"its creating run {killed} is KILLED, not FINISHED",
+                            "--allow-unfinished-set")  # fmt: skip
+    assert _runs(client, "tags.step = 'train_classifier'") == []
+    code, out = _run_cli(home, *argv, "--allow-unfinished-set")
+    assert code == 0, out[-3000:]
+    assert "--allow-unfinished-set" in out  # said in the log, not used silently
+    (run,) = _runs(client, "tags.step = 'train_classifier'")
+    assert run.data.tags["thyroaug.unfinished_sets"] == f"FM: run {killed} is KILLED, not FINISHED"
+    _assert_nothing_running(client)
+
+
+def test_a_flipped_byte_in_the_condition_bank_is_named(fm_gen: dict[str, Any]) -> None:
+    home = fm_gen["home"]
+    (bank,) = home.glob("mlartifacts/**/condition_bank/masks.safetensors")
+    original = bank.read_bytes()
+    try:
+        _flip_at(bank, 0.9)
+        code, out = _run_cli(home, "synthesize", "--per-class", "1", "--no-fidelity",
+                             "--no-progress")  # fmt: skip
+    finally:
+        bank.write_bytes(original)
+    assert code == 2, out[-3000:]
+    named = [line for line in out.splitlines() if "is damaged" in line]
+    assert len(named) == 1, out[-3000:]
+    assert ("/condition_bank/masks.safetensors (a file of a 'fm' condition bank) is damaged: its "
+            "bytes do not match the sha256 in bank.json") in named[0]  # fmt: skip
+    assert "runs:/" in named[0] and "thyroaug-bank-" not in named[0]  # the artifact, not a temp
+    _assert_one_clear_error(out)
+    _assert_nothing_running(fm_gen["client"])
+
+
+def test_a_flipped_byte_in_the_fm_checkpoint_is_one_line(fm_gen: dict[str, Any]) -> None:
+    home = fm_gen["home"]
+    ckpt = home / "outputs" / "fm" / "smoke" / "checkpoint.pt"
+    original = ckpt.read_bytes()
+    try:
+        _flip_at(ckpt, 0.5)
+        code, out = _run_cli(home, "train-fm", "--profile", "smoke", "--cohort",
+                             str(home / "cohort"), "--epochs", "2", "--resume",
+                             "--no-progress")  # fmt: skip
+    finally:
+        ckpt.write_bytes(original)
+    assert code == 2, out[-3000:]
+    _assert_one_clear_error(out, "checkpoint.pt (the flow-matching checkpoint) is damaged: ",
+                            "`thyroaug train-fm`")  # fmt: skip
+    _assert_nothing_running(fm_gen["client"])
+
+
+def _good_set(home: Path) -> Path:
+    """A valid FM set for the tiny cohort (made in-process; no creating run to look up)."""
+    import pandas as pd
+
+    from thyroaug.data.cohort import PreparedCohort
+    from thyroaug.synthetic import SyntheticSet
+
+    folder = home / "good-set" / "FM"
+    if not folder.exists():
+        cohort = PreparedCohort.load(home / "cohort")
+        train = cohort.subset("train")
+        n = len(train)
+        manifest = pd.DataFrame({"index": range(n), "label": train.table["label"], "method": "FM",
+                                 "generator_uri": "models:/thyroaug-fm/1", "generator_version": "1",
+                                 "seed": range(n), "source_id": ""})  # fmt: skip
+        info = {"cohort_hash": cohort.content_hash}
+        SyntheticSet(train.images.flip(-1), train.labels, manifest, info).save(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("name", "where", "reason"), [
+    ("images.safetensors", 0.9, "images.safetensors does not match the hash in set.json"),
+    ("manifest.csv", 0.5, "manifest.csv does not match the hash in set.json"),
+    ("set.json", None, "set.json does not match its own hash"),
+], ids=["pixel", "manifest", "set.json"])  # fmt: skip
+def test_a_flipped_byte_in_a_synthetic_set_is_one_line(fm_gen: dict[str, Any], tmp_path: Path,
+                                                       name: str, where: float | None,
+                                                       reason: str) -> None:  # fmt: skip
+    import shutil
+
+    home = fm_gen["home"]
+    folder = tmp_path / "FM"
+    shutil.copytree(_good_set(home), folder)
+    path = folder / name
+    if where is None:  # a digit of the recorded count: set.json stays valid JSON
+        text = path.read_text()
+        at = text.index('"count": ') + len('"count": ')
+        path.write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1 :])
+    else:
+        _flip_at(path, where)
+    argv = _classifier_argv(home, 1)
+    argv[argv.index("O")] = "O+FM"
+    before = len(_runs(fm_gen["client"]))
+    code, out = _run_cli(home, *argv, "--synthetic", f"FM={folder}")
+    assert code == 2, out[-3000:]
+    _assert_one_clear_error(out, f"{folder} (a synthetic set) is damaged: {reason}",
+                            "regenerate it with `thyroaug synthesize`")  # fmt: skip
+    assert len(_runs(fm_gen["client"])) == before  # refused before any run
