@@ -246,7 +246,7 @@ def _best(ev: Evidence, claim: str, candidate: str, pool: Sequence[str], metric:
 
 def _weakest(ev: Evidence, claim: str, weak: Sequence[str], metric: str) -> dict:
     """Each of ``weak`` significantly worse than at least 3/4 of the other scenarios."""
-    present = [s for s in ev.values if s not in weak]
+    present = [s for s in ev.values if s not in weak and s not in ev.one_class]
     if any(w not in ev.values for w in weak) or not present:
         return _row(claim, math.nan, verdict="not run", why=f"needs runs of {', '.join(weak)}")
     if ev.unusable(*weak):
@@ -259,8 +259,9 @@ def _weakest(ev: Evidence, claim: str, weak: Sequence[str], metric: str) -> dict
         shares.append(len(worse) / len(present))
         beats += [f"{w} > {c.b}" for c in better]
     share = min(shares)
-    why = f"share of the other {len(present)} scenarios significantly better: " + ", ".join(
-        f"{w} {s:.0%}" for w, s in zip(weak, shares)
+    why = (
+        f"of the other {len(present)} scenarios (one-class predictors left out), the share "
+        "significantly better: " + ", ".join(f"{w} {s:.0%}" for w, s in zip(weak, shares))
     )
     if beats:
         return _row(claim, 1.0, share, verdict="contradicted", why=f"{why}; but {', '.join(beats)}")
@@ -291,7 +292,8 @@ def _fidelity_lowest(ev: Evidence, claim: str, method: str) -> dict:
             top = overall.loc[overall[measure].idxmin()]
             mine = overall.loc[overall["method"] == method, measure]
             why += f"; lowest overall {measure.upper()}: {top['method']} {top[measure]:.3g}"
-            why += f" ({method} {float(mine.iloc[0]):.3g})" if len(mine) else ""
+            if top["method"] != method and len(mine):
+                why += f" ({method} {float(mine.iloc[0]):.3g})"
     if losses:
         why += f"; interval clearly below {method}'s: {', '.join(losses[:6])}"
         return _row(claim, 1.0, wins / cells, verdict="contradicted", why=why)

@@ -182,6 +182,33 @@ SANITY_COLUMNS: tuple[str, ...] = (
 )
 
 
+SIZE_FLAG = "size confound"
+
+
+def size_sentence(sanity: pd.DataFrame) -> str:
+    """The size confound in one sentence: which scenarios trained on how many images vs O."""
+    if "O" not in set(sanity["scenario"]):
+        return ""
+    n_o = int(sanity.loc[sanity["scenario"] == "O", "n_train"].iloc[0])
+    other = sanity[(sanity["scenario"] != "O") & (sanity["n_train"] > 0)]
+    other = other[other["n_train"] != n_o]
+    if other.empty or not n_o:
+        return ""
+    groups = [
+        f"{n} images for {', '.join(part['scenario'])}"
+        for n, part in other.groupby("n_train", sort=True)
+    ]
+    return (
+        f"Training-set sizes differ from O's {n_o} cases ({'; '.join(groups)}): a difference "
+        "from O mixes what the added images are with how many there are."
+    )
+
+
+def serious_flags(flags: str) -> str:
+    """A scenario's flags without the size confound (which ``size_sentence`` says once)."""
+    return "; ".join(f for f in flags.split("; ") if f and not f.startswith(SIZE_FLAG))
+
+
 def sanity_flags(
     y: np.ndarray,
     probas: Mapping[str, np.ndarray],
@@ -219,7 +246,7 @@ def sanity_flags(
             flags.append(f"never predicts {', '.join(never)} (precision undefined)")
         if n_o and n_train and n_train != n_o:
             what = "synthetic only" if n_orig == 0 else "more images"
-            flags.append(f"size confound ({what}: {n_train} training images vs O's {n_o})")
+            flags.append(f"{SIZE_FLAG} ({what}: {n_train} training images vs O's {n_o})")
         rows.append(
             {
                 "scenario": scenario,
@@ -472,11 +499,14 @@ def findings_markdown(facts: StudyFacts, f: Findings) -> str:
             f" (p_adj {r.p_adj:.3g})"
             for r in sig.itertuples()
         ]
-    flagged = f.sanity[f.sanity["flags"] != ""]
     lines += ["", "## Sanity flags", ""]
-    lines += [f"- **{r.scenario}**: {r.flags}" for r in flagged.itertuples()] or ["None."]
+    serious = [(r.scenario, serious_flags(r.flags)) for r in f.sanity.itertuples()]
+    lines += [f"- **{name}**: {text}" for name, text in serious if text] or ["No other flag."]
+    if size_sentence(f.sanity):
+        lines += ["", size_sentence(f.sanity)]
     if f.per_center is not None:
-        hurts = f.per_center[f.per_center["hurts"]]
+        pc = f.per_center
+        hurts = pc[pc["hurts"] & pc["scenario"].str.startswith("O+")]  # augmentation of O
         lines += ["", "## External centers", ""]
         lines += [
             f"- {r.scenario} at center {r.center} ({r.metric}): {r.diff_vs_O:+.3f} vs O "
@@ -484,7 +514,9 @@ def findings_markdown(facts: StudyFacts, f: Findings) -> str:
             for r in hurts.itertuples()
         ]
         if hurts.empty:
-            lines.append("No scenario is significantly worse than O at any single center.")
+            lines.append(
+                "No augmented scenario (O+...) is significantly worse than O at any center."
+            )
     if f.unconfirmed is not None and not f.unconfirmed.empty:
         lines += ["", "## Not confirmed across training seeds", ""]
         lines += [

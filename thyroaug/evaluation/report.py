@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 
 from thyroaug.contract import CLASSES
-from thyroaug.evaluation.findings import Findings, StudyFacts, data_sentences
+from thyroaug.evaluation.findings import (
+    Findings,
+    StudyFacts,
+    data_sentences,
+    serious_flags,
+    size_sentence,
+)
 from thyroaug.evaluation.paper_method import PAPER_METHOD_NAME, PAPER_METHOD_WHY
 from thyroaug.evaluation.paper_values import TABLE2
 from thyroaug.evaluation.table2 import format_ci
@@ -123,11 +129,13 @@ def _frame(df: pd.DataFrame, digits: str = ".3g") -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:{digits}}", na_rep="n/a")
 
 
-def _flags(r: ReportInputs) -> dict[str, str]:
+def _flags(r: ReportInputs, serious: bool = False) -> dict[str, str]:
+    """{scenario: its flags} (``serious``: without the size confound, which is said once)."""
     if r.findings is None:
         return {}
-    s = r.findings.sanity
-    return {row.scenario: row.flags for row in s.itertuples() if row.flags}
+    rows = r.findings.sanity.itertuples()
+    flags = {row.scenario: serious_flags(row.flags) if serious else row.flags for row in rows}
+    return {s: f for s, f in flags.items() if f}
 
 
 def _findings(r: ReportInputs) -> list[str]:
@@ -154,10 +162,12 @@ def _findings(r: ReportInputs) -> list[str]:
         "<table id='claims'><tr><th>claim</th><th>paper</th><th>ours [95 % CI]</th>"
         "<th>verdict</th><th>why</th></tr>" + "".join(rows) + "</table>",
     ]
-    flagged = _flags(r)
-    if flagged:
-        items = "".join(f"<li><b>{_e(s)}</b>: {_e(t)}</li>" for s, t in flagged.items())
-        parts.append(f"<h3>Sanity flags</h3><ul class='flag'>{items}</ul>")
+    serious = _flags(r, serious=True)
+    items = "".join(f"<li><b>{_e(s)}</b>: {_e(t)}</li>" for s, t in serious.items())
+    parts.append("<h3>Sanity flags</h3>")
+    parts.append(f"<ul class='flag'>{items}</ul>" if items else "<p>None beyond sizes.</p>")
+    if size_sentence(f.sanity):
+        parts.append(f"<p>{_e(size_sentence(f.sanity))}</p>")
     if f.unconfirmed is not None and not f.unconfirmed.empty:
         items = "".join(
             f"<li>{_e(u.b)} vs {_e(u.a)} ({_e(u.metric)}): significant for seed(s) "
@@ -244,7 +254,7 @@ def _cell(c: Cell | None, best: bool, paper: float | None, na: bool) -> str:
 
 
 def _table2(r: ReportInputs, columns: Sequence[tuple[str, str]], table_id: str) -> str:
-    flags = _flags(r)
+    flags = _flags(r, serious=True)
     never = {}
     if r.findings is not None:
         never = {
