@@ -58,7 +58,7 @@ from safetensors.torch import load_file, save_file
 
 from thyroaug.contract import CLASSES, synthetic_artifact
 from thyroaug.errors import ScenarioError
-from thyroaug.utils.atomic import staging_prefix, sweep_staging
+from thyroaug.utils.atomic import reraise_storage, staging_prefix, sweep_staging
 from thyroaug.utils.digest import DIGEST_KEY, damaged, file_sha256, json_sha256
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,9 @@ class SyntheticSet:
             if folder.exists():
                 folder.rmdir()
             os.replace(tmp, folder)
+        except Exception as exc:
+            reraise_storage(exc, folder)  # a full disk is named as such, on the set's folder
+            raise
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -199,14 +199,14 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
     except Exception as exc:
-        _reraise_storage(exc, path)
+        reraise_storage(exc, path)
         raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _reraise_storage(exc: Exception, path: Path) -> None:
+def reraise_storage(exc: Exception, path: Path) -> None:
     """Re-raise a storage failure hidden in a library's error as an ``OSError`` naming ``path``."""
     code = storage_errno(exc)
     if code is not None and not (isinstance(exc, OSError) and exc.filename):
@@ -241,7 +241,7 @@ def atomic_dir(folder: str | Path, replace: bool = False) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except Exception as exc:
-        _reraise_storage(exc, folder)
+        reraise_storage(exc, folder)
         raise
     finally:
         if tmp.exists():
