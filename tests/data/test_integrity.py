@@ -293,3 +293,27 @@ def test_every_file_of_an_sd_checkpoint_is_checked(tmp_path: Path) -> None:
     (folder / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match="is damaged: it is missing"):
         verify_checkpoint(folder)
+
+
+def test_log_records_of_a_storage_failure_lose_their_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sqlite3
+
+    from thyroaug.jobs import commands
+
+    saved = logging.getLogRecordFactory()
+    monkeypatch.setattr(logging, "setLogRecordFactory", lambda f: setattr(commands, "_f", f))
+    commands._quiet_storage_tracebacks()
+    factory = commands._f
+    try:
+        raise sqlite3.OperationalError("database or disk is full")
+    except sqlite3.OperationalError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = factory("mlflow.store", 40, "f", 1, "SQL error:\n%s", ("details",), exc_info, None)
+    assert record.exc_info is None and record.getMessage() == "SQL error: (No space left on device)"
+    other = factory("x", 40, "f", 1, "boom %s", ("a",), (ValueError, ValueError("v"), None), None)
+    assert other.exc_info is not None and other.getMessage() == "boom a"
+    assert logging.getLogRecordFactory() is saved

@@ -146,7 +146,10 @@ def _quiet_storage_tracebacks() -> None:
     def factory(name, level, fn, lno, msg, args, exc_info, *rest, **kw):  # type: ignore[no-untyped-def]
         code = storage_errno(exc_info[1]) if exc_info and exc_info[1] is not None else None
         if code is not None:
-            text = str(msg % args if args else msg).strip().splitlines() or [""]
+            try:
+                text = str(msg % args if args else msg).strip().splitlines() or [""]
+            except (TypeError, ValueError):  # a record that does not format: keep its template
+                text = str(msg).strip().splitlines() or [""]
             msg, args, exc_info = f"{text[0]} ({os.strerror(code)})", (), None
         return make(name, level, fn, lno, msg, args, exc_info, *rest, **kw)
 
