@@ -67,9 +67,12 @@ def _damaged(home: Path, name: str, how: str) -> Path:
             data = bytearray(images.read_bytes())
             data[-8:] = b"\x00\x00\x80\x3f" * 2  # two pixels set to 1.0
             images.write_bytes(bytes(data))
-        elif how == "other cohort":
+        elif how == "other cohort":  # a sound set, as a generator of another cohort writes it
+            from thyroaug.utils.digest import DIGEST_KEY, json_sha256
+
             meta = json.loads(info.read_text())
             meta["cohort_hash"] = "0" * 32
+            meta[DIGEST_KEY] = json_sha256(meta)
             info.write_text(json.dumps(meta))
     return folder
 
@@ -259,3 +262,20 @@ def test_valid_request_and_what_the_server_does_not_say(served: str, home: Path)
     names = {p.name for p in files.rglob("*") if p.is_file()}
     assert not names & {"masks.safetensors", "masks.csv", "bank.json"}  # no patient data there
     _assert_nothing_running(_client(home))
+
+
+# --- storage: a sound set of a finished run is used, as it is ------------------------------------
+def test_a_set_of_a_finished_synthesize_run_is_used_and_its_hash_logged(home: Path) -> None:
+    """The positive control of the storage cases (test_faults.py): the real set of a FINISHED
+    synthesize run passes every check, with its tensor hash (computed once) as the logged one."""
+    client = _client(home)
+    info = json.loads((home / "good-set" / "set.json").read_text())
+    assert client.get_run(info["created_by_run"]).info.status == "FINISHED"
+    code, out = _run_cli(home, *_classifier(home, "--scenario", "O+FM", "--synthetic",
+                                            f"FM={home / 'good-set'}"))  # fmt: skip
+    assert code == 0, out[-3000:]
+    run = client.get_run(out.split("; run ")[1].split(";")[0])
+    assert run.data.params["synthetic_FM_sha256"] == info["tensor_sha256"]
+    assert "thyroaug.unfinished_sets" not in run.data.tags
+    assert "is damaged" not in out and "--allow-unfinished-set" not in out
+    _assert_nothing_running(client)
